@@ -1,0 +1,3 @@
+"""kvtool: virtual machines next to containers on Kubernetes, from Python."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The `kvtool` command line: one module per command, imported only when used."""

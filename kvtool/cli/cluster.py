@@ -1,0 +1,71 @@
+"""`kvtool cluster up | down | status | restart`: the embedded cluster on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvtool import paths
+from kvtool.errors import KvtoolError
+from kvtool.kube import config as kubeconfig
+from kvtool.local import build, cluster
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = sub.add_parser("up", help="start the embedded cluster (idempotent)")
+    up.add_argument("--nodes", type=int, default=2, help="node agents to run (default 2)")
+    up.add_argument("--port", type=int, help="apiserver port (default: a free port)")
+    up.add_argument("--timeout", type=float, default=cluster.UP_TIMEOUT, help="seconds to wait for readiness")
+    up.add_argument("-q", "--quiet", action="store_true")
+    down = sub.add_parser("down", help="stop every process of the embedded cluster")
+    down.add_argument("--purge", action="store_true", help=f"also delete the state dir ({paths.kvtool_home()})")
+    down.add_argument("-q", "--quiet", action="store_true")
+    sub.add_parser("status", help="show each component's state, PID, port, and the API's readiness")
+    sub.add_parser("build", help="build (or find cached) the control-plane binary")
+    for verb in ("stop", "start", "restart"):
+        sp = sub.add_parser(f"{verb}-component", help=f"{verb} one component of the running cluster")
+        sp.add_argument("component")
+
+
+def run(args: argparse.Namespace) -> int:
+    home = paths.kvtool_home()
+    if args.action == "up":
+        if args.nodes < 0 or args.nodes > 16:
+            raise KvtoolError(f"--nodes must be between 0 and 16, got {args.nodes}")
+        cluster.up(home, nodes=args.nodes, apiserver_port=args.port, quiet=args.quiet, timeout=args.timeout)
+        return 0
+    if args.action == "down":
+        cluster.down(home, purge=args.purge, quiet=args.quiet)
+        return 0
+    if args.action == "build":
+        print(build.ensure_binary(progress=True))
+        return 0
+    if args.action.endswith("-component"):
+        reply = cluster.control(home, args.action.removesuffix("-component"), args.component)
+        print(f"{args.component}: {reply.get('state')} (pid {reply.get('pid')})")
+        return 0
+    return _status(home, args)
+
+
+def _status(home, args: argparse.Namespace) -> int:
+    st = cluster.status(home)
+    if st.phase == "absent":
+        print(f"No embedded cluster in {home}. Start one with `kvtool cluster up`.")
+        return 1
+    print(f"Cluster:    {st.phase} ({home})")
+    print(f"API:        {st.server}  {'ready' if st.api_ready else 'NOT ready'}")
+    try:
+        print(f"Kubeconfig: {kubeconfig.resolve(args.kubeconfig, args.context).describe()}")
+    except KvtoolError as exc:
+        print(f"Kubeconfig: none ({exc.message})")
+    if st.error:
+        print(f"Error:      {st.error}")
+    print()
+    header = f"{'COMPONENT':<22} {'STATE':<9} {'PID':>8} {'PORT':>6} {'RESTARTS':>8}  LAST EXIT"
+    print(header)
+    for c in st.components:
+        print(f"{c.name:<22} {c.state:<9} {c.pid or '-':>8} {c.port or '-':>6} {c.restarts:>8}  {c.last_exit or '-'}")
+    healthy = st.phase == "running" and st.api_ready and all(c.state == "running" for c in st.components)
+    sys.stdout.flush()
+    return 0 if healthy else 1

@@ -1,0 +1,101 @@
+"""Entry point: parse the command name, import its module, run it, map errors to exit codes.
+
+Every command module exposes `add_arguments(parser)` and `run(args) -> int`.
+This is the one place where exceptions become exit codes and messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from types import ModuleType
+
+from kvtool import __version__
+from kvtool.errors import KvtoolError
+
+# name -> (module, one-line help). Modules are imported lazily: `kvtool status`
+# must not pay for libvirt or Terraform imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("kvtool.cli.cluster", "run the embedded cluster (up, down, status)"),
+}
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, the embedded "
+                                             "cluster if up, ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context to use")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more, including which kubeconfig is used")
+
+
+def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, ModuleType | None]:
+    parser = argparse.ArgumentParser(
+        prog="kvtool",
+        description="Virtual machines next to containers on Kubernetes, with Terraform-style plan/apply.",
+        epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kvtool {__version__}")
+    _global_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    module = None
+    for name, (modname, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(modname)
+            _global_options_for_sub(sp)
+            module.add_arguments(sp)
+    return parser, module
+
+
+def _global_options_for_sub(parser: argparse.ArgumentParser) -> None:
+    # Accept the global flags after the command too (`kvtool status --kubeconfig X`).
+    parser.add_argument("--kubeconfig", dest="sub_kubeconfig", help=argparse.SUPPRESS)
+    parser.add_argument("--context", dest="sub_context", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", dest="sub_verbose", action="store_true", help=argparse.SUPPRESS)
+
+
+def _first_command(argv: list[str]) -> str | None:
+    takes_value = {"--kubeconfig", "--context"}
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in takes_value:
+            skip = True
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, module = build_parser(_first_command(argv))
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help(sys.stderr)
+        return 1 if args.command is None else 2
+    args.kubeconfig = getattr(args, "sub_kubeconfig", None) or args.kubeconfig
+    args.context = getattr(args, "sub_context", None) or args.context
+    args.verbose = getattr(args, "sub_verbose", False) or args.verbose
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(module.run(args) or 0)
+    except KvtoolError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

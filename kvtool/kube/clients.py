@@ -1,0 +1,24 @@
+"""Construct `kubernetes` API clients from a kubeconfig, sized for concurrent work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.config.config_exception import ConfigException
+
+from kvtool.errors import ConfigError
+
+# Enough pooled connections for kvtool's bounded-concurrency apply.
+POOL_SIZE = 32
+
+
+def api_client(kubeconfig: str | Path, context: str | None = None) -> client.ApiClient:
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=str(kubeconfig), context=context,
+                                client_configuration=configuration, persist_config=False)
+    except (ConfigException, OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return client.ApiClient(configuration)

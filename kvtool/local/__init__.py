@@ -1,0 +1,1 @@
+"""The embedded cluster: a real control plane and kvtool's runtime on one machine."""

@@ -1,0 +1,159 @@
+"""What each embedded-cluster process is: its command line, port and readiness probe.
+
+Flags follow envtest's and k3s's local defaults (see
+../shared/notes/controlplane.md). Every component binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvtool.local import pki as pki_mod
+from kvtool.local.layout import Layout
+
+SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_CIDR = "10.244.0.0/16"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclass
+class ComponentSpec:
+    name: str
+    argv: list[str]
+    port: int | None = None
+    ready: Callable[[], bool] = field(default=lambda: True)
+    env: dict[str, str] = field(default_factory=dict)
+    # Seconds a component may take to become ready before `up` gives up on it.
+    ready_timeout: float = 60.0
+    stop_timeout: float = 10.0
+
+
+def _get(url: str, context: ssl.SSLContext | None = None, timeout: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return 0, b""
+
+
+def insecure_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def admin_context(p: pki_mod.PKI) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(p.ca_cert))
+    ctx.load_cert_chain(str(p.cert(pki_mod.ADMIN.file_stem)), str(p.key(pki_mod.ADMIN.file_stem)))
+    return ctx
+
+
+def apiserver_ready(port: int, p: pki_mod.PKI) -> bool:
+    status, body = _get(f"https://127.0.0.1:{port}/readyz", admin_context(p))
+    return status == 200 and body.strip() == b"ok"
+
+
+def etcd(layout: Layout, binary: Path, port: int, peer_port: int) -> ComponentSpec:
+    client = f"http://127.0.0.1:{port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+
+    def ready() -> bool:
+        status, body = _get(f"{client}/health")
+        try:
+            return status == 200 and json.loads(body).get("health") == "true"
+        except ValueError:
+            return False
+
+    return ComponentSpec(
+        name="etcd",
+        port=port,
+        argv=[str(binary), "etcd", "--name=kvtool", f"--data-dir={layout.etcd_data}",
+              f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+              f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+              f"--initial-cluster=kvtool={peer}", "--listen-metrics-urls=",
+              "--quota-backend-bytes=4294967296",
+              "--log-level=warn"],
+        ready=ready,
+        ready_timeout=30,
+    )
+
+
+def apiserver(layout: Layout, binary: Path, port: int, etcd_port: int, p: pki_mod.PKI) -> ComponentSpec:
+    return ComponentSpec(
+        name="apiserver",
+        port=port,
+        argv=[str(binary), "apiserver",
+              f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+              f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+              f"--tls-cert-file={p.cert('apiserver')}", f"--tls-private-key-file={p.key('apiserver')}",
+              f"--client-ca-file={p.ca_cert}",
+              f"--kubelet-client-certificate={p.cert(pki_mod.APISERVER_KUBELET_CLIENT.file_stem)}",
+              f"--kubelet-client-key={p.key(pki_mod.APISERVER_KUBELET_CLIENT.file_stem)}",
+              f"--service-cluster-ip-range={SERVICE_CIDR}",
+              f"--service-account-issuer={SA_ISSUER}",
+              f"--service-account-key-file={p.sa_pub}",
+              f"--service-account-signing-key-file={p.sa_key}",
+              "--authorization-mode=Node,RBAC",
+              "--enable-admission-plugins=NodeRestriction",
+              "--allow-privileged=true",
+              "--profiling=false",
+              "--watch-cache=true",
+              "--v=1"],
+        ready=lambda: apiserver_ready(port, p),
+        ready_timeout=90,
+    )
+
+
+def _component_flags(kubeconfig: Path, port: int) -> list[str]:
+    return [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={port}", "--profiling=false", "--v=1"]
+
+
+def _healthz(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        status, body = _get(f"https://127.0.0.1:{port}/healthz", insecure_context())
+        return status == 200 and body.strip() == b"ok"
+    return ready
+
+
+def scheduler(layout: Layout, binary: Path, port: int) -> ComponentSpec:
+    kc = layout.component_kubeconfig("scheduler")
+    return ComponentSpec(name="scheduler", port=port, argv=[str(binary), "scheduler", *_component_flags(kc, port)],
+                         ready=_healthz(port))
+
+
+def controller_manager(layout: Layout, binary: Path, port: int, p: pki_mod.PKI) -> ComponentSpec:
+    kc = layout.component_kubeconfig("controller-manager")
+    return ComponentSpec(
+        name="controller-manager",
+        port=port,
+        argv=[str(binary), "controller-manager", *_component_flags(kc, port),
+              "--controllers=*",
+              "--use-service-account-credentials=true",
+              f"--service-account-private-key-file={p.sa_key}",
+              f"--root-ca-file={p.ca_cert}",
+              f"--cluster-signing-cert-file={p.ca_cert}", f"--cluster-signing-key-file={p.ca_key}",
+              "--enable-hostpath-provisioner=true",
+              "--allocate-node-cidrs=true", f"--cluster-cidr={CLUSTER_CIDR}", "--node-cidr-mask-size=24",
+              f"--service-cluster-ip-range={SERVICE_CIDR}",
+              "--node-monitor-grace-period=20s"],
+        ready=_healthz(port),
+    )
+
+
+def python_component(name: str, args: list[str], env: dict[str, str] | None = None,
+                     ready: Callable[[], bool] | None = None, port: int | None = None) -> ComponentSpec:
+    """A kvtool component run from this interpreter (controller, node agents, handlers)."""
+    return ComponentSpec(name=name, argv=[sys.executable, "-m", "kvtool.cli.main", *args], env=env or {},
+                         ready=ready or (lambda: True), port=port)

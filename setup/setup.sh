@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# make setup: everything a fresh Debian 12 machine needs to run kvtool's demo and tests.
+# Idempotent and quick when nothing changed: each step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Debian packages, from the one list the launcher image uses too.
+mapfile -t PKGS < <(grep -v '^\s*#' setup/apt-packages.txt | awk 'NF{print $1}')
+MISSING=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING+=("$p")
+done
+if [ ${#MISSING[@]} -gt 0 ]; then
+  step "installing Debian packages: ${MISSING[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${MISSING[@]}"
+else
+  step "Debian packages: all ${#PKGS[@]} present"
+fi
+
+# 2. The libvirt-qemu user the QEMU driver looks up before reading qemu.conf (Debian's numbers).
+if ! getent group libvirt-qemu >/dev/null; then as_root groupadd --system --gid 64055 libvirt-qemu; fi
+if ! getent group kvm >/dev/null; then as_root groupadd --system kvm; fi
+if ! id libvirt-qemu >/dev/null 2>&1; then
+  step "creating the libvirt-qemu user"
+  as_root useradd --system --uid 64055 --gid kvm --groups libvirt-qemu --home-dir /var/lib/libvirt \
+    --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+fi
+
+# 3. Go, for the control plane (Debian 12's golang is too old; the machine provides a new one).
+if ! command -v go >/dev/null; then
+  echo "error: Go 1.24 or newer is required to build the control plane; install it and re-run make setup" >&2
+  exit 1
+fi
+
+# 4. The virtualenv, reinstalled only when pyproject.toml changes.
+STAMP=.venv/.kvtool-installed
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  step "creating .venv and installing kvtool[dev] (editable)"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$WANT" > "$STAMP"
+else
+  step ".venv up to date"
+fi
+
+# 5. The control-plane binary, cached by its inputs' hash (a warm machine does not rebuild).
+step "control-plane binary"
+.venv/bin/kvtool cluster build

@@ -1,0 +1,78 @@
+"""Shared fixtures: one real embedded cluster per test session, in a temporary $KVTOOL_HOME.
+
+Nothing here fakes Kubernetes: the fixture runs `kvtool cluster up` (real
+etcd, apiserver, scheduler, controller-manager) and `down --purge` at the end,
+and fails the session if any process of that cluster is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Never touch the user's own ~/.kvtool or clusters: every test session gets its own home.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="kvt-"))
+os.environ["KVTOOL_HOME"] = str(_SESSION_HOME / "home")
+os.environ.pop("KUBECONFIG", None)
+os.environ.setdefault("CHECKPOINT_DISABLE", "1")
+
+KVTOOL = [sys.executable, "-m", "kvtool.cli.main"]
+
+
+def kvtool(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 600,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `kvtool` CLI in a subprocess, as a user would."""
+    result = subprocess.run([*KVTOOL, *args], capture_output=True, text=True, timeout=timeout, input=input,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"kvtool {' '.join(args)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@dataclass
+class Cluster:
+    home: Path
+    kubeconfig: Path
+    kubectl_path: Path
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+                                capture_output=True, text=True, input=input, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def api(self):
+        from kvtool.kube import clients
+
+        return clients.api_client(self.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    from kvtool.local import build
+    from kvtool.local import cluster as local_cluster
+
+    home = Path(os.environ["KVTOOL_HOME"])
+    kvtool("cluster", "up", check=True, timeout=1800)
+    binary = build.ensure_binary(progress=False)
+    yield Cluster(home=home, kubeconfig=home / "kubeconfig", kubectl_path=binary.parent / "kubectl")
+    kvtool("cluster", "down", "--purge", check=True)
+    leftovers = local_cluster.leftover_processes(home)
+    assert not leftovers, f"processes of the session cluster left behind: {leftovers}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that take the `cluster` fixture are marked, so `make unit` can skip them.
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
