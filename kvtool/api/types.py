@@ -1,0 +1,82 @@
+"""Names of things on the wire: API group, kinds kvtool manages, and its labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "kvtool.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kvtool"
+STACK_LABEL = "kvtool.io/stack"
+DEFAULT_STACK = "default"
+FIELD_MANAGER = "kvtool"
+
+# Labels the controller puts on what it creates for a VM.
+VM_LABEL = "kvtool.io/vm"
+VMI_LABEL = "kvtool.io/vmi"
+VMI_UID_LABEL = "kvtool.io/vmi-uid"
+LAUNCHER_LABEL_KEY = "kvtool.io"
+LAUNCHER_LABEL_VALUE = "virt-launcher"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind kvtool can plan and apply, with what the diff engine must know about it."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+    schema: str | None = None  # schema file name for kvtool's own kinds
+    # Field paths (dotted, `*` matches one segment) whose values are never shown.
+    sensitive: tuple[str, ...] = ()
+    # Field paths that cannot change in place: a change forces replacement.
+    immutable: tuple[str, ...] = ()
+    # Field path prefixes that a running instance only takes on restart.
+    restart_required: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0] if "/" in self.api_version else ""
+
+    @property
+    def version(self) -> str:
+        return self.api_version.split("/")[-1]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.api_version, self.kind)
+
+    @property
+    def label(self) -> str:
+        """How plans name the kind: `virtualmachine`, `secret`."""
+        return self.kind.lower()
+
+
+VIRTUAL_MACHINE = Kind(
+    API_VERSION, "VirtualMachine", "virtualmachines", schema="virtualmachine.json",
+    sensitive=("spec.template.spec.volumes[*].cloudInitNoCloud.userData",
+               "spec.template.spec.volumes[*].cloudInitNoCloud.userDataBase64",
+               "spec.template.spec.volumes[*].cloudInitNoCloud.networkData",
+               "spec.template.spec.volumes[*].cloudInitNoCloud.networkDataBase64"),
+    restart_required=("spec.template",),
+)
+VIRTUAL_MACHINE_INSTANCE = Kind(API_VERSION, "VirtualMachineInstance", "virtualmachineinstances",
+                                schema="virtualmachineinstance.json")
+SECRET = Kind("v1", "Secret", "secrets", sensitive=("data.*", "stringData.*"), immutable=("type",))
+CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
+PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims",
+           immutable=("spec.accessModes", "spec.storageClassName", "spec.volumeMode", "spec.volumeName",
+                      "spec.selector"))
+SERVICE = Kind("v1", "Service", "services", immutable=("spec.clusterIP", "spec.clusterIPs"))
+
+# What `kvtool plan` accepts in desired state, in the order it applies creates.
+PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)
+BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE)}
+
+
+def kind_for(api_version: str, kind: str) -> Kind | None:
+    return BY_KEY.get((api_version, kind))

@@ -1,0 +1,128 @@
+"""Client-side validation: schema errors and cross-field rules, reported with file, document and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kvtool.api import crd, rules, schema
+from kvtool.plan import desired
+from tests.vmfactory import vm, with_
+
+
+def _issues(tmp_path: Path, *docs: object, text: str | None = None) -> list[str]:
+    f = tmp_path / "lab.yaml"
+    f.write_text(text if text is not None else yaml.safe_dump_all(docs))
+    with pytest.raises(desired.InvalidInput) as exc:
+        desired.load([f])
+    return [str(i) for i in exc.value.issues]
+
+
+def test_valid_vm_loads_with_labels_and_namespace(tmp_path: Path) -> None:
+    f = tmp_path / "ok.yaml"
+    f.write_text(yaml.safe_dump(vm("vm-1")))
+    state = desired.load([f], stack="lab")
+    (obj,) = state.objects
+    assert obj.manifest["metadata"]["namespace"] == "default"
+    assert obj.manifest["metadata"]["labels"] == {"kvtool.io/stack": "lab", "app.kubernetes.io/managed-by": "kvtool"}
+
+
+def test_broken_yaml_names_file_document_and_line(tmp_path: Path) -> None:
+    issues = _issues(tmp_path, text="apiVersion: kvtool.io/v1alpha1\n---\nkind: [unclosed\n")
+    assert any("lab.yaml, document 2: broken YAML: line" in i for i in issues), issues
+
+
+def test_unknown_kind_and_kubevirt_hint(tmp_path: Path) -> None:
+    issues = _issues(tmp_path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
+                     with_(vm("x"), "apiVersion", "kubevirt.io/v1"))
+    assert any("unknown kind 'Pod'" in i for i in issues)
+    assert any("change apiVersion" in i for i in issues)
+
+
+def test_all_errors_at_once_with_field_paths(tmp_path: Path) -> None:
+    bad = vm("vm-1")
+    bad["spec"]["template"]["spec"]["domain"]["cpu"] = {"corse": 2, "threads": "two"}
+    bad["spec"]["running"] = True
+    second = with_(vm("Bad_Name"), "spec.runStrategy", "Sometimes")
+    issues = _issues(tmp_path, bad, second)
+    text = "\n".join(issues)
+    assert "document 1 at spec.template.spec.domain.cpu: unknown field 'corse'; did you mean 'cores'?" in text
+    assert "document 1 at spec.template.spec.domain.cpu.threads: expected integer, got string 'two'" in text
+    assert "spec.running and spec.runStrategy are mutually exclusive" in text
+    assert "document 2 at metadata.name: metadata.name must be a DNS-1123 label" in text
+    assert "document 2 at spec.runStrategy: 'Sometimes' is not one of: Always, Halted" in text
+
+
+def test_disk_without_volume_and_duplicates(tmp_path: Path) -> None:
+    doc = vm("vm-1", user_data="#!/bin/sh\necho hi\n")
+    doc["spec"]["template"]["spec"]["domain"]["devices"]["disks"].append({"name": "data", "disk": {}})
+    dup = vm("vm-1")
+    issues = _issues(tmp_path, doc, dup)
+    assert any("devices.disks: every disk must name a volume in spec.volumes" in i for i in issues)
+    assert any("is already defined in" in i and "document 1" in i for i in issues)
+
+
+def test_memory_minimum_and_quantity(tmp_path: Path) -> None:
+    issues = _issues(tmp_path, vm("a", memory="512Ki"), vm("b", memory="12Xi"))
+    assert any("memory.guest must be at least 1Mi" in i for i in issues)
+    assert any("'12Xi' is not a Kubernetes quantity" in i for i in issues)
+
+
+def test_stack_label_mismatch(tmp_path: Path) -> None:
+    issues = _issues(tmp_path, vm("a", labels={"kvtool.io/stack": "other"}))
+    assert any("says stack 'other' but this plan is for stack 'default'" in i for i in issues)
+
+
+def test_invalid_stack_name() -> None:
+    with pytest.raises(desired.KvtoolError, match="stack name"):
+        desired.load([], stack="Bad Stack")
+
+
+def test_server_metadata_is_dropped(tmp_path: Path) -> None:
+    doc = vm("a")
+    doc["metadata"].update(uid="123", resourceVersion="9", creationTimestamp="2020-01-01T00:00:00Z")
+    doc["status"] = {"printableStatus": "Running"}
+    f = tmp_path / "a.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    (obj,) = desired.load([f]).objects
+    assert "uid" not in obj.manifest["metadata"] and "status" not in obj.manifest
+
+
+def test_directories_are_read_recursively(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(vm("a")))
+    (tmp_path / "sub" / "b.yml").write_text(yaml.safe_dump(vm("b")))
+    (tmp_path / "notes.txt").write_text("not yaml")
+    names = sorted(o.name for o in desired.load([tmp_path]).objects)
+    assert names == ["a", "b"]
+
+
+def test_every_cel_rule_has_a_python_twin() -> None:
+    ids = set()
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            ids.update(r["x-kvtool-id"] for r in node.get("x-kubernetes-validations", []))
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    for name in schema.SCHEMA_FILES:
+        collect(schema.load(name))
+    assert ids == set(rules.RULES)
+
+
+def test_crd_schema_is_structural() -> None:
+    for doc in crd.all_crds():
+        text = yaml.safe_dump(doc)
+        assert "$ref" not in text and "x-kvtool" not in text and "propertyNames" not in text
+        version = doc["spec"]["versions"][0]
+        assert version["subresources"] == {"status": {}}
+        names = doc["spec"]["names"]
+        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"])
+        cols = {c["name"] for c in version["additionalPrinterColumns"]}
+        assert {"Age", "Ready"} <= cols
