@@ -7,6 +7,7 @@ This is the one place where exceptions become exit codes and messages.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -19,6 +20,14 @@ from kvtool.errors import KvtoolError
 # must not pay for libvirt or Terraform imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("kvtool.cli.cluster", "run the embedded cluster (up, down, status)"),
+    "image": ("kvtool.cli.image", "build, import and list VM images (embedded mode)"),
+    "validate": ("kvtool.cli.validate", "check desired-state files offline"),
+    "plan": ("kvtool.cli.plan", "show what apply would change"),
+    "apply": ("kvtool.cli.apply", "make the cluster match the desired state (or a saved plan)"),
+    "destroy": ("kvtool.cli.destroy", "delete a stack's objects"),
+    "status": ("kvtool.cli.status", "the VMs of a stack in a table"),
+    "crds": ("kvtool.cli.crds", "print the CRDs generated from schemas/"),
+    "install-crds": ("kvtool.cli.install_crds", "install kvtool's CRDs on the current cluster"),
 }
 
 
@@ -71,8 +80,16 @@ def _first_command(argv: list[str]) -> str | None:
     return None
 
 
+# Long-running commands keep Python's cyclic garbage collector on.
+DAEMONS = {"controller", "handler", "launcher", "node-agent", "notebook"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _first_command(argv) not in DAEMONS:
+        # A short-lived command: the cyclic GC only slows down building large plans (~30% at 1000 VMs);
+        # reference counting still frees what it is done with.
+        gc.disable()
     parser, module = build_parser(_first_command(argv))
     args = parser.parse_args(argv)
     if module is None:

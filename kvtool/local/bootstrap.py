@@ -12,7 +12,8 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kvtool.kube import clients
+from kvtool.kube import clients, crds
+from kvtool.kube.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ STORAGE_CLASS = "standard"
 def run(kubeconfig: Path) -> None:
     api = clients.api_client(kubeconfig)
     ensure_storage_class(api)
+    crds.install(Resources(api))
 
 
 def ensure_storage_class(api: client.ApiClient) -> None:

@@ -190,7 +190,7 @@ class Supervisor:
                     self._start_and_wait(step)
                 self.progress(f"{label} ready ({time.monotonic() - started:.1f}s)")
         except Exception as exc:
-            log.error("event=startup-failed error=%r", str(exc))
+            log.exception("event=startup-failed error=%r", str(exc))
             self.state.error = str(exc)
             self.state.phase = "failed"
             self.save()

@@ -1,0 +1,48 @@
+"""What several commands share: connecting to the cluster, stack and file options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from kvtool.api.types import DEFAULT_STACK
+from kvtool.kube import clients
+from kvtool.kube import config as kubeconfig
+from kvtool.kube.resources import Resources
+
+
+@dataclass
+class Connection:
+    res: Resources
+    server: str
+    kubeconfig: kubeconfig.ResolvedKubeconfig
+
+
+def connect(args: argparse.Namespace) -> Connection:
+    resolved = kubeconfig.resolve(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    if getattr(args, "verbose", False):
+        print(f"Using kubeconfig {resolved.describe()}", file=sys.stderr)
+    api = clients.api_client(resolved.path, resolved.context)
+    return Connection(Resources(api), api.configuration.host, resolved)
+
+
+def add_stack(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stack", default=DEFAULT_STACK,
+                        help="the stack (unit of ownership, like a Terraform state) to work on "
+                             f"(default {DEFAULT_STACK!r})")
+
+
+def add_files(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("-f", "--filename", dest="files", action="append", default=[], required=required,
+                        metavar="PATH", help="YAML/JSON file or directory of desired objects (repeatable; - for stdin)")
+    parser.add_argument("-n", "--namespace", default="default", help="namespace for objects that name none")
+
+
+def confirm(question: str) -> bool:
+    print(f"\n{question}\n  Only 'yes' will be accepted to approve.\n", file=sys.stderr)
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        return False
+    return answer.strip() == "yes"

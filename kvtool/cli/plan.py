@@ -1,0 +1,54 @@
+"""`kvtool plan -f PATH...`: show what apply would change. Exit 0 no changes, 2 changes (with
+--detailed-exitcode), 1 error — as Terraform."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from kvtool.cli import common
+from kvtool.plan import desired, planner, render
+from kvtool.plan.model import Plan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_files(parser, required=True)
+    common.add_stack(parser)
+    parser.add_argument("--out", metavar="FILE", help="save the plan to FILE for `kvtool apply FILE`")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON (secrets masked)")
+    parser.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
+    parser.add_argument("--replace", action="append", default=[], metavar="KIND/NAME",
+                        help="plan to replace this object even if unchanged (e.g. virtualmachine/vm-1)")
+    parser.add_argument("--adopt", action="store_true", help="take over desired objects that exist outside the stack")
+    parser.add_argument("--compact", action="store_true", help="do not list the fields of objects to create")
+    parser.add_argument("--no-color", action="store_true")
+
+
+def make(args: argparse.Namespace, conn: common.Connection) -> Plan:
+    desired.validate_stack(args.stack)
+    return planner.plan_files(conn.res, args.files, stack=args.stack, namespace=args.namespace, server=conn.server,
+                              replace=args.replace, adopt=args.adopt)
+
+
+def save(plan: Plan, path: str) -> None:
+    data = json.dumps(plan.to_json(include_secrets=True), indent=1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold secrets, like Terraform's
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    conn = common.connect(args)
+    plan = make(args, conn)
+    if args.json:
+        print(render.render_json(plan))
+    else:
+        render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact)
+    if args.out:
+        save(plan, args.out)
+        print(f"\nSaved the plan to {Path(args.out)}. To apply exactly this plan: kvtool apply {args.out}",
+              file=sys.stderr)
+    return 2 if args.detailed_exitcode and plan.has_changes else 0

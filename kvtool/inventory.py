@@ -1,0 +1,105 @@
+"""What is running: VMs joined with their VMIs, as rows and as a pandas DataFrame.
+
+The CLI's `kvtool status`, the notebooks' live tables and the Terraform data
+sources all read the cluster through this one module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from kvtool.api import quantity
+from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.kube.resources import Resources
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COLUMNS = ["name", "status", "ready", "node", "ip", "cpu", "memory", "age"]
+WIDE_COLUMNS = ["namespace", "stack", "name", "status", "ready", "phase", "node", "ip", "cpu", "memory",
+                "run_strategy", "image", "restart_required", "age"]
+
+
+def selector(stack: str | None = None, labels: Mapping[str, str] | None = None) -> str:
+    parts = [f"{MANAGED_BY_LABEL}={MANAGED_BY}"]
+    if stack:
+        parts.append(f"{STACK_LABEL}={stack}")
+    parts += [f"{k}={v}" for k, v in (labels or {}).items()]
+    return ",".join(parts)
+
+
+def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
+    """kubectl's age format: 45s, 12m, 3h, 5d."""
+    if not timestamp:
+        return ""
+    now = now or dt.datetime.now(dt.UTC)
+    then = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    secs = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size * (2 if unit != "d" else 1):
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def _condition(obj: Mapping[str, Any], ctype: str) -> str | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c.get("status")
+    return None
+
+
+def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetime | None = None) -> dict[str, Any]:
+    meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status") or {}
+    tspec = spec.get("template", {}).get("spec", {})
+    domain = tspec.get("domain", {})
+    cpu = domain.get("cpu", {})
+    vcpus = cpu.get("cores", 1) * cpu.get("sockets", 1) * cpu.get("threads", 1)
+    mem = domain.get("memory", {}).get("guest") or domain.get("resources", {}).get("requests", {}).get("memory")
+    images = [v["containerDisk"]["image"] for v in tspec.get("volumes", []) if "containerDisk" in v]
+    kernel = domain.get("firmware", {}).get("kernelBoot", {}).get("container", {}).get("image")
+    vmi_status = (vmi or {}).get("status") or {}
+    ifaces = vmi_status.get("interfaces") or []
+    strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
+    return {
+        "namespace": meta.get("namespace"),
+        "stack": (meta.get("labels") or {}).get(STACK_LABEL, ""),
+        "name": meta.get("name"),
+        "status": status.get("printableStatus") or ("Stopped" if strategy == "Halted" else "Provisioning"),
+        "ready": bool(status.get("ready")),
+        "phase": vmi_status.get("phase", ""),
+        "node": vmi_status.get("nodeName", ""),
+        "ip": next((i.get("ipAddress") for i in ifaces if i.get("ipAddress")), ""),
+        "cpu": vcpus,
+        "memory": quantity.format_bytes(quantity.to_bytes(mem)) if mem is not None else "",
+        "run_strategy": strategy,
+        "image": ",".join(images) or (kernel or ""),
+        "restart_required": _condition(vm, "RestartRequired") == "True",
+        "age": age(meta.get("creationTimestamp"), now),
+        "created": meta.get("creationTimestamp"),
+    }
+
+
+def vm_rows(res: Resources, stack: str | None = None, namespace: str | None = None,
+            labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    sel = selector(stack, labels)
+    vms, _ = res.list(VIRTUAL_MACHINE, namespace, label_selector=sel)
+    vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, namespace, label_selector=sel)
+    by_name = {(v["metadata"].get("namespace"), v["metadata"]["name"]): v for v in vmis}
+    now = dt.datetime.now(dt.UTC)
+    rows = [vm_row(vm, by_name.get((vm["metadata"].get("namespace"), vm["metadata"]["name"])), now) for vm in vms]
+    return sorted(rows, key=lambda r: (r["namespace"] or "", r["name"]))
+
+
+def frame(rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows), columns=[*WIDE_COLUMNS, "created"])
+    return df[columns] if columns else df
+
+
+def status_frame(res: Resources, stack: str | None = None, namespace: str | None = None,
+                 labels: Mapping[str, str] | None = None, wide: bool = True) -> pd.DataFrame:
+    """The stack's VMs as a DataFrame (one row per VM) for users' own analysis."""
+    return frame(vm_rows(res, stack, namespace, labels), None if wide else COLUMNS)

@@ -1,0 +1,31 @@
+"""Install kvtool's CRDs (server-side apply) and wait until the API serves them."""
+
+from __future__ import annotations
+
+import time
+
+from kvtool.api import crd
+from kvtool.api.types import Kind
+from kvtool.errors import KvtoolError
+from kvtool.kube.resources import Resources
+
+CRD_KIND = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions",
+                namespaced=False)
+
+
+def install(res: Resources, timeout: float = 60) -> list[str]:
+    names = []
+    for doc in crd.all_crds():
+        res.apply(CRD_KIND, doc, force=True)
+        names.append(doc["metadata"]["name"])
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            obj = res.get(CRD_KIND, None, name) or {}
+            conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise KvtoolError(f"CRD {name} was not established within {timeout:.0f}s: {conds}")
+            time.sleep(0.1)
+    return names

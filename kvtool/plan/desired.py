@@ -1,0 +1,267 @@
+"""Desired state: YAML/JSON files, directories or Python objects → validated manifests.
+
+Every problem in every document is collected before anything else happens,
+each with its file, document index, field path and what was expected; a
+plan is only made from input that is valid throughout.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvtool.api import schema
+from kvtool.api.types import (
+    DEFAULT_STACK,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    PLANNABLE,
+    STACK_LABEL,
+    Kind,
+    kind_for,
+)
+from kvtool.errors import KvtoolError
+
+try:  # libyaml's C loader is ~10x faster on thousands of documents
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+# Server-set metadata a user may paste from `kubectl get -o yaml`; dropped, not refused.
+SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
+                   "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences")
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+@dataclass(frozen=True)
+class Location:
+    source: str  # file path or "<python>"
+    index: int  # document index within the source, from 0
+
+    def __str__(self) -> str:
+        return f"{self.source}, document {self.index + 1}"
+
+
+@dataclass(frozen=True)
+class InputIssue:
+    location: Location
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        return f"{self.location}{where}: {self.message}"
+
+
+class InvalidInput(KvtoolError):
+    """The desired state has problems; all of them are listed."""
+
+    def __init__(self, issues: Sequence[InputIssue]) -> None:
+        self.issues = list(issues)
+        lines = "\n".join(f"  - {i}" for i in self.issues)
+        super().__init__(f"{len(self.issues)} problem(s) in the desired state; "
+                         f"nothing was sent to the cluster:\n{lines}")
+
+
+@dataclass
+class Desired:
+    """One object the user wants, ready to apply (labels set, namespace filled in)."""
+
+    kind: Kind
+    manifest: dict[str, Any]
+    location: Location
+
+    @property
+    def namespace(self) -> str | None:
+        return self.manifest["metadata"].get("namespace")
+
+    @property
+    def name(self) -> str:
+        return self.manifest["metadata"]["name"]
+
+    @property
+    def key(self) -> tuple[str, str, str | None, str]:
+        return (self.kind.api_version, self.kind.kind, self.namespace, self.name)
+
+
+@dataclass
+class DesiredState:
+    stack: str
+    objects: list[Desired] = field(default_factory=list)
+
+
+def validate_stack(stack: str) -> str:
+    if not DNS_LABEL.match(stack) or len(stack) > 63:
+        raise KvtoolError(f"stack name {stack!r} is invalid: use a DNS-1123 label (lowercase letters, digits, '-'; "
+                          "at most 63 characters)")
+    return stack
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories → their YAML/JSON files, recursively, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in YAML_SUFFIXES))
+        elif p.is_file() or str(p) == "-":
+            out.append(p)
+        else:
+            raise KvtoolError(f"{p}: no such file or directory")
+    return out
+
+
+def read_documents(path: Path, text: str | None = None) -> tuple[list[tuple[int, Any]], list[InputIssue]]:
+    """(index, document) pairs of a multi-document YAML file, skipping empty documents."""
+    source = str(path)
+    try:
+        text = text if text is not None else path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [InputIssue(Location(source, 0), "", f"cannot read: {exc}")]
+    docs: list[tuple[int, Any]] = []
+    index = 0  # the document being read, also when reading it fails
+    try:
+        for doc in yaml.load_all(text, Loader=_Loader):
+            if doc is not None:
+                docs.append((index, doc))
+            index += 1
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        return docs, [InputIssue(Location(source, index), "", f"broken YAML: {where}{problem}")]
+    return docs, []
+
+
+def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] = (), *,
+         stack: str = DEFAULT_STACK, namespace: str = "default") -> DesiredState:
+    """Read, normalise and validate the desired state; raise InvalidInput listing every problem."""
+    validate_stack(stack)
+    issues: list[InputIssue] = []
+    raw: list[tuple[Location, Any]] = []
+    for path in expand_paths(paths):
+        docs, errs = read_documents(path) if str(path) != "-" else read_documents(path, _stdin())
+        issues += errs
+        raw += [(Location(str(path), i), d) for i, d in docs]
+    raw += [(Location("<python>", i), copy.deepcopy(dict(o))) for i, o in enumerate(objects)]
+
+    state = DesiredState(stack)
+    seen: dict[tuple[str, str, str | None, str], Location] = {}
+    for loc, doc in raw:
+        for item_loc, item in _unlist(loc, doc):
+            obj, errs = normalise(item, item_loc, stack=stack, namespace=namespace)
+            issues += errs
+            key = _identity(item, namespace)
+            if key is not None and key in seen:
+                issues.append(InputIssue(item_loc, "metadata.name",
+                                         f"{key[1]} {key[2]}/{key[3]} is already defined in {seen[key]}"))
+                continue
+            if key is not None:
+                seen[key] = item_loc
+            if obj is not None:
+                state.objects.append(obj)
+    if issues:
+        raise InvalidInput(issues)
+    return state
+
+
+def _identity(doc: Any, namespace: str) -> tuple[str, str, str | None, str] | None:
+    """(apiVersion, kind, namespace, name) of a raw document, when it has them, valid or not."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("metadata"), Mapping):
+        return None
+    kind = kind_for(str(doc.get("apiVersion")), str(doc.get("kind")))
+    name = doc["metadata"].get("name")
+    if kind is None or not isinstance(name, str):
+        return None
+    ns = doc["metadata"].get("namespace", namespace) if kind.namespaced else None
+    return (kind.api_version, kind.label, ns, name)
+
+
+def _stdin() -> str:
+    import sys
+
+    return sys.stdin.read()
+
+
+def _unlist(loc: Location, doc: Any) -> Iterable[tuple[Location, Any]]:
+    """A `kind: List` document (as kubectl writes) stands for its items."""
+    if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+        for item in doc["items"]:
+            yield loc, item
+    else:
+        yield loc, doc
+
+
+def normalise(doc: Any, loc: Location, *, stack: str, namespace: str) -> tuple[Desired | None, list[InputIssue]]:
+    """Check one document's identity and schema, and return it ready to apply."""
+    if not isinstance(doc, Mapping):
+        return None, [InputIssue(loc, "", f"expected a mapping with apiVersion and kind, got {type(doc).__name__}")]
+    api_version, kind_name = doc.get("apiVersion"), doc.get("kind")
+    kind = kind_for(str(api_version), str(kind_name))
+    if kind is None or kind not in PLANNABLE:
+        known = ", ".join(f"{k.kind} ({k.api_version})" for k in PLANNABLE)
+        hint = ""
+        if api_version == "kubevirt.io/v1" and kind_name == "VirtualMachine":
+            hint = "; kvtool's VirtualMachine is kvtool.io/v1alpha1 with KubeVirt's field names: change apiVersion"
+        return None, [InputIssue(loc, "kind", f"unknown kind {kind_name!r} (apiVersion {api_version!r}); "
+                                              f"kvtool plans: {known}{hint}")]
+    manifest: dict[str, Any] = doc if isinstance(doc, dict) else dict(doc)  # load() hands us our own copy
+    manifest.pop("status", None)
+    meta = manifest.get("metadata")
+    if not isinstance(meta, dict):
+        return None, [InputIssue(loc, "metadata", "missing metadata with a name")]
+    for key in SERVER_METADATA:
+        meta.pop(key, None)
+    if isinstance(meta.get("annotations"), dict):
+        meta["annotations"].pop(LAST_APPLIED, None)
+        if not meta["annotations"]:
+            meta.pop("annotations")
+    issues: list[InputIssue] = []
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        issues.append(InputIssue(loc, "metadata.name", "missing metadata.name"))
+    elif not kind.schema and (not DNS_SUBDOMAIN.match(name) or len(name) > 253):
+        # kvtool's own kinds check names through the schema's rule (the CRD's CEL rule's twin).
+        issues.append(InputIssue(loc, "metadata.name",
+                                 f"{name!r} is not a valid name: use lowercase letters, digits, '-' and '.', "
+                                 "starting and ending with a letter or digit, at most 253 characters"))
+    if kind.namespaced:
+        ns = meta.setdefault("namespace", namespace)
+        if not isinstance(ns, str) or not DNS_LABEL.match(ns) or len(ns) > 63:
+            issues.append(InputIssue(loc, "metadata.namespace", f"{ns!r} is not a valid namespace name"))
+    labels = meta.setdefault("labels", {})
+    if not isinstance(labels, dict):
+        issues.append(InputIssue(loc, "metadata.labels", "expected a mapping of label names to strings"))
+    else:
+        if labels.get(STACK_LABEL, stack) != stack:
+            issues.append(InputIssue(loc, f"metadata.labels.{STACK_LABEL}",
+                                     f"says stack {labels[STACK_LABEL]!r} but this plan is for stack {stack!r}"))
+        labels[STACK_LABEL] = stack
+        labels[MANAGED_BY_LABEL] = MANAGED_BY
+    if kind.schema and isinstance(labels, dict):
+        issues += [InputIssue(loc, i.path, i.message) for i in schema.validate(manifest, kind.schema)]
+    if kind.kind == "Secret":
+        issues += _fold_string_data(manifest, loc)
+    return (None if issues else Desired(kind, manifest, loc)), issues
+
+
+def _fold_string_data(manifest: dict[str, Any], loc: Location) -> list[InputIssue]:
+    """The server turns stringData into data; do it first so plans compare like with like."""
+    string_data = manifest.pop("stringData", None)
+    if string_data is None:
+        return []
+    if not isinstance(string_data, dict) or not all(isinstance(v, str) for v in string_data.values()):
+        return [InputIssue(loc, "stringData", "expected a mapping of keys to strings")]
+    data = manifest.setdefault("data", {})
+    for key, value in string_data.items():
+        data[key] = base64.b64encode(value.encode()).decode()
+    return []

@@ -1,0 +1,174 @@
+"""Read what the cluster has for a stack and diff it against the desired state.
+
+The stack is found by label (kvtool.io/stack), so no local state file is
+needed: the cluster is the state. Reads are one LIST per kind, plus GETs
+(or a per-namespace LIST when many) for desired objects outside the stack,
+which must not be silently taken over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, PLANNABLE, STACK_LABEL, Kind
+from kvtool.errors import KvtoolError
+from kvtool.kube.resources import KubeError, Resources
+from kvtool.plan import desired as desired_mod
+from kvtool.plan import diff
+from kvtool.plan.desired import Desired, DesiredState
+from kvtool.plan.model import Action, Plan
+
+ObjKey = tuple[str, str, str | None, str]
+GET_THRESHOLD = 32
+
+
+def key_of(kind: Kind, obj: dict[str, Any]) -> ObjKey:
+    meta = obj.get("metadata", {})
+    return (kind.api_version, kind.kind, meta.get("namespace"), meta.get("name", ""))
+
+
+def stack_selector(stack: str) -> str:
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY},{STACK_LABEL}={stack}"
+
+
+@dataclass
+class LiveState:
+    members: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)  # objects labelled with the stack
+    others: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)  # desired keys found outside the stack
+
+
+class OwnershipError(KvtoolError):
+    """Desired objects exist in the cluster but belong to someone else."""
+
+
+def list_stack(res: Resources, stack: str, kinds: Collection[Kind] = PLANNABLE,
+               namespaces: Collection[str] | None = None) -> dict[ObjKey, dict[str, Any]]:
+    """Every object labelled with the stack: one LIST per kind, cluster-wide (or per namespace)."""
+    selector = stack_selector(stack)
+
+    def list_kind(kind: Kind) -> list[dict[str, Any]]:
+        if namespaces is None or not kind.namespaced:
+            return res.list(kind, label_selector=selector)[0]
+        return [o for ns in sorted(namespaces) for o in res.list(kind, ns, label_selector=selector)[0]]
+
+    members: dict[ObjKey, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for kind, items in zip(kinds, pool.map(list_kind, kinds), strict=True):
+            for obj in items:
+                members[key_of(kind, obj)] = obj
+    return members
+
+
+def find_others(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[Desired]) -> dict[ObjKey, Any]:
+    """Desired objects that exist outside the stack: GETs, or a LIST per namespace when many."""
+    missing = [d for d in wanted if d.key not in members]
+    by_ns: dict[tuple[Kind, str | None], list[Desired]] = {}
+    for d in missing:
+        by_ns.setdefault((d.kind, d.namespace), []).append(d)
+    others: dict[ObjKey, Any] = {}
+    missing_keys = {d.key for d in missing}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = []
+        for (kind, ns), ds in by_ns.items():
+            if len(ds) > GET_THRESHOLD:
+                jobs.append(pool.submit(lambda k=kind, n=ns: [(k, o) for o in res.list(k, n)[0]]))
+            else:
+                for d in ds:
+                    jobs.append(pool.submit(lambda d=d: [(d.kind, o)] if (o := res.get(d.kind, d.namespace, d.name))
+                                            else []))
+        for job in jobs:
+            for kind, obj in job.result():
+                k = key_of(kind, obj)
+                if k in missing_keys:
+                    others[k] = obj
+    return others
+
+
+def fetch(res: Resources, stack: str, desired: Iterable[Desired] = (),
+          kinds: Collection[Kind] = PLANNABLE,
+          prefetched: dict[ObjKey, dict[str, Any]] | None = None) -> LiveState:
+    wanted = list(desired)
+    if prefetched is not None:
+        members = prefetched
+    else:
+        try:
+            members = list_stack(res, stack, kinds)
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            # No cluster-wide list permission: look in the namespaces we know of.
+            members = list_stack(res, stack, kinds, {d.namespace for d in wanted if d.namespace})
+    return LiveState(members, find_others(res, members, wanted))
+
+
+def plan_files(res: Resources, paths: Sequence[str], *, stack: str, namespace: str, server: str,
+               replace: Collection[str] = (), adopt: bool = False) -> Plan:
+    """Load files and read the stack at the same time (the LISTs do not depend on the files), then diff."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        listing = pool.submit(list_stack, res, stack)
+        state = desired_mod.load(paths, stack=stack, namespace=namespace)
+        try:
+            members: dict[ObjKey, dict[str, Any]] | None = listing.result()
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            members = None
+    return make_plan(state, fetch(res, stack, state.objects, prefetched=members), server,
+                     replace=replace, adopt=adopt)
+
+
+def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: Collection[str] = (),
+              adopt: bool = False) -> Plan:
+    """The pure half of planning: desired + live → Plan."""
+    problems = []
+    for d in desired.objects:
+        other = live.others.get(d.key)
+        if other is None or adopt:
+            continue
+        labels = other.get("metadata", {}).get("labels") or {}
+        owner = (f"stack {labels[STACK_LABEL]!r}" if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and
+                 STACK_LABEL in labels else "nothing kvtool knows (created outside kvtool)")
+        problems.append(f"{d.kind.label} {d.namespace}/{d.name} ({d.location}) already exists and belongs to {owner}")
+    if problems:
+        raise OwnershipError("objects in the desired state already exist outside this stack:\n"
+                             + "\n".join(f"  - {p}" for p in problems),
+                             hint="rename them, delete the existing ones, or pass --adopt to take them over")
+    plan = Plan(stack=desired.stack, server=server)
+    seen = set()
+    for d in desired.objects:
+        current = live.members.get(d.key) or (live.others.get(d.key) if adopt else None)
+        address = f"{d.kind.label}/{d.name}"
+        force = address in replace or f"{d.kind.label}/{d.namespace}/{d.name}" in replace
+        plan.changes.append(diff.diff_object(d.kind, d.manifest, current, source=str(d.location),
+                                             force_replace=force and current is not None))
+        seen.add(d.key)
+    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
+    for k, obj in live.members.items():
+        if k not in seen:
+            plan.changes.append(diff.diff_object(kinds[k[:2]], None, obj))
+    order = {k.kind: i for i, k in enumerate(PLANNABLE)}
+    plan.changes.sort(key=lambda c: (order.get(c.kind, 99), c.namespace or "", c.name))
+    return plan
+
+
+def plan(res: Resources, desired: DesiredState, server: str, *, replace: Collection[str] = (),
+         adopt: bool = False) -> Plan:
+    return make_plan(desired, fetch(res, desired.stack, desired.objects), server, replace=replace, adopt=adopt)
+
+
+def destroy_plan(res: Resources, stack: str, server: str, only: DesiredState | None = None) -> Plan:
+    """Delete every object of the stack (or only those named in `only`)."""
+    live = fetch(res, stack)
+    keep = None if only is None else {d.key for d in only.objects}
+    p = Plan(stack=stack, server=server, destroy=True)
+    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
+    for k, obj in live.members.items():
+        if keep is None or k in keep:
+            p.changes.append(diff.diff_object(kinds[k[:2]], None, obj))
+    order = {k.kind: i for i, k in enumerate(PLANNABLE)}
+    p.changes.sort(key=lambda c: (-order.get(c.kind, 99), c.namespace or "", c.name))
+    assert all(c.action == Action.DELETE for c in p.changes)
+    return p
