@@ -1,0 +1,1 @@
+"""The configure steps the converter runs in order, grouped by concern (KubeVirt's virtwrap/converter/*)."""
