@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make demo: the embedded cluster up, the example lab planned and applied, its status table.
+# make demo: the embedded cluster up, the example lab planned, applied and booted, its status table,
+# and each running VM's serial console showing the guest's readiness marker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KVTOOL=.venv/bin/kvtool
@@ -12,11 +13,20 @@ echo "==> kvtool plan -f examples/lab.yaml --stack $STACK"
 rc=0; $KVTOOL plan -f examples/lab.yaml --stack "$STACK" --detailed-exitcode --compact || rc=$?
 [ "$rc" = 1 ] && exit 1
 echo
-echo "==> kvtool apply -f examples/lab.yaml --stack $STACK --auto-approve"
-$KVTOOL apply -f examples/lab.yaml --stack "$STACK" --auto-approve --compact
+echo "==> kvtool apply -f examples/lab.yaml --stack $STACK --auto-approve --wait"
+$KVTOOL apply -f examples/lab.yaml --stack "$STACK" --auto-approve --compact --wait --timeout 300
 echo
 echo "==> kvtool status --stack $STACK"
 $KVTOOL status --stack "$STACK"
+for vm in $($KVTOOL status --stack "$STACK" -o csv | awk -F, 'NR>1 && $4=="Running" {print $3}'); do
+  echo
+  echo "==> kvtool console $vm --tail (waiting for the guest's marker)"
+  for _ in $(seq 1 60); do
+    if $KVTOOL console "$vm" --tail | grep -q KVTOOL-GUEST-READY; then break; fi
+    sleep 1
+  done
+  $KVTOOL console "$vm" --tail | grep -a KVTOOL-GUEST || { echo "no marker from $vm" >&2; exit 1; }
+done
 echo
 KUBECTL="$(dirname "$($KVTOOL cluster build 2>/dev/null)")/kubectl"
 echo "kubectl get --raw /readyz: $("$KUBECTL" --kubeconfig "${KVTOOL_HOME:-$HOME/.kvtool}/kubeconfig" get --raw /readyz)"

@@ -11,7 +11,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages, from the one list the launcher image uses too.
-mapfile -t PKGS < <(grep -v '^\s*#' setup/apt-packages.txt | awk 'NF{print $1}')
+mapfile -t PKGS < <(awk '!/^[[:space:]]*#/ && NF {print $1}' setup/apt-packages.txt)
 MISSING=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING+=("$p")

@@ -173,7 +173,7 @@ def test_apply_of_any_plan_converges(old: dict[str, Any], new: dict[str, Any]) -
 
 # -- cases ------------------------------------------------------------------------------------------
 
-def _single(old: dict[str, Any], new: dict[str, Any], live_extra: dict[str, Any] | None = None):  # noqa: ANN202
+def _single(old: dict[str, Any], new: dict[str, Any], live_extra: dict[str, Any] | None = None):
     live = live_of(desired(old), extra=live_extra)
     return plan_of(desired(new), live).changes[0]
 

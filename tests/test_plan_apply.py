@@ -80,7 +80,7 @@ def test_drift_conflicts_and_force(cluster: Cluster, stack: str, tmp_path: Path)
 
     refused = kvtool("apply", "-f", str(f), "--stack", stack, "--auto-approve")
     assert refused.returncode == 1
-    assert "conflict" in refused.stderr and "kubectl-patch" in refused.stderr
+    assert "owned by field manager kubectl-patch" in refused.stderr, refused.stderr
     assert ".spec.template.spec.domain.cpu.cores" in refused.stderr and "--force-conflicts" in refused.stderr
     assert "1 change(s) were applied" in refused.stderr, "the independent create still happened"
 

@@ -78,7 +78,7 @@ def execute(conn: common.Connection, plan: Plan, args: argparse.Namespace, appro
     if getattr(args, "wait", False) and not plan.destroy:
         vms = [(c.namespace or "default", c.name) for c in plan.changes
                if c.kind == "VirtualMachine" and c.action != Action.DELETE]
-        late = apply.wait_for_vms(conn.res, vms, args.timeout)
+        late = apply.wait_for_vms(conn.res, vms, args.timeout, stack=plan.stack)
         if late:
             print(f"Timed out after {args.timeout:.0f}s waiting for: {', '.join(late)}", file=sys.stderr)
             return 1

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--nodes", type=int, default=2, help="node agents to run (default 2)")
     up.add_argument("--port", type=int, help="apiserver port (default: a free port)")
     up.add_argument("--timeout", type=float, default=cluster.UP_TIMEOUT, help="seconds to wait for readiness")
+    up.add_argument("--bare", action="store_true",
+                    help="only the Kubernetes control plane: no kvtool CRDs, RBAC or components (try `kvtool install`)")
     up.add_argument("-q", "--quiet", action="store_true")
     down = sub.add_parser("down", help="stop every process of the embedded cluster")
     down.add_argument("--purge", action="store_true", help=f"also delete the state dir ({paths.kvtool_home()})")
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "up":
         if args.nodes < 0 or args.nodes > 16:
             raise KvtoolError(f"--nodes must be between 0 and 16, got {args.nodes}")
-        cluster.up(home, nodes=args.nodes, apiserver_port=args.port, quiet=args.quiet, timeout=args.timeout)
+        cluster.up(home, nodes=args.nodes, apiserver_port=args.port, quiet=args.quiet, timeout=args.timeout,
+                   bare=args.bare)
         return 0
     if args.action == "down":
         cluster.down(home, purge=args.purge, quiet=args.quiet)
@@ -62,10 +65,12 @@ def _status(home, args: argparse.Namespace) -> int:
     if st.error:
         print(f"Error:      {st.error}")
     print()
-    header = f"{'COMPONENT':<22} {'STATE':<9} {'PID':>8} {'PORT':>6} {'RESTARTS':>8}  LAST EXIT"
+    width = max([22, *(len(c.name) + 1 for c in st.components)])
+    header = f"{'COMPONENT':<{width}} {'STATE':<9} {'PID':>8} {'PORT':>6} {'RESTARTS':>8}  LAST EXIT"
     print(header)
     for c in st.components:
-        print(f"{c.name:<22} {c.state:<9} {c.pid or '-':>8} {c.port or '-':>6} {c.restarts:>8}  {c.last_exit or '-'}")
+        print(f"{c.name:<{width}} {c.state:<9} {c.pid or '-':>8} {c.port or '-':>6} {c.restarts:>8}  "
+              f"{c.last_exit or '-'}")
     healthy = st.phase == "running" and st.api_ready and all(c.state == "running" for c in st.components)
     sys.stdout.flush()
     return 0 if healthy else 1

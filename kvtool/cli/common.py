@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -46,3 +47,30 @@ def confirm(question: str) -> bool:
     except EOFError:
         return False
     return answer.strip() == "yes"
+
+
+def configure_daemon_logging() -> None:
+    """Daemons log key=value lines at INFO; kopf's own chatter only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    for noisy in ("kopf", "kopf.objects", "kopf.activities", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_in_cluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in-cluster", action="store_true",
+                        help="use the pod's service account instead of a kubeconfig")
+
+
+def daemon_connection(args: argparse.Namespace):
+    """The API client a daemon uses, exported for kopf's login too (which reads $KUBECONFIG)."""
+    import os
+
+    from kvtool.kube import clients
+
+    if args.in_cluster:
+        os.environ.pop("KUBECONFIG", None)
+        res = clients.in_cluster_resources()
+        return res, res.api
+    conn = connect(args)
+    os.environ["KUBECONFIG"] = conn.kubeconfig.path
+    return conn.res, conn.res.api

@@ -118,6 +118,9 @@ def meta_data(instance_id: str, hostname: str) -> str:
     return yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname}, sort_keys=False)
 
 
+ISO_PADDING = 150 * 2048
+
+
 def write_nocloud_iso(path: Path, *, instance_id: str, hostname: str, user_data: str | None,
                       network_data: str | None, mode: int = 0o600) -> Path:
     """Write the seed ISO atomically (temp file + rename) and return its path.
@@ -165,7 +168,9 @@ def _build(contents: Mapping[str, str]) -> bytes:
                        file_mode=file_mode)
         iso.write_fp(out)
         iso.close()
-    return out.getvalue()
+    # mkisofs pads every image with 150 zero sectors; pycdlib does not. Unpadded (~66 KiB), the seed
+    # is never found by busybox's findfs (its probes read past the end of the tiny disk and give up).
+    return out.getvalue() + bytes(ISO_PADDING)
 
 
 class _FrozenTime:

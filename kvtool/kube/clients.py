@@ -22,3 +22,13 @@ def api_client(kubeconfig: str | Path, context: str | None = None) -> client.Api
         raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
     configuration.connection_pool_maxsize = POOL_SIZE
     return client.ApiClient(configuration)
+
+
+def in_cluster_resources():
+    """A Resources client from the pod's service account (real clusters)."""
+    from kvtool.kube.resources import Resources
+
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return Resources(client.ApiClient(configuration))

@@ -18,14 +18,19 @@ def install(res: Resources, timeout: float = 60) -> list[str]:
     for doc in crd.all_crds():
         res.apply(CRD_KIND, doc, force=True)
         names.append(doc["metadata"]["name"])
-    deadline = time.monotonic() + timeout
     for name in names:
-        while True:
-            obj = res.get(CRD_KIND, None, name) or {}
-            conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
-            if conds.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise KvtoolError(f"CRD {name} was not established within {timeout:.0f}s: {conds}")
-            time.sleep(0.1)
+        wait_established(res, name, timeout)
     return names
+
+
+def wait_established(res: Resources, name: str, timeout: float = 60) -> None:
+    """Until the API serves the CRD's resource (its Established condition)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = res.get(CRD_KIND, None, name) or {}
+        conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+        if conds.get("Established") == "True":
+            return
+        if time.monotonic() > deadline:
+            raise KvtoolError(f"CRD {name} was not established within {timeout:.0f}s: {conds}")
+        time.sleep(0.1)

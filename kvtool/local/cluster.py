@@ -87,7 +87,7 @@ def _kill_all(pids: list[int], timeout: float = 10.0) -> None:
 
 
 def up(home: Path, nodes: int = 2, apiserver_port: int | None = None, quiet: bool = False,
-       timeout: float = UP_TIMEOUT) -> ClusterState:
+       timeout: float = UP_TIMEOUT, bare: bool = False) -> ClusterState:
     layout = Layout(home)
     home.mkdir(parents=True, exist_ok=True)
     if lock_held(layout):
@@ -114,8 +114,8 @@ def up(home: Path, nodes: int = 2, apiserver_port: int | None = None, quiet: boo
 
     binary = build.ensure_binary(progress=not quiet)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    config = {"binary": str(binary), "nodes": [f"kvtool-node-{i}" for i in range(1, nodes + 1)],
-              "apiserver_port": apiserver_port}
+    config = {"binary": str(binary), "nodes": [] if bare else [f"kvtool-node-{i}" for i in range(1, nodes + 1)],
+              "apiserver_port": apiserver_port, "bare": bare}
     config_path = home / "supervisor-config.json"
     config_path.write_text(json.dumps(config))
     (home / "cluster.json").unlink(missing_ok=True)
@@ -204,12 +204,26 @@ def down(home: Path, purge: bool = False, quiet: bool = False, timeout: float = 
         _say(quiet, f"Stopping {len(leftovers)} leftover process(es): {leftovers}")
         _kill_all(leftovers)
         stopped += len(leftovers)
+    _remove_network(layout, quiet)
     if purge:
         shutil.rmtree(home, ignore_errors=True)
         _say(quiet, f"Removed {home}.")
     elif state is not None:
         _say(quiet, "Cluster stopped." if stopped else "The embedded cluster was not running.")
     return stopped
+
+
+def _remove_network(layout: Layout, quiet: bool) -> None:
+    """The pod network's namespaces (the cluster's and its pods'): its processes are gone, so is it."""
+    from kvtool.podnet import embedded, netcmd
+
+    try:
+        removed = embedded.remove_cluster(layout.cluster_id)
+    except netcmd.NetError as exc:
+        _say(quiet, f"Could not remove the pod network's namespaces: {exc.message}")
+        return
+    if removed:
+        _say(quiet, f"Removed {len(removed)} network namespace(s) of the pod network.")
 
 
 @dataclass

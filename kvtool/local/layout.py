@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvtool import paths
 from kvtool.local.state import lock_path
 
 
@@ -57,3 +58,19 @@ class Layout:
 
     def node_dir(self, node: str) -> Path:
         return self.nodes / node
+
+    @property
+    def cluster_id(self) -> str:
+        """8 hex digits unique to this home: names machine-wide things (/run dir, network namespaces)."""
+        return paths.cluster_id(self.home)
+
+    @property
+    def run_dir(self) -> Path:
+        return paths.run_dir(self.home)
+
+    def node_run_dir(self, node: str) -> Path:
+        """What /var/run/kvtool is on this node (sockets of the launchers and their libvirtds)."""
+        return self.run_dir / node
+
+    def node_sockets(self, node: str) -> Path:
+        return paths.node_sockets_dir(node, self.home)

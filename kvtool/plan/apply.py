@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from kvtool.api.types import FIELD_MANAGER, PLANNABLE, VIRTUAL_MACHINE, Kind, kind_for
+from kvtool.api.types import FIELD_MANAGER, PLANNABLE, STACK_LABEL, VIRTUAL_MACHINE, Kind, kind_for
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.plan import planner
@@ -93,11 +93,12 @@ def check_fresh(res: Resources, plan: Plan, server: str) -> None:
 
 
 def _conflict_message(exc: KubeError) -> str:
-    fields = [c.get("field") or c.get("message", "") for c in exc.causes if c.get("type") == "FieldManagerConflict"]
-    managers = sorted({c.get("message", "").split('"')[1] for c in exc.causes
-                       if c.get("type") == "FieldManagerConflict" and '"' in c.get("message", "")})
+    """`.spec...cores owned by kubectl-patch` from the API server's FieldManagerConflict causes."""
+    conflicts = [c for c in exc.causes if "FieldManagerConflict" in (c.get("reason"), c.get("type"))]
+    fields = [c.get("field", "") for c in conflicts if c.get("field")]
+    managers = sorted({c.get("message", "").split('"')[1] for c in conflicts if c.get("message", "").count('"') >= 2})
     shown = ", ".join(fields) or exc.message
-    return (f"conflict: {shown} owned by field manager {', '.join(managers) or 'another manager'}; "
+    return (f"conflict: {shown} owned by field manager {', '.join(managers) or '(unknown)'}; "
             "rerun with --force-conflicts to take these fields over")
 
 
@@ -161,8 +162,8 @@ def apply_plan(res: Resources, plan: Plan, *, force_conflicts: bool = False,
     result = ApplyResult()
     total = len(plan.actionable)
     done = 0
-    bar = tqdm(total=total, desc="Applying", unit="obj", file=sys.stderr, disable=not progress or total == 0,
-               leave=False)
+    bar = tqdm(total=total, desc="Applying", unit="obj", file=sys.stderr, leave=False,
+               disable=not progress or total == 0 or not sys.stderr.isatty())
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             for wave in _waves(plan):
@@ -198,23 +199,41 @@ def vm_settled(vm: dict[str, Any]) -> bool:
     return True  # Manual: whatever the user asked for later
 
 
-def wait_for_vms(res: Resources, names: Iterable[tuple[str, str]], timeout: float, progress: bool = True) -> list[str]:
-    """Wait until every (namespace, name) VM settles; return those that did not."""
+def wait_for_vms(res: Resources, names: Iterable[tuple[str, str]], timeout: float, progress: bool = True,
+                 stack: str | None = None) -> list[str]:
+    """Wait until every (namespace, name) VM settles; return those that did not.
+
+    One LIST, then a watch from its resourceVersion: no polling."""
     pending = set(names)
     deadline = time.monotonic() + timeout
-    bar = tqdm(total=len(pending), desc="Waiting for VMs", unit="vm", file=sys.stderr,
-               disable=not progress or not pending, leave=False)
+    selector = f"{STACK_LABEL}={stack}" if stack else None
+    bar = tqdm(total=len(pending), desc="Waiting for VMs", unit="vm", file=sys.stderr, leave=False,
+               disable=not progress or not pending or not sys.stderr.isatty())
+
+    def see(vm: dict[str, Any]) -> None:
+        key = (vm["metadata"].get("namespace"), vm["metadata"]["name"])
+        if key in pending and vm_settled(vm):
+            pending.discard(key)
+            bar.update(1)
+
     try:
         while pending and time.monotonic() < deadline:
-            for ns in sorted({n for n, _ in pending}):
-                items, _ = res.list(VIRTUAL_MACHINE, ns)
-                for vm in items:
-                    key = (ns, vm["metadata"]["name"])
-                    if key in pending and vm_settled(vm):
-                        pending.discard(key)
-                        bar.update(1)
-            if pending:
-                time.sleep(0.5)
+            items, rv = res.list(VIRTUAL_MACHINE, label_selector=selector)
+            for vm in items:
+                see(vm)
+            remaining = int(deadline - time.monotonic())
+            if not pending or remaining <= 0:
+                break
+            try:
+                for event in res.watch(VIRTUAL_MACHINE, label_selector=selector, resource_version=rv,
+                                       timeout=max(1, remaining)):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        see(event["object"])
+                    if not pending or time.monotonic() > deadline:
+                        break
+            except KubeError as exc:
+                if exc.status != 410:  # an expired resourceVersion: list again
+                    raise
     finally:
         bar.close()
     return sorted(f"{ns}/{n}" for ns, n in pending)

@@ -1,0 +1,38 @@
+"""`kvtool handler --node N`: run the per-node handler (a DaemonSet in real clusters)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from kvtool.cli import common
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", required=True, help="the node this handler serves")
+    parser.add_argument("--sockets-dir", type=Path, default=Path("/var/run/kvtool/sockets"),
+                        help="where launchers put their sockets (default /var/run/kvtool/sockets)")
+    parser.add_argument("--health-port", type=int, default=0, help="serve /healthz, /readyz, /metrics (0: off)")
+    common.add_in_cluster(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvtool.handler import operator
+
+    common.configure_daemon_logging()
+    res, _ = common.daemon_connection(args)
+    handler = operator.Handler(res, args.node, args.sockets_dir)
+    registry = operator.build_registry(handler)
+    if args.health_port:
+        from kvtool import observe
+
+        observe.serve(args.health_port, healthy=lambda: True)
+
+    async def main() -> None:
+        import kopf
+
+        await kopf.operator(registry=registry, clusterwide=True, standalone=True)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,44 @@
+"""Status conditions: build them, and keep lastTransitionTime when nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kvtool.controller import timeutil
+
+
+def condition(ctype: str, status: bool | str, reason: str = "", message: str = "") -> dict[str, Any]:
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    return {"type": ctype, "status": value, "reason": reason, "message": message[:4000]}
+
+
+def get(obj: Mapping[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return None
+
+
+def is_true(obj: Mapping[str, Any] | None, ctype: str) -> bool:
+    c = get(obj, ctype)
+    return bool(c and c.get("status") == "True")
+
+
+def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New conditions, keeping each one's lastTransitionTime while its status stays the same."""
+    before = {c.get("type"): c for c in old or []}
+    out = []
+    for c in new:
+        prev = before.get(c["type"])
+        same = prev is not None and prev.get("status") == c["status"]
+        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same and prev.get(
+            "lastTransitionTime") else timeutil.stamp()})
+    return out
+
+
+def same(old: Iterable[Mapping[str, Any]] | None, new: Iterable[Mapping[str, Any]]) -> bool:
+    def key(cs: Iterable[Mapping[str, Any]] | None) -> list[tuple[Any, ...]]:
+        return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in cs or [])
+
+    return key(old) == key(new)

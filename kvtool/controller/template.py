@@ -1,0 +1,185 @@
+"""Render the launcher pod for a VMI (KubeVirt's services/template.go, in small).
+
+Pure: VMI in, pod manifest out. Everything the scheduler decides on (node
+selector, affinity, tolerations, resource requests) is copied from the VMI,
+so the real scheduler places VMs. The pod's env and volumes are the
+contract of docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kvtool import __version__
+from kvtool.api import quantity
+from kvtool.api.types import API_VERSION, LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VALUE, VM_LABEL, VMI_LABEL, VMI_UID_LABEL
+
+DEFAULT_LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
+DEFAULT_GRACE = 30
+# QEMU under TCG needs room beyond the guest's RAM (measured ~190 MiB RSS for a 128 MiB guest).
+MEMORY_OVERHEAD = 160 * 2**20
+# KubeVirt's default cpuAllocationRatio of 10: each vCPU requests 100m.
+MILLICORES_PER_VCPU = 100
+SOCKETS, PRIVATE, IMAGES, CACHE, VOLUMES = ("/var/run/kvtool/sockets", "/var/lib/kvtool/private",
+                                            "/var/lib/kvtool/images", "/var/lib/kvtool/cache",
+                                            "/var/run/kvtool/volumes")
+# The CNI's interface in the pod; the launcher puts the guest behind it (masquerade or bridge binding).
+POD_INTERFACE = "eth0"
+# What the launcher needs in its own network namespace to do that: bridges, a tap, nftables, DHCP.
+# NET_ADMIN/NET_RAW: the pod network binding (bridge, tap, nftables, DHCP); SYS_ADMIN: the mount
+# namespace of the launcher's private libvirtd. Never privileged.
+CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    image: str = DEFAULT_LAUNCHER_IMAGE
+    service_account: str | None = None
+    kvm_device: bool = False  # mount the node's /dev/kvm (real clusters); the launcher falls back to TCG
+
+
+def guest_memory(spec: dict[str, Any]) -> int:
+    domain = spec.get("domain", {})
+    value = domain.get("memory", {}).get("guest") or domain.get("resources", {}).get("requests", {}).get("memory")
+    return quantity.to_bytes(value) if value is not None else 0
+
+
+def vcpus(spec: dict[str, Any]) -> int:
+    cpu = spec.get("domain", {}).get("cpu", {})
+    return int(cpu.get("cores", 1)) * int(cpu.get("sockets", 1)) * int(cpu.get("threads", 1))
+
+
+def resources(spec: dict[str, Any]) -> dict[str, Any]:
+    """Requests/limits for the compute container: the guest plus QEMU's overhead."""
+    res = spec.get("domain", {}).get("resources", {})
+    requests = dict(res.get("requests", {}))
+    limits = dict(res.get("limits", {}))
+    mem = guest_memory(spec) + MEMORY_OVERHEAD
+    requests["memory"] = str(max(mem, quantity.to_bytes(requests.get("memory", 0))))
+    requests.setdefault("cpu", f"{vcpus(spec) * MILLICORES_PER_VCPU}m")
+    if "memory" in limits:
+        limits["memory"] = str(max(quantity.to_bytes(limits["memory"]), mem))
+    out: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def _volume_mounts(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pod volumes and mounts for VMI volumes that need the kubelet's (or node agent's) help."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for vol in spec.get("volumes", []):
+        name = vol["name"]
+        pod_vol = None
+        if "persistentVolumeClaim" in vol:
+            pvc = vol["persistentVolumeClaim"]
+            pod_vol = {"persistentVolumeClaim": {"claimName": pvc["claimName"],
+                                                 "readOnly": bool(pvc.get("readOnly", False))}}
+        elif "hostDisk" in vol:
+            parent = vol["hostDisk"]["path"].rsplit("/", 1)[0] or "/"
+            pod_vol = {"hostPath": {"path": parent, "type": "DirectoryOrCreate"}}
+        elif "cloudInitNoCloud" in vol:
+            ci = vol["cloudInitNoCloud"]
+            ref = (ci.get("secretRef") or {}).get("name")
+            net_ref = (ci.get("networkDataSecretRef") or {}).get("name")
+            if ref or net_ref:
+                sources = [{"secret": {"name": n}} for n in dict.fromkeys(x for x in (ref, net_ref) if x)]
+                pod_vol = sources[0] if len(sources) == 1 else {"projected": {"sources": sources}}
+                if "secret" in pod_vol:
+                    pod_vol = {"secret": {"secretName": pod_vol["secret"]["name"]}}
+        if pod_vol is not None:
+            volumes.append({"name": f"vol-{name}", **pod_vol})
+            mounts.append({"name": f"vol-{name}", "mountPath": f"{VOLUMES}/{name}"})
+    return volumes, mounts
+
+
+def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
+    meta, spec = vmi["metadata"], vmi["spec"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    grace = int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+    labels = dict(meta.get("labels") or {})
+    labels.update({LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE, VMI_LABEL: name, VMI_UID_LABEL: uid,
+                   VM_LABEL: name})
+    vol_volumes, vol_mounts = _volume_mounts(spec)
+
+    def field(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    env = [
+        {"name": "KVTOOL_POD_UID", **field("metadata.uid")},
+        {"name": "KVTOOL_POD_NAME", **field("metadata.name")},
+        {"name": "KVTOOL_POD_NAMESPACE", **field("metadata.namespace")},
+        {"name": "KVTOOL_NODE_NAME", **field("spec.nodeName")},
+        {"name": "KVTOOL_GRACE_PERIOD", "value": str(grace)},
+        {"name": "KVTOOL_SOCKETS_DIR", "value": SOCKETS},
+        {"name": "KVTOOL_STATE_DIR", "value": PRIVATE},
+        {"name": "KVTOOL_IMAGES", "value": IMAGES},
+        {"name": "KVTOOL_CACHE_DIR", "value": CACHE},
+        {"name": "KVTOOL_VOLUMES_DIR", "value": VOLUMES},
+        {"name": "KVTOOL_POD_INTERFACE", "value": POD_INTERFACE},
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The launcher's own grace plus a margin for destroying the domain and cleaning up.
+        "terminationGracePeriodSeconds": grace + 15,
+        "automountServiceAccountToken": False,
+        "containers": [{
+            "name": "compute",
+            "image": config.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["kvtool", "launcher"],
+            "args": ["--namespace", namespace, "--name", name, "--uid", uid],
+            "env": env,
+            "resources": resources(spec),
+            # Root in its own namespaces, never privileged: the private libvirtd needs a mount namespace
+            # (SYS_ADMIN), the pod network binding NET_ADMIN/NET_RAW (CAPABILITIES).
+            "securityContext": {"runAsUser": 0, "privileged": False,
+                                "capabilities": {"add": list(CAPABILITIES)}},
+            "volumeMounts": [
+                {"name": "sockets", "mountPath": SOCKETS},
+                {"name": "private", "mountPath": PRIVATE},
+                {"name": "images", "mountPath": IMAGES, "readOnly": True},
+                {"name": "cache", "mountPath": CACHE},
+                *vol_mounts,
+            ],
+        }],
+        "volumes": [
+            {"name": "sockets", "hostPath": {"path": SOCKETS, "type": "DirectoryOrCreate"}},
+            {"name": "private", "emptyDir": {}},
+            {"name": "images", "hostPath": {"path": IMAGES, "type": "DirectoryOrCreate"}},
+            {"name": "cache", "hostPath": {"path": CACHE, "type": "DirectoryOrCreate"}},
+            *vol_volumes,
+        ],
+    }
+    for key in ("nodeSelector", "affinity", "tolerations"):
+        if spec.get(key):
+            pod_spec[key] = spec[key]
+    if config.service_account:
+        pod_spec["serviceAccountName"] = config.service_account
+    if config.kvm_device:
+        # Real clusters: the node's /dev/kvm (TCG is the fallback) and /dev/net/tun for the guest's tap.
+        for dev_name, dev in (("kvm", "/dev/kvm"), ("tun", "/dev/net/tun")):
+            pod_spec["volumes"].append({"name": dev_name, "hostPath": {"path": dev, "type": "CharDevice"}})
+            pod_spec["containers"][0]["volumeMounts"].append({"name": dev_name, "mountPath": dev})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"virt-launcher-{name}-"[:58],
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {"kvtool.io/domain": f"{namespace}_{name}"},
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "VirtualMachineInstance", "name": name,
+                                 "uid": uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": pod_spec,
+    }
+
+
+def pod_requests_summary(pod: dict[str, Any]) -> str:
+    req = pod["spec"]["containers"][0]["resources"]["requests"]
+    mem = math.ceil(quantity.to_bytes(req["memory"]) / 2**20)
+    return f"cpu {req['cpu']}, memory {mem}Mi"

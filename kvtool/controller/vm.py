@@ -1,0 +1,220 @@
+"""What the controller does for one VirtualMachine, as a pure function of the VM and its VMI.
+
+runStrategy semantics follow KubeVirt: Always keeps one VMI running (also
+after the guest shuts down), RerunOnFailure re-creates only after a failure,
+Once runs a VMI once, Halted runs none, Manual acts only on start/stop
+requests (status.stateChangeRequests, written by `kvtool start|stop|restart`).
+Failures back off like KubeVirt's crash loop: immediately the first time,
+then 5 s, 10 s, 20 s ... up to 5 minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvtool.controller import conditions, timeutil
+
+FINAL = ("Succeeded", "Failed")
+BACKOFF_MAX = 300.0
+# A VMI that ran this long resets the crash-loop count.
+STABLE_RUN = dt.timedelta(seconds=30)
+
+
+def run_strategy(vm: dict[str, Any]) -> str:
+    spec = vm.get("spec", {})
+    return spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
+
+
+def backoff(failures: int) -> float:
+    return 0.0 if failures <= 1 else min(BACKOFF_MAX, 5.0 * 2 ** (failures - 2))
+
+
+@dataclass
+class VMDecision:
+    create_vmi: bool = False
+    delete_vmi: str | None = None  # uid of the VMI to delete
+    status: dict[str, Any] = field(default_factory=dict)
+    requeue_after: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def _phase(vmi: dict[str, Any] | None) -> str | None:
+    return ((vmi or {}).get("status") or {}).get("phase") if vmi else None
+
+
+def _running_since(vmi: dict[str, Any]) -> dt.datetime | None:
+    for t in reversed((vmi.get("status") or {}).get("phaseTransitionTimestamps") or []):
+        if t.get("phase") == "Running":
+            return timeutil.parse(t.get("phaseTransitionTimestamp"))
+    return None
+
+
+def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | None = None) -> VMDecision:
+    now = now or timeutil.now()
+    d = VMDecision()
+    status = dict(vm.get("status") or {})
+    strategy = run_strategy(vm)
+    phase = _phase(vmi)
+    vmi_deleting = bool(vmi and vmi["metadata"].get("deletionTimestamp"))
+    vmi_uid = vmi["metadata"]["uid"] if vmi else None
+    failure = dict(status.get("startFailure") or {})
+    requests = list(status.get("stateChangeRequests") or [])
+
+    # Crash-loop bookkeeping: count each failed VMI once; a long enough run resets the count.
+    if vmi and phase == "Failed" and failure.get("lastFailedVMIUID") != vmi_uid:
+        ran = _running_since(vmi)
+        count = 1 if ran and now - ran > STABLE_RUN else int(failure.get("consecutiveFailCount", 0)) + 1
+        retry = now + dt.timedelta(seconds=backoff(count))
+        failure = {"consecutiveFailCount": count, "retries": int(failure.get("retries", 0)) + 1,
+                   "lastFailedVMIUID": vmi_uid, "retryAfterTimestamp": timeutil.stamp_precise(retry)}
+        d.events.append(("Warning", "VMIFailed", f"VMI {vmi_uid} failed; restart #{count} after "
+                                                 f"{backoff(count):.0f}s"))
+    elif vmi and phase == "Running" and failure and (ran := _running_since(vmi)) and now - ran > STABLE_RUN:
+        failure = {}
+    retry_after = timeutil.parse(failure.get("retryAfterTimestamp")) if failure else None
+    waiting = retry_after is not None and retry_after > now
+
+    def start_vmi() -> None:
+        if waiting:
+            d.requeue_after = max(0.05, (retry_after - now).total_seconds())  # type: ignore[operator]
+        else:
+            d.create_vmi = True
+
+    if vm["metadata"].get("deletionTimestamp"):
+        pass  # the garbage collector removes the VMI
+    elif requests:
+        req = requests[0]
+        if req.get("action") == "Stop":
+            if vmi and (not req.get("uid") or req.get("uid") == vmi_uid):
+                if not vmi_deleting:
+                    d.delete_vmi = vmi_uid
+            else:
+                requests.pop(0)
+        elif req.get("action") == "Start":
+            if vmi is None:
+                failure, waiting = {}, False
+                start_vmi()
+            elif phase in FINAL and not vmi_deleting:
+                d.delete_vmi = vmi_uid
+            elif phase not in FINAL:
+                requests.pop(0)
+        else:
+            requests.pop(0)
+        if requests:
+            d.requeue_after = d.requeue_after or 1.0
+    elif strategy in ("Always", "RerunOnFailure"):
+        if vmi is None:
+            start_vmi()
+        elif not vmi_deleting and (phase == "Failed" or (phase == "Succeeded" and strategy == "Always")):
+            d.delete_vmi = vmi_uid
+    elif strategy == "Once":
+        if vmi is None and not status.get("created") and not status.get("printableStatus"):
+            start_vmi()
+    elif strategy == "Halted":
+        failure = {}
+        if vmi and not vmi_deleting:
+            d.delete_vmi = vmi_uid
+
+    d.status = _status(vm, vmi, strategy, failure, waiting, requests)
+    return d
+
+
+def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failure: dict[str, Any],
+            waiting: bool, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    phase = _phase(vmi)
+    printable = _printable(vm, vmi, strategy, failure, waiting)
+    ready = phase == "Running" and conditions.is_true(vmi, "Ready")
+    vmi_failure = conditions.get(vmi, "Failure") if vmi else None
+    scheduled = conditions.get(vmi, "PodScheduled") if vmi else None
+    if printable == "ErrorUnschedulable" and scheduled:
+        failure_cond = conditions.condition("Failure", True, "Unschedulable", scheduled.get("message", ""))
+    elif vmi_failure and vmi_failure.get("status") == "True":
+        failure_cond = conditions.condition("Failure", True, vmi_failure.get("reason", ""),
+                                            vmi_failure.get("message", ""))
+    elif printable == "CrashLoopBackOff":
+        failure_cond = conditions.condition("Failure", True, "CrashLoopBackOff",
+                                            f"{failure.get('consecutiveFailCount')} consecutive failures; "
+                                            f"next start after {failure.get('retryAfterTimestamp')}")
+    else:
+        failure_cond = conditions.condition("Failure", False)
+    restart = bool(vmi and phase not in FINAL and
+                   vm.get("spec", {}).get("template", {}).get("spec") != vmi.get("spec"))
+    vmi_ready = conditions.get(vmi, "Ready") if vmi else None
+    new_conditions = [
+        conditions.condition("Ready", ready, (vmi_ready or {}).get("reason", "") if vmi else "VMINotExists",
+                             (vmi_ready or {}).get("message", "") if vmi else "no VirtualMachineInstance"),
+        failure_cond,
+        conditions.condition("RestartRequired", restart, "TemplateChanged" if restart else "",
+                             "the VM template changed; restart the VM to use it" if restart else ""),
+        conditions.condition("Paused", phase == "Running" and conditions.is_true(vmi, "Paused")),
+    ]
+    return {
+        "printableStatus": printable,
+        "ready": ready,
+        "created": vmi is not None,
+        "runStrategy": strategy,
+        "vmiUID": vmi["metadata"]["uid"] if vmi else "",
+        "observedGeneration": vm["metadata"].get("generation", 0),
+        "conditions": new_conditions,
+        "startFailure": failure or None,
+        "stateChangeRequests": requests,
+    }
+
+
+def _printable(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failure: dict[str, Any],
+               waiting: bool) -> str:
+    if vm["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    if vmi is None:
+        return "CrashLoopBackOff" if waiting and strategy in ("Always", "RerunOnFailure") else "Stopped"
+    phase = _phase(vmi)
+    restarts = strategy in ("Always", "RerunOnFailure")
+    if vmi["metadata"].get("deletionTimestamp"):
+        if phase == "Failed" and restarts:  # removing a failed VMI to start a new one
+            return "CrashLoopBackOff" if int(failure.get("consecutiveFailCount", 0)) > 1 else "Starting"
+        return "Stopping"
+    if phase in (None, "Pending", "Scheduling", "Scheduled"):
+        scheduled = conditions.get(vmi, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return "ErrorUnschedulable"
+        return "Starting"
+    if phase == "Running":
+        ready = conditions.get(vmi, "Ready")
+        if ready and ready.get("reason") == "NodeUnreachable":
+            return "Unknown"
+        return "Paused" if conditions.is_true(vmi, "Paused") else "Running"
+    if phase == "Failed" and strategy in ("Always", "RerunOnFailure"):
+        return "CrashLoopBackOff" if int(failure.get("consecutiveFailCount", 0)) > 1 else "Starting"
+    if phase == "Succeeded" and strategy == "Always":
+        return "Starting"
+    if phase == "Unknown":
+        return "Unknown"
+    return "Stopped"
+
+
+def vmi_for(vm: dict[str, Any]) -> dict[str, Any]:
+    """The VMI to create: the template, owned by the VM, labelled like the VM's stack."""
+    meta = vm["metadata"]
+    template = vm["spec"]["template"]
+    tmeta = template.get("metadata") or {}
+    labels = {**{k: v for k, v in (meta.get("labels") or {}).items()
+                 if k in ("kvtool.io/stack", "app.kubernetes.io/managed-by")},
+              **(tmeta.get("labels") or {}), "kvtool.io/vm": meta["name"]}
+    out: dict[str, Any] = {
+        "apiVersion": vm["apiVersion"],
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": vm["apiVersion"], "kind": "VirtualMachine", "name": meta["name"],
+                                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": copy.deepcopy(template["spec"]),
+    }
+    if tmeta.get("annotations"):
+        out["metadata"]["annotations"] = dict(tmeta["annotations"])
+    return out

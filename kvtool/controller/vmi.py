@@ -1,0 +1,128 @@
+"""What the controller does for one VirtualMachineInstance, as a pure function of it and its pods.
+
+The controller owns the VMI's early phases (Pending → Scheduling → Scheduled)
+and its end when the launcher pod ends; the node's handler owns Running and
+the domain's own end. Phases only move forward, and writes carry the
+resourceVersion they were computed from, so the two writers cannot undo
+each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvtool.api.types import VMI_UID_LABEL
+from kvtool.controller import conditions, timeutil
+
+ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5,
+         "Unknown": 4}
+NODE_LABEL = "kvtool.io/nodeName"
+
+
+@dataclass
+class VMIDecision:
+    create_pod: bool = False
+    status: dict[str, Any] | None = None  # a merge patch of status, or None
+    labels: dict[str, str] = field(default_factory=dict)  # labels to add
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def pod_name(vmi: dict[str, Any]) -> str:
+    """Deterministic, so a controller restarted mid-create cannot make a second pod."""
+    meta = vmi["metadata"]
+    return f"virt-launcher-{meta['name'][:42]}-{meta['uid'][:5]}"
+
+
+def launcher_pods(vmi: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    uid = vmi["metadata"]["uid"]
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(VMI_UID_LABEL) == uid]
+
+
+def _pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def _termination(pod: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) for a launcher pod that ended."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            code = term.get("exitCode")
+            detail = term.get("message") or term.get("reason") or ""
+            return (f"LauncherExited{code}", f"launcher exited with code {code}" + (f": {detail}" if detail else ""))
+    return status.get("reason") or "PodFailed", status.get("message") or f"launcher pod {status.get('phase')}"
+
+
+def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | None) -> VMIDecision:
+    """node_ready: whether the VMI's node is Ready (None when unknown or not yet scheduled)."""
+    d = VMIDecision()
+    if vmi["metadata"].get("deletionTimestamp"):
+        return d
+    status = dict(vmi.get("status") or {})
+    phase = status.get("phase")
+    if phase in ("Succeeded", "Failed"):
+        return d
+    mine = launcher_pods(vmi, pods)
+    live = [p for p in mine if not p["metadata"].get("deletionTimestamp")]
+    new: dict[str, Any] = {}
+    conds: list[dict[str, Any]] = []
+    if not mine:
+        if ORDER.get(phase, 0) >= ORDER["Scheduling"]:
+            new.update(phase="Failed", reason="PodVanished")
+            conds.append(conditions.condition("Failure", True, "PodVanished", "the launcher pod disappeared"))
+        else:
+            d.create_pod = True
+            new["phase"] = "Scheduling"
+    else:
+        pod = (live or mine)[0]
+        pstatus = pod.get("status") or {}
+        node = pod.get("spec", {}).get("nodeName")
+        sched = _pod_condition(pod, "PodScheduled")
+        if sched:
+            conds.append(conditions.condition("PodScheduled", sched.get("status", "Unknown"),
+                                              sched.get("reason", ""), sched.get("message", "")))
+        if node:
+            new["nodeName"] = node
+            new["activePods"] = {pod["metadata"]["uid"]: node}
+            if (vmi["metadata"].get("labels") or {}).get(NODE_LABEL) != node:
+                d.labels[NODE_LABEL] = node
+        if pstatus.get("phase") in ("Failed", "Succeeded"):
+            reason, message = _termination(pod)
+            if pstatus.get("phase") == "Succeeded":
+                new.update(phase="Succeeded", reason="LauncherCompleted")
+            else:
+                new.update(phase="Failed", reason=reason)
+                conds.append(conditions.condition("Failure", True, reason, message))
+        elif not mine[0]["metadata"].get("deletionTimestamp") and pstatus.get("phase") == "Running" and node:
+            new["phase"] = "Scheduled"
+        elif node or phase is None or phase == "Pending":
+            new["phase"] = "Scheduling"
+        if node and node_ready is False and ORDER.get(phase, 0) >= ORDER["Running"]:
+            conds.append(conditions.condition("Ready", False, "NodeUnreachable",
+                                              f"node {node} is not ready: its node agent stopped reporting"))
+    # Phases only move forward (Failed/Succeeded end everything).
+    if "phase" in new and ORDER.get(new["phase"], 0) <= ORDER.get(phase, 0) and new["phase"] != phase:
+        del new["phase"]
+    if new.get("phase") == phase:
+        new.pop("phase", None)
+    if "phase" in new:
+        stamps = list(status.get("phaseTransitionTimestamps") or [])
+        stamps.append({"phase": new["phase"], "phaseTransitionTimestamp": timeutil.stamp_precise()})
+        new["phaseTransitionTimestamps"] = stamps
+    if conds:
+        old = status.get("conditions") or []
+        kept = [c for c in old if c.get("type") not in {n["type"] for n in conds}]
+        merged = kept + conditions.merge(old, conds)
+        if not conditions.same(old, merged):
+            new["conditions"] = merged
+    if "phase" not in new:
+        new.pop("phaseTransitionTimestamps", None)
+    changed = {k: v for k, v in new.items() if status.get(k) != v}
+    if changed:
+        d.status = changed
+    return d

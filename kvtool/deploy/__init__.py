@@ -1,0 +1,1 @@
+"""Deploying kvtool onto a cluster: the manifests (generated, one source) and install/uninstall."""

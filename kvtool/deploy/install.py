@@ -1,0 +1,87 @@
+"""`kvtool install` / `uninstall`: put kvtool's manifests on a cluster (server-side apply) or take them off."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kvtool.api.types import VIRTUAL_MACHINE, Kind
+from kvtool.deploy import manifests
+from kvtool.errors import KvtoolError
+from kvtool.kube import crds
+from kvtool.kube.resources import KubeError, Resources
+
+FIELD_MANAGER = "kvtool-install"
+
+KINDS: dict[tuple[str, str], Kind] = {
+    ("v1", "Namespace"): Kind("v1", "Namespace", "namespaces", namespaced=False),
+    ("v1", "ServiceAccount"): Kind("v1", "ServiceAccount", "serviceaccounts"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): crds.CRD_KIND,
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): Kind("rbac.authorization.k8s.io/v1", "ClusterRole",
+                                                          "clusterroles", namespaced=False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): Kind("rbac.authorization.k8s.io/v1",
+                                                                 "ClusterRoleBinding", "clusterrolebindings",
+                                                                 namespaced=False),
+    ("rbac.authorization.k8s.io/v1", "Role"): Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): Kind("rbac.authorization.k8s.io/v1", "RoleBinding",
+                                                          "rolebindings"),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): Kind(
+        "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies",
+        namespaced=False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): Kind(
+        "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings", namespaced=False),
+    ("apps/v1", "Deployment"): Kind("apps/v1", "Deployment", "deployments"),
+    ("apps/v1", "DaemonSet"): Kind("apps/v1", "DaemonSet", "daemonsets"),
+    ("policy/v1", "PodDisruptionBudget"): Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+}
+
+
+def kind_of(doc: dict[str, Any]) -> Kind:
+    try:
+        return KINDS[(doc["apiVersion"], doc["kind"])]
+    except KeyError as exc:
+        raise KvtoolError(f"kvtool does not know how to install {doc.get('kind')} ({doc.get('apiVersion')})") from exc
+
+
+def apply_all(res: Resources, docs: list[dict[str, Any]], dry_run: bool = False,
+              say: Callable[[str], None] = lambda _m: None) -> None:
+    """Server-side apply each manifest in order; CRDs are awaited before anything that needs them."""
+    for doc in docs:
+        kind = kind_of(doc)
+        res.apply(kind, doc, force=True, dry_run=dry_run, field_manager=FIELD_MANAGER, parse=False)
+        say(f"{kind.label}/{doc['metadata']['name']} {'validated' if dry_run else 'applied'}")
+        if kind == crds.CRD_KIND and not dry_run:
+            crds.wait_established(res, doc["metadata"]["name"])
+
+
+def install(res: Resources, image: str, say: Callable[[str], None] = lambda _m: None) -> None:
+    apply_all(res, manifests.all_manifests(image), say=say)
+
+
+def uninstall(res: Resources, force: bool = False, timeout: float = 180,
+              say: Callable[[str], None] = lambda _m: None) -> None:
+    try:
+        vms, _ = res.list(VIRTUAL_MACHINE)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        vms = []
+    if vms and not force:
+        names = ", ".join(f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vms[:10])
+        raise KvtoolError(f"{len(vms)} VirtualMachine(s) still exist ({names}{', ...' if len(vms) > 10 else ''}); "
+                          "uninstalling would remove them", hint="delete them first, or pass --force")
+    for vm in vms:
+        res.delete(VIRTUAL_MACHINE, vm["metadata"]["namespace"], vm["metadata"]["name"], propagation="Foreground")
+        say(f"virtualmachine/{vm['metadata']['namespace']}/{vm['metadata']['name']} deleted")
+    deadline = time.monotonic() + timeout
+    while vms and res.list(VIRTUAL_MACHINE)[0]:
+        if time.monotonic() > deadline:
+            raise KvtoolError(f"VMs were not gone within {timeout:.0f}s; run `kvtool uninstall --force` again")
+        time.sleep(0.5)
+    for doc in reversed(manifests.all_manifests()):
+        kind = kind_of(doc)
+        meta = doc["metadata"]
+        if res.delete(kind, meta.get("namespace"), meta["name"]):
+            say(f"{kind.label}/{meta['name']} deleted")

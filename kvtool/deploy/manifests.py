@@ -1,0 +1,226 @@
+"""Everything `kvtool install` puts on a cluster, generated here from one place.
+
+The same RBAC objects are used by the embedded cluster (kvtool.local.bootstrap),
+so a permission missing from these manifests fails kvtool's own tests, not a
+user's cluster. Least privilege: the controller manages VMIs and launcher pods,
+the handler may only write status of VMIs on its own node (RBAC cannot say
+"own node", so a ValidatingAdmissionPolicy checks the node name the API server
+puts in the handler's pod-bound token), launcher pods get no API access at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvtool import __version__
+from kvtool.api import crd
+
+NAMESPACE = "kvtool-system"
+DEFAULT_IMAGE = f"ghcr.io/kvtool/kvtool:{__version__}"
+CONTROLLER, HANDLER = "kvtool-controller", "kvtool-handler"
+LEASE = "kvtool-controller"
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+LABELS = {"app.kubernetes.io/part-of": "kvtool", "app.kubernetes.io/managed-by": "kvtool"}
+HEALTH_PORT, METRICS_PORT = 8080, 9090
+
+Manifest = dict[str, Any]
+
+
+def _meta(name: str, namespace: str | None = None, component: str | None = None) -> dict[str, Any]:
+    labels = dict(LABELS)
+    if component:
+        labels["app.kubernetes.io/component"] = component
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def sa_user(name: str, namespace: str = NAMESPACE) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def namespace(ns: str = NAMESPACE) -> Manifest:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns)}
+
+
+def service_accounts(ns: str = NAMESPACE) -> list[Manifest]:
+    """The controller's and the handlers'. Launcher pods run in the VMs' namespaces with no token mounted
+    (automountServiceAccountToken: false): the launcher never talks to the API."""
+    return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, name)}
+            for name in (CONTROLLER, HANDLER)]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+def controller_rules() -> list[dict[str, Any]]:
+    return [
+        _rule(["kvtool.io"], ["virtualmachines"], ["get", "list", "watch"]),
+        _rule(["kvtool.io"], ["virtualmachines/status"], ["get", "patch", "update"]),
+        _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
+        _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
+        _rule([""], ["pods"], ["get", "list", "watch", "create", "delete"]),
+        _rule([""], ["nodes"], ["get", "list", "watch"]),
+        _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
+    ]
+
+
+def handler_rules() -> list[dict[str, Any]]:
+    return [
+        _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch"]),
+        _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
+        _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
+    ]
+
+
+def rbac(ns: str = NAMESPACE) -> list[Manifest]:
+    out: list[Manifest] = []
+    for name, rules in ((CONTROLLER, controller_rules()), (HANDLER, handler_rules())):
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": _meta(name, component=name), "rules": rules})
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": _meta(name, component=name),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]})
+    # Leader election: only its own Lease, only in kvtool's namespace.
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": _meta(f"{CONTROLLER}-leader-election", ns, CONTROLLER),
+                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]})
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": _meta(f"{CONTROLLER}-leader-election", ns, CONTROLLER),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                            "name": f"{CONTROLLER}-leader-election"},
+                "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": ns}]})
+    return out
+
+
+def handler_policy(ns: str = NAMESPACE) -> list[Manifest]:
+    """Handlers write status only of VMIs on the node their token is bound to (like NodeRestriction)."""
+    name = "kvtool-handler-own-node"
+    node = f"request.userInfo.extra['{NODE_NAME_EXTRA}'][0]"
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": _meta(name, component=HANDLER),
+         "spec": {
+             "failurePolicy": "Fail",
+             "matchConstraints": {"resourceRules": [{
+                 "apiGroups": ["kvtool.io"], "apiVersions": ["*"], "operations": ["UPDATE"],
+                 "resources": ["virtualmachineinstances", "virtualmachineinstances/status"]}]},
+             "matchConditions": [{"name": "is-handler",
+                                  "expression": f"request.userInfo.username == '{sa_user(HANDLER, ns)}'"}],
+             "validations": [
+                 {"expression": f"'{NODE_NAME_EXTRA}' in request.userInfo.extra",
+                  "message": "a kvtool handler must use a token bound to its node (a pod or Node object)",
+                  "reason": "Forbidden"},
+                 {"expression": "has(oldObject.status) && has(oldObject.status.nodeName) && "
+                                "has(object.status) && has(object.status.nodeName) && "
+                                f"oldObject.status.nodeName == {node} && object.status.nodeName == {node}",
+                  "messageExpression": "'a kvtool handler on node ' + " + node
+                                       + " + ' may only update VirtualMachineInstances on that node'",
+                  "reason": "Forbidden"},
+             ]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": _meta(name, component=HANDLER),
+         "spec": {"policyName": name, "validationActions": ["Deny"]}},
+    ]
+
+
+def _container_security(non_root: bool) -> dict[str, Any]:
+    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                          "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    if non_root:
+        sc.update(runAsNonRoot=True, runAsUser=65532, runAsGroup=65532)
+    return sc
+
+
+def _probes(port: int) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10, "timeoutSeconds": 3}
+    return {"livenessProbe": {**probe, "initialDelaySeconds": 15, "failureThreshold": 3},
+            "readinessProbe": {**probe, "initialDelaySeconds": 2, "failureThreshold": 2}}
+
+
+def controller_deployment(image: str, ns: str = NAMESPACE) -> list[Manifest]:
+    labels = {"app.kubernetes.io/name": CONTROLLER}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(CONTROLLER, ns, CONTROLLER),
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, **LABELS}},
+                "spec": {
+                    "serviceAccountName": CONTROLLER,
+                    "priorityClassName": "system-cluster-critical",
+                    "securityContext": {"runAsNonRoot": True},
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                        "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                           "labelSelector": {"matchLabels": labels}}}]}},
+                    "containers": [{
+                        "name": "controller", "image": image,
+                        "command": ["kvtool", "controller", "--in-cluster", "--leader-elect",
+                                    "--lease-namespace", ns, "--launcher-image", image,
+                                    "--kvm", "device",
+                                    "--health-port", str(HEALTH_PORT)],
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+                        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+                        "securityContext": _container_security(non_root=True),
+                        **_probes(HEALTH_PORT),
+                    }],
+                },
+            },
+        },
+    }
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(CONTROLLER, ns, CONTROLLER),
+           "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}}}
+    return [deployment, pdb]
+
+
+def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
+    labels = {"app.kubernetes.io/name": HANDLER}
+    security = _container_security(non_root=False)
+    security["runAsUser"] = 0  # launcher sockets are root's (0600); nothing else needs root, nothing needs privilege
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _meta(HANDLER, ns, HANDLER),
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": {**labels, **LABELS}},
+                "spec": {
+                    "serviceAccountName": HANDLER,
+                    "priorityClassName": "system-node-critical",
+                    "tolerations": [{"operator": "Exists"}],
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
+                    "containers": [{
+                        "name": "handler", "image": image,
+                        "command": ["kvtool", "handler", "--in-cluster", "--node", "$(NODE_NAME)",
+                                    "--sockets-dir", "/var/run/kvtool/sockets", "--health-port", str(HEALTH_PORT)],
+                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+                        "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+                        "securityContext": security,
+                        "volumeMounts": [{"name": "sockets", "mountPath": "/var/run/kvtool/sockets"}],
+                        **_probes(HEALTH_PORT),
+                    }],
+                    "volumes": [{"name": "sockets",
+                                 "hostPath": {"path": "/var/run/kvtool/sockets", "type": "DirectoryOrCreate"}}],
+                },
+            },
+        },
+    }
+
+
+def rbac_and_policy(ns: str = NAMESPACE) -> list[Manifest]:
+    """What the embedded cluster shares with real installs: accounts, roles, the admission policy."""
+    return [namespace(ns), *service_accounts(ns), *rbac(ns), *handler_policy(ns)]
+
+
+def all_manifests(image: str = DEFAULT_IMAGE, ns: str = NAMESPACE) -> list[Manifest]:
+    """In apply order: namespace and CRDs first, workloads last."""
+    return [namespace(ns), *crd.all_crds(), *service_accounts(ns), *rbac(ns), *handler_policy(ns),
+            *controller_deployment(image, ns), handler_daemonset(image, ns)]

@@ -1,0 +1,116 @@
+"""The handler as a kopf operator: VMIs labelled with this node (filtered server-side) → workers."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE
+from kvtool.handler import status as status_mod
+from kvtool.handler.worker import VMIWorker
+from kvtool.kube import kopflogin
+from kvtool.kube.resources import KubeError, Resources
+
+log = logging.getLogger("kvtool.handler")
+
+FIELD_MANAGER = "kvtool-handler"
+NODE_LABEL = "kvtool.io/nodeName"
+VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
+
+
+def precise_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+class Handler:
+    def __init__(self, res: Resources, node: str, sockets_dir: Path) -> None:
+        self.res = res
+        self.node = node
+        self.sockets_dir = sockets_dir
+        self.cache: dict[tuple[str, str], dict[str, Any]] = {}
+        self.workers: dict[tuple[str, str], VMIWorker] = {}
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def on_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        vmi = copy.deepcopy(dict(body))
+        status = vmi.get("status") or {}
+        mine = (meta.get("labels") or {}).get(NODE_LABEL) == self.node and status.get("nodeName") == self.node
+        if event_type == "DELETED" or not mine:
+            self.cache.pop(key, None)
+            worker = self.workers.pop(key, None)
+            if worker:
+                worker.stop()
+            return
+        self.cache[key] = vmi
+        pods = [uid for uid, node in (status.get("activePods") or {}).items() if node == self.node]
+        worker = self.workers.get(key)
+        finished = worker is not None and (worker.task is None or worker.task.done())
+        if worker and (worker.pod_uid not in pods or status.get("phase") in ("Succeeded", "Failed") or finished):
+            # A new pod, the end of the VMI, or a worker that gave up: start over (sync is idempotent).
+            worker.stop()
+            self.workers.pop(key, None)
+            worker = None
+        if worker is None and pods and status.get("phase") not in ("Succeeded", "Failed") \
+                and not meta.get("deletionTimestamp"):
+            worker = VMIWorker(key, pods[0], self.sockets_dir, lambda k=key: self.cache.get(k),
+                               lambda domain, version, k=key: self.report(k, domain, version))
+            self.workers[key] = worker
+            worker.start()
+        elif worker is not None:
+            worker.poke()
+
+    async def report(self, key: tuple[str, str], domain: dict[str, Any], version: str | None) -> None:
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            for _attempt in range(3):
+                vmi = self.cache.get(key)
+                if vmi is None or (vmi.get("status") or {}).get("nodeName") != self.node:
+                    return  # only the handler of the VMI's node touches it
+                patch = status_mod.status_patch(vmi, domain, version, precise_now())
+                if not patch:
+                    return
+                body = {"metadata": {"resourceVersion": vmi["metadata"]["resourceVersion"]}, "status": patch}
+                try:
+                    updated = await asyncio.to_thread(self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, key[0], key[1],
+                                                      body, subresource="status", field_manager=FIELD_MANAGER)
+                    self.cache[key] = updated
+                    log.info("vmi=%s/%s event=status phase=%s", key[0], key[1], updated.get("status", {}).get("phase"))
+                    return
+                except KubeError as exc:
+                    if exc.status == 404:
+                        return
+                    if exc.status != 409:
+                        raise
+                    fresh = await asyncio.to_thread(self.res.get, VIRTUAL_MACHINE_INSTANCE, key[0], key[1])
+                    if fresh is None:
+                        return
+                    self.cache[key] = fresh
+
+
+def build_registry(handler: Handler) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING
+        settings.queueing._batch_window = 0.01
+        settings.watching.server_timeout = 300
+        settings.scanning.disabled = True  # no cluster-wide CRD/namespace scans: RBAC grants only what is used
+        settings.watching.label_selectors[VMI_R[0], VMI_R[2]] = f"{NODE_LABEL}={handler.node}"
+        settings.posting.reporting_component = "kvtool-handler"
+
+    @kopf.on.event(*VMI_R, registry=registry)
+    async def on_vmi(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:  # async: workers live in this loop
+        handler.on_event(event.get("type"), body)
+
+    kopf.on.login(registry=registry)(kopflogin.login)
+    return registry

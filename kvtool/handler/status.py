@@ -1,0 +1,68 @@
+"""Domain status (from the launcher) → VMI status patch. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PAUSE_ANNOTATION = "kvtool.io/paused"
+ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5}
+
+
+def _cond(ctype: str, status: bool, reason: str = "", message: str = "", old: list[dict[str, Any]] | None = None,
+          now: str = "") -> dict[str, Any]:
+    value = "True" if status else "False"
+    prev = next((c for c in old or [] if c.get("type") == ctype), None)
+    when = prev.get("lastTransitionTime") if prev and prev.get("status") == value else now
+    return {"type": ctype, "status": value, "reason": reason, "message": message[:4000], "lastTransitionTime": when}
+
+
+def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: str | None,
+                 now: str) -> dict[str, Any] | None:
+    """The change to the VMI's status this domain status calls for, or None."""
+    status = dict(vmi.get("status") or {})
+    phase = status.get("phase")
+    if phase in ("Succeeded", "Failed"):
+        return None
+    dphase = domain.get("phase")
+    new: dict[str, Any] = {}
+    target = {"Running": "Running", "Paused": "Running", "Succeeded": "Succeeded", "Failed": "Failed"}.get(dphase or "")
+    if target and ORDER.get(target, 0) > ORDER.get(phase, 0):
+        new["phase"] = target
+        stamps = list(status.get("phaseTransitionTimestamps") or [])
+        stamps.append({"phase": target, "phaseTransitionTimestamp": now})
+        new["phaseTransitionTimestamps"] = stamps
+        if target != "Running":
+            new["reason"] = domain.get("reason") or ("GuestShutdown" if target == "Succeeded" else "DomainFailed")
+    old = status.get("conditions") or []
+    running = dphase == "Running"
+    paused = dphase == "Paused"
+    failed = dphase == "Failed"
+    conds = [
+        _cond("Ready", running, "" if running else (domain.get("reason") or str(dphase)),
+              "" if running else domain.get("message", ""), old, now),
+        _cond("Paused", paused, "PausedByUser" if paused else "", "", old, now),
+    ]
+    if failed:
+        reason = domain.get("reason") or "DomainFailed"
+        conds.append(_cond("Failure", True, reason, domain.get("message", ""), old, now))
+    types = {c["type"] for c in conds}
+    merged = [c for c in old if c.get("type") not in types] + conds
+    if _key(merged) != _key(old):
+        new["conditions"] = merged
+    ifaces = domain.get("interfaces")
+    if ifaces is not None and ifaces != status.get("interfaces"):
+        new["interfaces"] = ifaces
+    if launcher_version and status.get("launcherContainerImageVersion") != launcher_version:
+        new["launcherContainerImageVersion"] = launcher_version
+    state = domain.get("domainState")
+    if state and status.get("domainState") != state:
+        new["domainState"] = state
+    return new or None
+
+
+def _key(conds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in conds)
+
+
+def wants_paused(vmi: dict[str, Any]) -> bool:
+    return ((vmi.get("metadata") or {}).get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"

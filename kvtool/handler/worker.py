@@ -1,0 +1,139 @@
+"""One worker per VMI on this node: connect to its launcher, sync, follow the domain, report.
+
+The launcher protocol is blocking; each call runs in a thread, and the
+`watch` stream is pumped from a thread into an asyncio queue. A handler
+restarted while VMs run re-syncs (sync is idempotent) and follows them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from kvtool.handler import status as status_mod
+from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
+
+log = logging.getLogger("kvtool.handler")
+
+SOCKET_WAIT = 120.0
+
+Reporter = Callable[[dict[str, Any], str | None], Awaitable[None]]
+Latest = Callable[[], dict[str, Any] | None]
+
+
+class VMIWorker:
+    def __init__(self, key: tuple[str, str], pod_uid: str, sockets_dir: Path, latest: Latest,
+                 report: Reporter) -> None:
+        self.key = key
+        self.pod_uid = pod_uid
+        self.socket = sockets_dir / f"{pod_uid}.sock"
+        self.latest = latest
+        self.report = report
+        self.poked = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.version: str | None = None
+        self.domain: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run(), name=f"vmi-{self.key[0]}/{self.key[1]}")
+
+    def poke(self) -> None:
+        self.poked.set()
+
+    def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        ns, name = self.key
+        try:
+            if not await self._wait_for_socket():
+                log.warning("vmi=%s/%s event=no-launcher socket=%s", ns, name, self.socket)
+                return
+            client = LauncherClient(self.socket)
+            info = await asyncio.to_thread(client.ping)
+            self.version = info.get("launcherVersion")
+            vmi = self.latest()
+            if vmi is None:
+                return
+            started = time.monotonic()
+            try:
+                self.domain = await asyncio.to_thread(client.sync, vmi)
+            except LauncherError as exc:
+                log.warning("vmi=%s/%s event=sync-failed reason=%s", ns, name, exc.reason)
+                self.domain = {"phase": "Failed", "reason": exc.reason or "SyncFailed", "message": exc.message}
+            log.info("vmi=%s/%s event=synced phase=%s seconds=%.2f", ns, name, self.domain.get("phase"),
+                     time.monotonic() - started)
+            await self.report(self.domain, self.version)
+            watcher = asyncio.get_running_loop().create_task(self._follow())
+            try:
+                while not watcher.done():
+                    await self._reconcile_pause(client)
+                    self.poked.clear()
+                    waiter = asyncio.get_running_loop().create_task(self.poked.wait())
+                    await asyncio.wait({watcher, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+            finally:
+                watcher.cancel()
+        except asyncio.CancelledError:
+            raise
+        except LauncherUnavailable as exc:
+            log.info("vmi=%s/%s event=launcher-gone detail=%r", ns, name, str(exc))
+        except Exception:
+            log.exception("vmi=%s/%s event=worker-error", ns, name)
+
+    async def _wait_for_socket(self) -> bool:
+        deadline = time.monotonic() + SOCKET_WAIT
+        while not self.socket.exists():
+            vmi = self.latest()
+            if time.monotonic() > deadline or vmi is None or (vmi.get("status") or {}).get("phase") in (
+                    "Succeeded", "Failed"):
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def _follow(self) -> None:
+        async for domain in self._watch():
+            self.domain = domain
+            await self.report(domain, self.version)
+
+    async def _watch(self) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        client = LauncherClient(self.socket, timeout=None)
+        done = object()
+
+        def pump() -> None:
+            try:
+                for st in client.watch():
+                    loop.call_soon_threadsafe(queue.put_nowait, st)
+            except (LauncherError, OSError) as exc:
+                log.debug("vmi=%s/%s event=watch-ended detail=%r", *self.key, str(exc))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        threading.Thread(target=pump, daemon=True, name=f"watch-{self.key[1]}").start()
+        try:
+            while (item := await queue.get()) is not done:
+                yield item
+        finally:
+            client.close()
+
+    async def _reconcile_pause(self, client: LauncherClient) -> None:
+        vmi = self.latest()
+        if vmi is None:
+            return
+        want = status_mod.wants_paused(vmi)
+        phase = self.domain.get("phase")
+        if want and phase == "Running":
+            self.domain = await asyncio.to_thread(client.pause)
+        elif not want and phase == "Paused":
+            self.domain = await asyncio.to_thread(client.unpause)
+        else:
+            return
+        await self.report(self.domain, self.version)

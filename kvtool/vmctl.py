@@ -1,0 +1,107 @@
+"""VM verbs as virtctl has them: start, stop, restart, pause, unpause.
+
+Like virtctl, start/stop edit runStrategy where that says what the user
+means (Halted ⇄ Always) and otherwise post a state-change request the
+controller honours (Manual, RerunOnFailure, Once); restart asks to stop the
+current VMI and start a new one. pause/unpause mark the VMI for its node's
+handler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.errors import KvtoolError
+from kvtool.kube.resources import Resources
+
+FIELD_MANAGER = "kvtool-vmctl"
+PAUSE_ANNOTATION = "kvtool.io/paused"
+
+
+def _vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
+    vm = res.get(VIRTUAL_MACHINE, namespace, name)
+    if vm is None:
+        raise KvtoolError(f"virtualmachine {namespace}/{name} not found",
+                          hint="`kvtool status` lists the VMs kvtool manages")
+    return vm
+
+
+def _strategy(vm: dict[str, Any]) -> str:
+    spec = vm.get("spec", {})
+    return spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
+
+
+def _set_strategy(res: Resources, vm: dict[str, Any], strategy: str) -> None:
+    meta = vm["metadata"]
+    patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                             "spec": {"runStrategy": strategy}}
+    if "running" in vm.get("spec", {}):
+        patch["spec"]["running"] = None  # the older form: replace it with runStrategy
+    res.merge_patch(VIRTUAL_MACHINE, meta["namespace"], meta["name"], patch, field_manager=FIELD_MANAGER)
+
+
+def _request(res: Resources, vm: dict[str, Any], requests: list[dict[str, Any]]) -> None:
+    meta = vm["metadata"]
+    res.merge_patch(VIRTUAL_MACHINE, meta["namespace"], meta["name"],
+                    {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                     "status": {"stateChangeRequests": requests}},
+                    subresource="status", field_manager=FIELD_MANAGER)
+
+
+def start(res: Resources, namespace: str, name: str) -> str:
+    vm = _vm(res, namespace, name)
+    strategy = _strategy(vm)
+    status = vm.get("status") or {}
+    if strategy == "Halted":
+        _set_strategy(res, vm, "Always")
+        return f"{name}: runStrategy Halted -> Always"
+    if strategy == "Always" or (status.get("printableStatus") in ("Running", "Starting", "Paused")):
+        raise KvtoolError(f"virtualmachine {namespace}/{name} is already running (runStrategy {strategy})")
+    _request(res, vm, [{"action": "Start"}])
+    return f"{name}: start requested"
+
+
+def stop(res: Resources, namespace: str, name: str) -> str:
+    vm = _vm(res, namespace, name)
+    strategy = _strategy(vm)
+    if strategy == "Halted":
+        raise KvtoolError(f"virtualmachine {namespace}/{name} is already stopped (runStrategy Halted)")
+    if strategy in ("Always", "RerunOnFailure", "Once"):
+        _set_strategy(res, vm, "Halted")
+        return f"{name}: runStrategy {strategy} -> Halted"
+    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    if vmi is None:
+        raise KvtoolError(f"virtualmachine {namespace}/{name} is not running")
+    _request(res, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}])
+    return f"{name}: stop requested"
+
+
+def restart(res: Resources, namespace: str, name: str) -> str:
+    vm = _vm(res, namespace, name)
+    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    if vmi is None or _strategy(vm) == "Halted":
+        raise KvtoolError(f"virtualmachine {namespace}/{name} is not running; use `kvtool start`")
+    _request(res, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}, {"action": "Start"}])
+    return f"{name}: restart requested"
+
+
+def _pause(res: Resources, namespace: str, name: str, paused: bool) -> str:
+    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    if vmi is None or (vmi.get("status") or {}).get("phase") != "Running":
+        raise KvtoolError(f"virtualmachine {namespace}/{name} is not running")
+    res.merge_patch(VIRTUAL_MACHINE_INSTANCE, namespace, name,
+                    {"metadata": {"annotations": {PAUSE_ANNOTATION: "true" if paused else None}}},
+                    field_manager=FIELD_MANAGER)
+    return f"{name}: {'pause' if paused else 'unpause'} requested"
+
+
+def pause(res: Resources, namespace: str, name: str) -> str:
+    return _pause(res, namespace, name, True)
+
+
+def unpause(res: Resources, namespace: str, name: str) -> str:
+    return _pause(res, namespace, name, False)
+
+
+VERBS = {"start": start, "stop": stop, "restart": restart, "pause": pause, "unpause": unpause}

@@ -1,0 +1,83 @@
+"""Helpers for runtime tests: wait on VM/VMI state through the real API, find processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Cluster
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 90, interval: float = 0.3, what: str = "condition",
+             describe: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{describe()}" if describe else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def get(cluster: Cluster, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+    scope = ["-n", namespace] if namespace else []
+    result = cluster.kubectl("get", kind, name, *scope, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def vm_status(cluster: Cluster, name: str) -> str:
+    vm = get(cluster, "vm", name) or {}
+    return (vm.get("status") or {}).get("printableStatus", "")
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c.get("type") == ctype), {})
+
+
+def describe_vm(cluster: Cluster, name: str) -> Callable[[], str]:
+    def text() -> str:
+        vm = get(cluster, "vm", name)
+        vmi = get(cluster, "vmi", name)
+        pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "wide", check=False).stdout
+        return (f"VM status: {json.dumps((vm or {}).get('status'), indent=1)}\n"
+                f"VMI status: {json.dumps((vmi or {}).get('status'), indent=1)}\npods:\n{pods}")
+    return text
+
+
+def wait_running(cluster: Cluster, name: str, timeout: float = 120) -> dict[str, Any]:
+    wait_for(lambda: vm_status(cluster, name) == "Running" and (get(cluster, "vm", name) or {}).get(
+        "status", {}).get("ready"), timeout=timeout, what=f"VM {name} Running", describe=describe_vm(cluster, name))
+    vmi = get(cluster, "vmi", name)
+    assert vmi is not None
+    return vmi
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains text (QEMU, libvirtd and launchers carry their pod's paths)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def qemu_for(domain: str) -> list[int]:
+    return [p for p in processes_mentioning(f"guest={domain}") if _comm(p).startswith("qemu")]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
