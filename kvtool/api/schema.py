@@ -49,7 +49,9 @@ class Issue:
 
 
 def schema_dir() -> Path:
-    return Path(os.environ.get("KVTOOL_SCHEMAS") or paths.source_root() / "schemas")
+    """kvtool/api/schemas: a link to the repository's schemas/ in a checkout, the files themselves in a
+    wheel (so the launcher image validates with the same schemas)."""
+    return Path(os.environ.get("KVTOOL_SCHEMAS") or Path(__file__).resolve().parent / "schemas")
 
 
 @functools.cache

@@ -1,0 +1,225 @@
+"""Real-cluster deployment: manifests, install/uninstall, least-privilege RBAC, the handler's node
+restriction, leader election, and the image's parts (no Docker engine here: its pieces are tested)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kvtool import paths
+from kvtool.deploy import manifests
+from kvtool.local import cluster as local_cluster
+from tests.conftest import Cluster, kvtool
+from tests.runtime_helpers import get, wait_for, wait_running
+from tests.vmfactory import vm
+
+ROOT = paths.source_root()
+CONTROLLER = manifests.sa_user(manifests.CONTROLLER)
+HANDLER = manifests.sa_user(manifests.HANDLER)
+
+
+def test_every_manifest_passes_server_side_dry_run(cluster: Cluster, tmp_path: Path) -> None:
+    printed = kvtool("install", "--print", "--image", "registry.example/kvtool:test", check=True).stdout
+    docs = list(yaml.safe_load_all(printed))
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+            "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Deployment",
+            "DaemonSet", "PodDisruptionBudget"} <= kinds
+    f = tmp_path / "kvtool.yaml"
+    f.write_text(printed)
+    result = cluster.kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", str(f))
+    assert result.stdout.count("(server dry run)") == len(docs), result.stdout
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 2 and "--leader-elect" in container["command"]
+    assert container["securityContext"]["runAsNonRoot"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    daemonset = next(d for d in docs if d["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert not pod.get("hostPID") and not pod["containers"][0]["securityContext"].get("privileged")
+
+
+def test_install_and_uninstall_round_trip(tmp_path: Path) -> None:
+    home = tmp_path / "bare"
+    env = {"KVTOOL_HOME": str(home)}
+    try:
+        kvtool("cluster", "up", "--bare", env=env, check=True, timeout=1800)
+        kubeconfig = str(home / "kubeconfig")
+        kvtool("--kubeconfig", kubeconfig, "install", "--image", "registry.example/kvtool:test", check=True)
+        kvtool("--kubeconfig", kubeconfig, "validate", str(ROOT / "examples" / "lab.yaml"), check=True)
+        kvtool("--kubeconfig", kubeconfig, "apply", "-f", str(ROOT / "examples" / "lab.yaml"), "--stack", "lab",
+               "--auto-approve", check=True)
+        refused = kvtool("--kubeconfig", kubeconfig, "uninstall", env=env)
+        assert refused.returncode == 1 and "VirtualMachine(s) still exist" in refused.stderr
+        kvtool("--kubeconfig", kubeconfig, "uninstall", "--force", env=env, check=True, timeout=300)
+        left = kvtool("--kubeconfig", kubeconfig, "status", env=env)
+        assert left.returncode == 1 and "virtualmachines" in left.stderr.lower()
+    finally:
+        local_cluster.down(home, purge=True, quiet=True)
+
+
+CAN = [
+    (CONTROLLER, "create", "pods", "default", True),
+    (CONTROLLER, "delete", "virtualmachineinstances.kvtool.io", "default", True),
+    (CONTROLLER, "patch", "virtualmachines.kvtool.io/status", "default", True),
+    (CONTROLLER, "update", "virtualmachines.kvtool.io", "default", False),
+    (CONTROLLER, "get", "secrets", "default", False),
+    (CONTROLLER, "delete", "nodes", "", False),
+    (CONTROLLER, "update", "leases.coordination.k8s.io", "kvtool-system", True),
+    (CONTROLLER, "update", "leases.coordination.k8s.io", "kube-system", False),
+    (HANDLER, "patch", "virtualmachineinstances.kvtool.io/status", "default", True),
+    (HANDLER, "create", "virtualmachineinstances.kvtool.io", "default", False),
+    (HANDLER, "create", "pods", "default", False),
+    (HANDLER, "get", "secrets", "default", False),
+    (HANDLER, "patch", "virtualmachines.kvtool.io", "default", False),
+    (manifests.sa_user("default", "default"), "get", "virtualmachines.kvtool.io", "default", False),
+]
+
+
+@pytest.mark.parametrize(("user", "verb", "resource", "namespace", "allowed"), CAN)
+def test_service_accounts_have_least_privilege(cluster: Cluster, user: str, verb: str, resource: str,
+                                               namespace: str, allowed: bool) -> None:
+    scope = ["-n", namespace] if namespace else []
+    resource, _, sub = resource.partition("/")
+    if sub:
+        scope.append(f"--subresource={sub}")
+    result = cluster.kubectl("auth", "can-i", verb, resource, *scope, f"--as={user}", check=False)
+    assert result.stdout.strip() == ("yes" if allowed else "no"), (user, verb, resource, result.stdout)
+
+
+def test_a_handler_may_update_only_its_own_nodes_vmis(cluster: Cluster, tmp_path: Path) -> None:
+    names = {node: f"own-{node[-1]}-{uuid.uuid4().hex[:4]}" for node in ("kvtool-node-1", "kvtool-node-2")}
+    docs = []
+    for node, name in names.items():
+        doc = vm(name, run_strategy="Always")
+        doc["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        docs.append(doc)
+    f = tmp_path / "pinned.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    kvtool("image", "build", "tiny-linux", check=True, timeout=600)
+    kvtool("apply", "-f", str(f), "--stack", "rbac", "--auto-approve", check=True)
+    try:
+        for name in names.values():
+            wait_running(cluster, name)
+        handler1 = str(cluster.home / "kubeconfigs" / "handler-kvtool-node-1.kubeconfig")
+        patch = '{"status":{"launcherContainerImageVersion":"touched-by-test"}}'
+        own = subprocess.run([str(cluster.kubectl_path), "--kubeconfig", handler1, "patch", "vmi",
+                              names["kvtool-node-1"], "--subresource=status", "--type=merge", "-p", patch],
+                             capture_output=True, text=True)
+        assert own.returncode == 0, own.stderr
+        other = subprocess.run([str(cluster.kubectl_path), "--kubeconfig", handler1, "patch", "vmi",
+                                names["kvtool-node-2"], "--subresource=status", "--type=merge", "-p", patch],
+                               capture_output=True, text=True)
+        assert other.returncode != 0
+        assert "may only update VirtualMachineInstances on that node" in other.stderr
+    finally:
+        kvtool("destroy", "--stack", "rbac", "--auto-approve", check=True)
+
+
+def test_leader_election_fails_over_without_duplicates(cluster: Cluster, tmp_path: Path) -> None:
+    kubeconfig = cluster.home / "kubeconfigs" / "controller.kubeconfig"
+    log = tmp_path / "second-controller.log"
+    second = subprocess.Popen(
+        [sys.executable, "-m", "kvtool.cli.main", "controller", "--kubeconfig", str(kubeconfig), "--leader-elect",
+         "--lease-duration", "8", "--renew-deadline", "6", "--retry-period", "1"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "POD_NAME": "second-controller"})
+    try:
+        wait_for(lambda: "event=campaigning" in log.read_text(), timeout=30, what="the second controller to campaign")
+        time.sleep(2)
+        assert "event=leading" not in log.read_text(), "a second replica must wait while the first leads"
+        lease = get(cluster, "lease", "kvtool-controller", namespace="kvtool-system")
+        assert lease and lease["spec"]["holderIdentity"] != "second-controller"
+        kvtool("cluster", "stop-component", "controller", check=True)  # the leader goes away
+        wait_for(lambda: "event=leading" in log.read_text(), timeout=30, what="the second controller to take over")
+        name = f"le-{uuid.uuid4().hex[:5]}"
+        f = tmp_path / "vm.yaml"
+        f.write_text(yaml.safe_dump(vm(name, run_strategy="Always")))
+        kvtool("apply", "-f", str(f), "--stack", "le", "--auto-approve", check=True)
+        wait_for(lambda: get(cluster, "vmi", name) is not None, timeout=30, what="the new leader to create a VMI")
+        kvtool("cluster", "start-component", "controller", check=True)  # back as a follower
+        time.sleep(3)
+        pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split()
+        assert len(pods) == 1, pods
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+        kvtool("cluster", "start-component", "controller")
+        kvtool("destroy", "--stack", "le", "--auto-approve", check=True)
+
+
+def test_entrypoints_exist_and_print_help() -> None:
+    for component in ("launcher", "handler", "controller", "node-agent", "install", "uninstall"):
+        result = kvtool(component, "--help")
+        assert result.returncode == 0 and "usage: kvtool" in result.stdout, component
+
+
+def test_the_image_uses_the_one_package_list() -> None:
+    dockerfile = (ROOT / "launcher_image" / "Dockerfile").read_text()
+    assert dockerfile.count("COPY setup/apt-packages.txt") == 2
+    assert "apt-get install" in dockerfile and "$2 == \"image\"" in dockerfile
+    listed = {}
+    for line in (ROOT / "setup" / "apt-packages.txt").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            package, where = line.split()
+            listed[package] = where
+    assert set(listed.values()) <= {"image", "build", "dev"}
+    # No package is named in the Dockerfile itself: they all come from the list.
+    for package in listed:
+        assert not re.search(rf"\binstall\b[^\n]*\b{re.escape(package)}\b", dockerfile), package
+    setup = (ROOT / "setup" / "setup.sh").read_text()
+    assert "setup/apt-packages.txt" in setup
+    for needed in ("qemu-system-x86", "libvirt-daemon", "nftables", "util-linux"):
+        assert listed[needed] == "image"
+    ignore = (ROOT / ".dockerignore").read_text()
+    assert "!kvtool/" in ignore and "!schemas/" in ignore
+
+
+def test_a_wheel_carries_the_schemas(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("kvtool-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"kvtool/api/schemas/virtualmachine.json", "kvtool/api/schemas/common.json"} <= set(names)
+
+
+def test_health_and_metrics_endpoints() -> None:
+    from kvtool import observe
+    from kvtool.controller import metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = {"ok": True}
+    server = observe.serve(port, healthy=lambda: state["ok"], host="127.0.0.1")
+    try:
+        metrics.SYNCS.labels(kind="vm", result="ok").inc()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as resp:
+            body = resp.read().decode()
+        assert 'kvtool_controller_syncs_total{kind="vm",result="ok"}' in body
+        state["ok"] = False
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
+        assert exc.value.code == 503
+    finally:
+        server.shutdown()
+
+
+def test_manifests_in_the_repository_are_current() -> None:
+    committed = ROOT / "launcher_image" / "manifests" / "kvtool.yaml"
+    generated = yaml.safe_dump_all(manifests.all_manifests(), sort_keys=False, width=120)
+    assert committed.read_text() == generated, \
+        "regenerate with: kvtool install --print > launcher_image/manifests/kvtool.yaml"
