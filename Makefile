@@ -24,6 +24,15 @@ unit: setup
 
 bench: setup
 	$(VENV)/bin/python bench/controlplane.py
+	$(VENV)/bin/python bench/plan_apply.py
+	$(VENV)/bin/python bench/vm_start.py
+	$(VENV)/bin/python bench/net.py
+	$(VENV)/bin/python bench/terraform.py
+
+notebook: setup
+	$(VENV)/bin/kvtool cluster up
+	$(VENV)/bin/kvtool image build tiny-linux
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 
 down:
 	$(KVTOOL) cluster down
