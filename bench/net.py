@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kvtool import __version__, paths
+import benchlib
+
+from kvtool import __version__
 from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
-from kvtool.images import guest_scripts, store, tiny_linux
-from kvtool.kube import clients
+from kvtool.images import guest_scripts
 from kvtool.kube.resources import Resources
-from kvtool.local import cluster
 from kvtool.local.layout import Layout
 from kvtool.podnet import embedded, forward, netcmd
 
@@ -124,11 +124,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="VMs booted per binding (default 3)")
     parser.add_argument("--requests", type=int, default=50, help="HTTP requests per target (default 50)")
     args = parser.parse_args()
-    home = paths.kvtool_home()
-    cluster.up(home, quiet=True)
-    tiny_linux.build(store.ImageStore())
-    layout = Layout(home)
-    res = Resources(clients.api_client(layout.kubeconfig))
+    layout, res = benchlib.runtime()
     netns = embedded.ClusterNames(layout.cluster_id).netns
     box = f"bnet-box-{uuid.uuid4().hex[:4]}"
     res.create(POD, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": box, "namespace": "default"},

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from kvtool import paths
-from kvtool.local import build, cluster
+import benchlib
+
+from kvtool.local import build
 
 KVTOOL = [sys.executable, "-m", "kvtool.cli.main"]
 
@@ -40,27 +39,13 @@ def manifests(n: int, stack: str) -> str:
     return "\n---\n".join(json.dumps(i) for i in items)
 
 
-def timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
-    start = time.monotonic()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    elapsed = time.monotonic() - start
-    if result.returncode not in ok:
-        raise SystemExit(f"{' '.join(cmd[:4])}... exited {result.returncode}:\n{result.stderr[-2000:]}")
-    return elapsed
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--kubeconfig")
     args = parser.parse_args()
     kubectl = str(build.ensure_binary(progress=True).parent / "kubectl")
-    if args.kubeconfig:
-        kubeconfig = args.kubeconfig
-    else:
-        home = paths.kvtool_home()
-        cluster.up(home, quiet=True)
-        kubeconfig = str(home / "kubeconfig")
+    kubeconfig = benchlib.kubeconfig(args.kubeconfig)
     env = dict(os.environ, KUBECONFIG=kubeconfig)
     k = [kubectl, "--kubeconfig", kubeconfig]
     rows = []
@@ -71,16 +56,16 @@ def main() -> int:
             f.write_text(manifests(n, stack))
             kv = [*KVTOOL, "--kubeconfig", kubeconfig]
             r: dict[str, float] = {"n": n}
-            r["kvtool plan (all create)"] = timed([*kv, "plan", "-f", str(f), "--stack", stack, "--compact"], env)
-            r["kubectl diff (all create)"] = timed([*k, "diff", "--server-side", "-f", str(f)], env, ok=(0, 1))
-            r["kubectl apply --server-side"] = timed([*k, "apply", "--server-side", "-f", str(f)], env)
-            timed([*k, "delete", "vms", "-l", f"kvtool.io/stack={stack}", "--wait=true"], env)
-            r["kvtool apply"] = timed([*kv, "apply", "-f", str(f), "--stack", stack, "--auto-approve",
-                                       "--compact"], env)
-            r["kvtool plan (no changes)"] = timed([*kv, "plan", "-f", str(f), "--stack", stack,
-                                                   "--detailed-exitcode"], env)
-            r["kubectl diff (no changes)"] = timed([*k, "diff", "--server-side", "-f", str(f)], env)
-            r["kvtool destroy"] = timed([*kv, "destroy", "--stack", stack, "--auto-approve"], env)
+            run = benchlib.run_timed
+            r["kvtool plan (all create)"] = run([*kv, "plan", "-f", str(f), "--stack", stack, "--compact"], env)
+            r["kubectl diff (all create)"] = run([*k, "diff", "--server-side", "-f", str(f)], env, ok=(0, 1))
+            r["kubectl apply --server-side"] = run([*k, "apply", "--server-side", "-f", str(f)], env)
+            run([*k, "delete", "vms", "-l", f"kvtool.io/stack={stack}", "--wait=true"], env)
+            r["kvtool apply"] = run([*kv, "apply", "-f", str(f), "--stack", stack, "--auto-approve", "--compact"], env)
+            r["kvtool plan (no changes)"] = run([*kv, "plan", "-f", str(f), "--stack", stack, "--detailed-exitcode"],
+                                                env)
+            r["kubectl diff (no changes)"] = run([*k, "diff", "--server-side", "-f", str(f)], env)
+            r["kvtool destroy"] = run([*kv, "destroy", "--stack", stack, "--auto-approve"], env)
             rows.append(r)
     print(f"\n== plan/apply, {os.cpu_count()} cores, seconds (one run each) ==")
     for r in rows:

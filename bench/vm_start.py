@@ -18,13 +18,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kvtool import paths
+import benchlib
+
 from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.controller import timeutil
-from kvtool.images import store, tiny_linux
-from kvtool.kube import clients
+from kvtool.images import tiny_linux
 from kvtool.kube.resources import Resources
-from kvtool.local import cluster
 from kvtool.local.layout import Layout
 
 MARKER = b"KVTOOL-GUEST-READY"
@@ -36,8 +35,9 @@ def vm_manifest(name: str) -> dict[str, Any]:
                          "labels": {"app.kubernetes.io/managed-by": "kvtool", "kvtool.io/stack": "bench-start"}},
             "spec": {"runStrategy": "Always", "template": {"spec": {
                 "domain": {"cpu": {"cores": 1}, "memory": {"guest": "128Mi"},
-                           "firmware": {"kernelBoot": {"kernelArgs": f"console=ttyS0 quiet kvtool.hostname={name}",
-                                                       "container": {"image": "tiny-linux"}}},
+                           "firmware": {"kernelBoot": {
+                               "kernelArgs": f"{tiny_linux.DEFAULT_CMDLINE} kvtool.hostname={name}",
+                               "container": {"image": "tiny-linux"}}},
                            "devices": {}}}}}}
 
 
@@ -141,11 +141,7 @@ def main() -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--runs", type=int, default=3, help="batches per count (default 3)")
     args = parser.parse_args()
-    home = paths.kvtool_home()
-    cluster.up(home, quiet=True)
-    tiny_linux.build(store.ImageStore())
-    layout = Layout(home)
-    res = Resources(clients.api_client(layout.kubeconfig))
+    layout, res = benchlib.runtime()
     # One warm-up VM: the first start on a node fills the libvirt capability cache.
     run_batch(res, layout, 1)
     print("== VM start on the embedded cluster (TCG, 2 cores) ==")

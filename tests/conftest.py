@@ -66,9 +66,36 @@ def cluster() -> Iterator[Cluster]:
     kvtool("cluster", "up", check=True, timeout=1800)
     binary = build.ensure_binary(progress=False)
     yield Cluster(home=home, kubeconfig=home / "kubeconfig", kubectl_path=binary.parent / "kubectl")
+    if FAILED:
+        dump_logs(home)
     kvtool("cluster", "down", "--purge", check=True)
     leftovers = local_cluster.leftover_processes(home)
     assert not leftovers, f"processes of the session cluster left behind: {leftovers}"
+
+
+FAILED: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        FAILED.append(item.nodeid)
+
+
+def dump_logs(home: Path, lines: int = 40) -> None:
+    """After a failure, the tail of every component's log: CI keeps nothing else of the cluster."""
+    logs = sorted((home / "logs").glob("*.log")) + sorted(home.glob("nodes/*/pods/*/compute.log"))
+    out = sys.__stderr__  # past pytest's capture: a passing teardown's output would be dropped
+    print(f"\n===== component logs of the session cluster ({len(FAILED)} failed test(s)) =====", file=out)
+    for log in logs:
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        print(f"----- {log.relative_to(home)} -----", file=out)
+        print("\n".join(tail), file=out)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kvtool.launchercom.client import LauncherClient
+from tests.waiting import wait_for  # noqa: F401 - the launcher tests call it as lh.wait_for
 
 LAUNCHER = [sys.executable, "-m", "kvtool.cli.main", "launcher"]
 
@@ -174,14 +174,3 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str] = str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{describe()}")
-        time.sleep(0.02)

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import Cluster
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 90, interval: float = 0.3, what: str = "condition",
-             describe: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
+from tests.waiting import wait_for
 
 
 def get(cluster: Cluster, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:

@@ -10,17 +10,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import Cluster, kvtool
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from tests.waiting import wait_for
 
 
 def test_api_answers_readyz_and_version(cluster: Cluster) -> None:

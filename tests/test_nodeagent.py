@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,20 +28,10 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import Cluster
+from tests.waiting import wait_for
 
 IMAGE = "test.kvtool.io/launcher:under-test"
 MARK = "KVTOOL_TEST_NODE"  # every test pod carries it, so leftovers can be found in /proc
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def proc_env(pid: int) -> dict[str, str]:

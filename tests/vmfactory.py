@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# tiny-linux's own default command line (kvtool.images.tiny_linux.DEFAULT_CMDLINE): kernelArgs replace it.
+KERNEL_ARGS = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check"
+
 
 def vm(name: str, *, cores: int = 1, memory: str = "128Mi", run_strategy: str = "Halted",
        namespace: str | None = None, labels: dict[str, str] | None = None, user_data: str | None = None,
@@ -17,7 +20,7 @@ def vm(name: str, *, cores: int = 1, memory: str = "128Mi", run_strategy: str = 
             "runStrategy": run_strategy,
             "template": {"spec": {
                 "domain": {"cpu": {"cores": cores}, "memory": {"guest": memory},
-                           "firmware": {"kernelBoot": {"kernelArgs": f"console=ttyS0 kvtool.hostname={name}",
+                           "firmware": {"kernelBoot": {"kernelArgs": f"{KERNEL_ARGS} kvtool.hostname={name}",
                                                        "container": {"image": image}}},
                            "devices": {"disks": [], "interfaces": [{"name": "default", "masquerade": {}}]}},
                 "networks": [{"name": "default", "pod": {}}],

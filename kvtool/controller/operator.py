@@ -21,7 +21,7 @@ from kvtool.api.types import LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VALUE, VIRTUAL_M
 from kvtool.controller import conditions, metrics, template
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
-from kvtool.kube import kopflogin
+from kvtool.kube import kopfbase
 from kvtool.kube.resources import KubeError, Resources
 
 log = logging.getLogger("kvtool.controller")
@@ -179,12 +179,8 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.level = logging.WARNING
-        settings.queueing._batch_window = 0.01
-        settings.watching.server_timeout = 300
-        settings.scanning.disabled = True  # no cluster-wide CRD/namespace scans: RBAC grants only what is used
+        kopfbase.configure(settings, "kvtool-controller")
         settings.watching.label_selectors["v1", "pods"] = f"{LAUNCHER_LABEL_KEY}={LAUNCHER_LABEL_VALUE}"
-        settings.posting.reporting_component = "kvtool-controller"
 
     @kopf.index(*VM_R, id="vm_index", registry=registry)
     def vm_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
@@ -236,5 +232,5 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
                 await ctl.sync_vmi(ns, vmi_name)
                 await ctl.sync_vm(ns, vmi_name)
 
-    kopf.on.login(registry=registry)(kopflogin.login)
+    kopf.on.login(registry=registry)(kopfbase.login)
     return registry

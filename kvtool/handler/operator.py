@@ -14,12 +14,13 @@ import kopf
 from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE
 from kvtool.handler import status as status_mod
 from kvtool.handler.worker import VMIWorker
-from kvtool.kube import kopflogin
+from kvtool.kube import kopfbase
 from kvtool.kube.resources import KubeError, Resources
 
 log = logging.getLogger("kvtool.handler")
 
 FIELD_MANAGER = "kvtool-handler"
+RETRY_AFTER = 2.0
 NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 
@@ -66,8 +67,24 @@ class Handler:
                                lambda domain, version, k=key: self.report(k, domain, version))
             self.workers[key] = worker
             worker.start()
+            assert worker.task is not None
+            worker.task.add_done_callback(lambda _t, k=key, w=worker: self._worker_done(k, w))
         elif worker is not None:
             worker.poke()
+
+    def _worker_done(self, key: tuple[str, str], worker: VMIWorker) -> None:
+        """A worker that stopped while its VMI still runs here is started again after a pause: nothing
+        else would, if no further event comes for that VMI."""
+        if self.workers.get(key) is not worker or worker.task is None or worker.task.cancelled():
+            return
+
+        def again() -> None:
+            vmi = self.cache.get(key)
+            if vmi is not None and self.workers.get(key) is worker:
+                log.info("vmi=%s/%s event=worker-restart", *key)
+                self.on_event("MODIFIED", vmi)
+
+        asyncio.get_running_loop().call_later(RETRY_AFTER, again)
 
     async def report(self, key: tuple[str, str], domain: dict[str, Any], version: str | None) -> None:
         async with self.locks.setdefault(key, asyncio.Lock()):
@@ -101,16 +118,12 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.level = logging.WARNING
-        settings.queueing._batch_window = 0.01
-        settings.watching.server_timeout = 300
-        settings.scanning.disabled = True  # no cluster-wide CRD/namespace scans: RBAC grants only what is used
+        kopfbase.configure(settings, "kvtool-handler")
         settings.watching.label_selectors[VMI_R[0], VMI_R[2]] = f"{NODE_LABEL}={handler.node}"
-        settings.posting.reporting_component = "kvtool-handler"
 
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:  # async: workers live in this loop
         handler.on_event(event.get("type"), body)
 
-    kopf.on.login(registry=registry)(kopflogin.login)
+    kopf.on.login(registry=registry)(kopfbase.login)
     return registry

@@ -52,11 +52,11 @@ class VMIWorker:
     async def run(self) -> None:
         ns, name = self.key
         try:
-            if not await self._wait_for_socket():
+            info = await self._connect()
+            if info is None:
                 log.warning("vmi=%s/%s event=no-launcher socket=%s", ns, name, self.socket)
                 return
             client = LauncherClient(self.socket)
-            info = await asyncio.to_thread(client.ping)
             self.version = info.get("launcherVersion")
             vmi = self.latest()
             if vmi is None:
@@ -64,6 +64,8 @@ class VMIWorker:
             started = time.monotonic()
             try:
                 self.domain = await asyncio.to_thread(client.sync, vmi)
+            except LauncherUnavailable:
+                raise  # the launcher went away: its pod's end tells the VMI's fate, not this worker
             except LauncherError as exc:
                 log.warning("vmi=%s/%s event=sync-failed reason=%s", ns, name, exc.reason)
                 self.domain = {"phase": "Failed", "reason": exc.reason or "SyncFailed", "message": exc.message}
@@ -86,6 +88,19 @@ class VMIWorker:
             log.info("vmi=%s/%s event=launcher-gone detail=%r", ns, name, str(exc))
         except Exception:
             log.exception("vmi=%s/%s event=worker-error", ns, name)
+
+    async def _connect(self) -> dict[str, Any] | None:
+        """The launcher's ping reply, retrying while it starts: its socket file appears a moment before it
+        accepts connections. None if it never answers (its pod's end then decides the VMI's phase)."""
+        deadline = time.monotonic() + SOCKET_WAIT
+        while await self._wait_for_socket():
+            try:
+                return await asyncio.to_thread(LauncherClient(self.socket).ping)
+            except LauncherUnavailable:
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(0.05)
+        return None
 
     async def _wait_for_socket(self) -> bool:
         deadline = time.monotonic() + SOCKET_WAIT

@@ -44,13 +44,7 @@ def _value(f: FieldChange, value: Any, is_set: bool) -> str:
 
 
 def _notes(f: FieldChange) -> str:
-    notes = []
-    if f.forces_replacement:
-        notes.append("forces replacement")
-    if f.requires_restart:
-        notes.append("takes effect on restart")
-    if f.conflict_with:
-        notes.append(f"owned by {', '.join(f.conflict_with)}: needs force_conflicts")
+    notes = f.notes(force_hint="force_conflicts")
     return f" <span style='opacity:.7'># {html.escape('; '.join(notes))}</span>" if notes else ""
 
 

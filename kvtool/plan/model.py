@@ -39,6 +39,17 @@ class FieldChange:
     def shown(self, value: Any) -> Any:
         return SENSITIVE if self.sensitive else value
 
+    def notes(self, force_hint: str = "--force-conflicts") -> list[str]:
+        """Why this change matters beyond its values; every renderer shows the same notes."""
+        notes = []
+        if self.forces_replacement:
+            notes.append("forces replacement")
+        if self.requires_restart:
+            notes.append("takes effect on restart")
+        if self.conflict_with:
+            notes.append(f"owned by {', '.join(self.conflict_with)}: apply needs {force_hint}")
+        return notes
+
 
 @dataclass
 class ResourceChange:

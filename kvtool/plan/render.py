@@ -33,13 +33,7 @@ def _field_line(f: FieldChange, color: bool) -> str:
         line = f"{c('31', '-')} {f.path} = {_value(f.before, f.sensitive)} -> null"
     else:
         line = f"{c('33', '~')} {f.path} = {_value(f.before, f.sensitive)} -> {_value(f.after, f.sensitive)}"
-    notes = []
-    if f.forces_replacement:
-        notes.append("forces replacement")
-    if f.requires_restart:
-        notes.append("takes effect on restart")
-    if f.conflict_with:
-        notes.append(f"owned by {', '.join(f.conflict_with)}: apply needs --force-conflicts")
+    notes = f.notes()
     if notes:
         line += c("2", f"  # {'; '.join(notes)}")
     return line

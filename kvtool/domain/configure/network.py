@@ -78,7 +78,10 @@ def configure_interfaces(inputs: DomainInputs, domain: domain_model.Domain) -> N
         mac = mac_address(resolved.mac, f"{resolved_path}.mac")
         if spec_mac is not None and mac != spec_mac:
             raise s.ConversionError(f"{resolved_path}.mac", f"{mac!r} differs from {path}.macAddress {spec_mac!r}")
-        nic = Interface(mac=mac, model=model, boot_order=boot.boot_order(iface_spec, path), alias=f"ua-net-{name}")
+        order = boot.boot_order(iface_spec, path)
+        nic = Interface(mac=mac, model=model, boot_order=order, alias=f"ua-net-{name}")
+        if order is None:
+            nic.rom_enabled = False  # no network boot: skip loading iPXE in the firmware
         if resolved.tap is None:
             nic.type = "user"
         else:

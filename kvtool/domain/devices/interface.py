@@ -17,6 +17,7 @@ class Interface(xmlmodel.XMLObject):
     target_managed = Flag("./target/@managed")
     model = Text("./model/@type", choices=("virtio", "e1000", "rtl8139"))
     boot_order = Int("./boot/@order", minimum=1)
+    rom_enabled = Flag("./rom/@enabled", doc="the NIC's option ROM (iPXE): only for network boot; off saves boot time")
     alias = Text("./alias/@name", pattern=xmlmodel.USER_ALIAS)
 
     def check(self) -> None:

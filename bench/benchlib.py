@@ -1,0 +1,41 @@
+"""What the benchmarks share: reaching the embedded cluster, and running a command against a clock."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from kvtool import paths
+from kvtool.images import store, tiny_linux
+from kvtool.kube import clients
+from kvtool.kube.resources import Resources
+from kvtool.local import cluster
+from kvtool.local.layout import Layout
+
+
+def kubeconfig(given: str | None = None) -> str:
+    """The kubeconfig to measure against: the one given, else the embedded cluster's (started if needed)."""
+    if given:
+        return given
+    home = paths.kvtool_home()
+    cluster.up(home, quiet=True)
+    return str(home / "kubeconfig")
+
+
+def runtime() -> tuple[Layout, Resources]:
+    """The embedded cluster with its runtime, and the tiny-linux image the benchmarks boot."""
+    home = paths.kvtool_home()
+    cluster.up(home, quiet=True)
+    tiny_linux.build(store.ImageStore())
+    layout = Layout(home)
+    return layout, Resources(clients.api_client(layout.kubeconfig))
+
+
+def run_timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
+    """Seconds the command took; stops the benchmark with its stderr if it failed."""
+    start = time.monotonic()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if result.returncode not in ok:
+        raise SystemExit(f"{' '.join(cmd[:4])}... exited {result.returncode}:\n{result.stderr[-2000:]}")
+    return elapsed
