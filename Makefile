@@ -13,7 +13,7 @@ demo: setup
 	@bash examples/demo.sh
 
 lint: setup
-	$(VENV)/bin/ruff check kvtool tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test: setup lint

@@ -7,7 +7,9 @@ and fails the session if any process of that cluster is left behind.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import pytest
 
 # Never touch the user's own ~/.kvtool or clusters: every test session gets its own home.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="kvt-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)  # failures print the logs they need
 os.environ["KVTOOL_HOME"] = str(_SESSION_HOME / "home")
 os.environ.pop("KUBECONFIG", None)
 os.environ.setdefault("CHECKPOINT_DISABLE", "1")

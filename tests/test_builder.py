@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from kvtool.api import builder, schema
 from kvtool.api.builder import SpecError, parse_virtual_machine, virtual_machine
 from kvtool.plan import desired
-from tests.vmfactory import vm
+from tests.vmfactory import KERNEL_ARGS, vm
 
 
 def valid(manifest: dict) -> dict:
@@ -67,7 +67,7 @@ def test_disks_user_data_selector_and_labels() -> None:
 
 def test_same_manifest_as_a_hand_written_one() -> None:
     """What the builder makes is what a user writes by hand (tests/vmfactory.py), once kvtool loads both."""
-    built = virtual_machine("vm-1", image="tiny-linux", kernel_args="console=ttyS0 kvtool.hostname=vm-1",
+    built = virtual_machine("vm-1", image="tiny-linux", kernel_args=f"{KERNEL_ARGS} kvtool.hostname=vm-1",
                             run_strategy="Halted", cpu=2, memory="256Mi")
     by_hand = vm("vm-1", cores=2, memory="256Mi")
     loaded = desired.load(objects=[built, by_hand | {"metadata": {"name": "vm-2"}}], stack="s")

@@ -540,7 +540,7 @@ def test_kill_9_of_the_launcher_leaves_nothing(make_launcher: Any) -> None:
     killed = time.monotonic()
     launcher.proc.kill()
     launcher.proc.wait(5)
-    lh.wait_for(lambda: not launcher.leftovers(), 10, "libvirtd and QEMU to go", lambda: json.dumps(
+    lh.wait_for(lambda: not launcher.leftovers(), 10, "libvirtd and QEMU to go", describe=lambda: json.dumps(
         launcher.leftovers()))
     MEASURED["kill -9 of the launcher -> no libvirtd/qemu left (s)"] = f"{time.monotonic() - killed:.3f}"
 

@@ -166,7 +166,7 @@ def _serve(netns: str, port: int, tmp_path: Path) -> subprocess.Popen[str]:
     log = (tmp_path / f"http-{netns}-{port}.log").open("w")
     proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", str(port)],
                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: nh.try_get(netns, f"http://127.0.0.1:{port}/") is not None, 10, 0.1, f"http.server in {netns}")
+    wait_for(lambda: nh.try_get(netns, f"http://127.0.0.1:{port}/") is not None, 10, what=f"http.server in {netns}")
     return proc
 
 
@@ -266,7 +266,7 @@ def _console(name: str) -> str:
 
 def _marker(name: str, text: str, timeout: float = 90) -> str:
     return wait_for(lambda: next((line for line in _console(name).splitlines() if text in line), None), timeout,
-                    0.5, f"{text!r} on {name}'s console", describe=lambda: _console(name)[-3000:])
+                    f"{text!r} on {name}'s console", describe=lambda: _console(name)[-3000:], interval=0.5)
 
 
 def _fetcher(*urls: str) -> str:
@@ -361,7 +361,7 @@ def test_bridge_vm_owns_the_pod_ip_and_reaches_vms_and_pods(cluster: Cluster, vm
     assert seen.endswith(f"KVTOOL-GUEST-IP eth0 {vm_b.ip}/24 gw={gateway}"), seen  # guest-observed IP == pod IP
     assert get(cluster, "vmi", vm_b.name)["status"]["interfaces"][0]["ipAddress"] == vm_b.ip
     assert nh.http_get(nh.names(cluster).netns, f"http://{vm_b.ip}/") == f"kvtool guest {vm_b.name}\n"
-    wait_for(lambda: _console(vm_b.name).count("KVTEST-FETCH") == 2, 90, 0.5, "VM B's two fetches",
+    wait_for(lambda: _console(vm_b.name).count("KVTEST-FETCH") == 2, 90, interval=0.5, what="VM B's two fetches",
              describe=lambda: _console(vm_b.name)[-3000:] + _debug(cluster, vm_a, vm_b))
     console = _console(vm_b.name)
     assert f"KVTEST-FETCH http://{vm_a.ip}/ -> kvtool guest {vm_a.name}" in console  # VM -> VM, across nodes

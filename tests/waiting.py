@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition",
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", *,
              describe: Callable[[], str] | None = None, interval: float = 0.1) -> Any:
     """The predicate's first truthy value; an AssertionError naming `what` (and `describe()`) on timeout."""
     deadline = time.monotonic() + timeout
