@@ -429,7 +429,7 @@ def test_vm_lifecycle(make_launcher: Any, tmp_path: Path) -> None:
     seen = read_until(console, guest_scripts.MARKER_READY.encode(), BOOT_TIMEOUT)
     MEASURED["sync -> guest READY marker (s)"] = f"{time.monotonic() - began:.3f}"
     ready = lh.wait_for(lambda: (s := client.status())["guestReady"] and s["interfaces"][0]["ipAddress"] and s,
-                        10, "guestReady and the IP in the status", launcher.console_log)
+                        10, "guestReady and the IP in the status", describe=launcher.console_log)
     assert ready["interfaces"][0] == {"name": "default", "mac": mac, "ipAddress": "10.0.2.15",
                                       "ipAddresses": ["10.0.2.15"], "interfaceName": "eth0",
                                       "infoSource": "serial-console"}
