@@ -421,6 +421,17 @@ def _iface_inputs(iface: dict[str, Any], resolved: domain.ResolvedInterface | No
     (_disk_inputs([{"name": "a", "bootOrder": 0}]), "disks[0].bootOrder: 0 is below the minimum 1"),
     (_disk_inputs([{"name": "a", "serial": "x y"}]), "disks[0].serial: 'x y' is not valid"),
     (_disk_inputs([{"name": "A_b"}]), "spec.volumes[0].name: 'A_b' is not valid"),
+    (_disk_inputs([{"name": "a"}, {"name": "a"}]), "spec.volumes[1].name: 'a' is already used by spec.volumes[0]"),
+    (dataclasses.replace(_disk_inputs([{"name": "a"}]), spec={
+        **with_spec(devices={"disks": [{"name": "a"}, {"name": "a"}]}), "volumes": [{"name": "a", "emptyDisk": {}}]}),
+     "spec.domain.devices.disks[1].name: 'a' is already used by spec.domain.devices.disks[0]"),
+    (dataclasses.replace(_iface_inputs({"name": "n", "bridge": {}}), spec={
+        **with_spec(devices={"interfaces": [{"name": "n", "bridge": {}}] * 2}),
+        "networks": [{"name": "n", "pod": {}}]}),
+     "spec.domain.devices.interfaces[1].name: 'n' is already used by spec.domain.devices.interfaces[0]"),
+    (base_inputs(spec={**with_spec(devices={"interfaces": [{"name": "n", "bridge": {}}]}),
+                       "networks": [{"name": "n", "pod": {}}] * 2}),
+     "spec.networks[1].name: 'n' is already used by spec.networks[0]"),
     (_iface_inputs({"name": "n", "masquerade": {}, "bridge": {}}),
      "interfaces[0]: needs exactly one binding (masquerade, bridge), found: masquerade, bridge"),
     (_iface_inputs({"name": "n"}), "interfaces[0]: needs exactly one binding (masquerade, bridge), found: none"),

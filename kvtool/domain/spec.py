@@ -8,7 +8,7 @@ instead of a KeyError, and nothing unchecked reaches the XML model.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -52,6 +52,20 @@ def sequence(value: Any, path: str) -> Sequence[Any]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise ConversionError(path, f"expected a list, got {type(value).__name__}")
     return value
+
+
+def named_entries(value: Any, path: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """(entry path, name, entry) for a list of named objects (volumes, disks, networks, interfaces):
+    each a mapping whose DNS-label name is used once in the list."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(sequence(value, path)):
+        item_path = f"{path}[{i}]"
+        entry = mapping(item, item_path)
+        name = string(entry.get("name"), f"{item_path}.name", pattern=NAME)
+        if name in seen:
+            raise ConversionError(f"{item_path}.name", f"{name!r} is already used by {path}[{seen[name]}]")
+        seen[name] = i
+        yield item_path, name, entry
 
 
 def integer(value: Any, path: str, *, default: Any = _MISSING, minimum: int | None = None,

@@ -36,12 +36,8 @@ def mac_address(value: Any, path: str) -> str:
 def networks_by_name(spec: Mapping[str, Any]) -> dict[str, int]:
     """spec.networks checked: DNS-label names, unique, exactly one supported source each."""
     found: dict[str, int] = {}
-    for i, entry in enumerate(s.sequence(s.mapping(spec, "spec").get("networks"), "spec.networks")):
-        path = f"spec.networks[{i}]"
-        network = s.mapping(entry, path)
-        name = s.string(network.get("name"), f"{path}.name", pattern=s.NAME)
-        if name in found:
-            raise s.ConversionError(f"{path}.name", f"{name!r} is already used by spec.networks[{found[name]}]")
+    for i, (path, name, network) in enumerate(s.named_entries(s.mapping(spec, "spec").get("networks"),
+                                                              "spec.networks")):
         s.one_of(network, path, supported=NETWORK_SOURCES, known=UNSUPPORTED_NETWORK_SOURCES, what="network source")
         found[name] = i
     return found
@@ -52,15 +48,7 @@ def configure_interfaces(inputs: DomainInputs, domain: domain_model.Domain) -> N
     dom = s.mapping(s.mapping(inputs.spec, "spec").get("domain"), "spec.domain")
     devices = s.mapping(dom.get("devices"), "spec.domain.devices")
     networks = networks_by_name(inputs.spec)
-    names: dict[str, int] = {}
-    for i, entry in enumerate(s.sequence(devices.get("interfaces"), "spec.domain.devices.interfaces")):
-        path = f"spec.domain.devices.interfaces[{i}]"
-        iface_spec = s.mapping(entry, path)
-        name = s.string(iface_spec.get("name"), f"{path}.name", pattern=s.NAME)
-        if name in names:
-            raise s.ConversionError(f"{path}.name", f"{name!r} is already used by spec.domain.devices.interfaces"
-                                    f"[{names[name]}]")
-        names[name] = i
+    for path, name, iface_spec in s.named_entries(devices.get("interfaces"), "spec.domain.devices.interfaces"):
         if name not in networks:
             raise s.ConversionError(f"{path}.name", f"no network named {name!r} in spec.networks",
                                     hint="an interface connects to the network of the same name")

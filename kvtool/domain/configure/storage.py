@@ -39,12 +39,8 @@ class Volume:
 def volumes_by_name(spec: Mapping[str, Any]) -> dict[str, Volume]:
     """spec.volumes checked: DNS-label names, unique, exactly one supported source each."""
     found: dict[str, Volume] = {}
-    for i, entry in enumerate(s.sequence(s.mapping(spec, "spec").get("volumes"), "spec.volumes")):
-        path = f"spec.volumes[{i}]"
-        volume = s.mapping(entry, path)
-        name = s.string(volume.get("name"), f"{path}.name", pattern=s.NAME)
-        if name in found:
-            raise s.ConversionError(f"{path}.name", f"{name!r} is already used by spec.volumes[{found[name].index}]")
+    for i, (path, name, volume) in enumerate(s.named_entries(s.mapping(spec, "spec").get("volumes"),
+                                                             "spec.volumes")):
         source = s.one_of(volume, path, supported=VOLUME_SOURCES, known=UNSUPPORTED_SOURCES, what="volume source")
         s.mapping(volume[source], f"{path}.{source}", required=True)
         unknown = sorted(set(volume) - {"name", *VOLUME_SOURCES, *UNSUPPORTED_SOURCES})
@@ -82,16 +78,8 @@ def configure_disks(inputs: DomainInputs, domain: domain_model.Domain) -> None:
     dom = s.mapping(s.mapping(inputs.spec, "spec").get("domain"), "spec.domain")
     devices = s.mapping(dom.get("devices"), "spec.domain.devices")
     volumes = volumes_by_name(inputs.spec)
-    names: dict[str, int] = {}
     counters = {"vd": 0, "sd": 0}
-    for i, entry in enumerate(s.sequence(devices.get("disks"), "spec.domain.devices.disks")):
-        path = f"spec.domain.devices.disks[{i}]"
-        disk_spec = s.mapping(entry, path)
-        name = s.string(disk_spec.get("name"), f"{path}.name", pattern=s.NAME)
-        if name in names:
-            raise s.ConversionError(f"{path}.name", f"{name!r} is already used by spec.domain.devices.disks"
-                                    f"[{names[name]}]")
-        names[name] = i
+    for path, name, disk_spec in s.named_entries(devices.get("disks"), "spec.domain.devices.disks"):
         if name not in volumes:
             raise s.ConversionError(f"{path}.name", f"no volume named {name!r} in spec.volumes",
                                     hint="a disk attaches the volume of the same name")
