@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-# tiny-linux's own default command line (kvtool.images.tiny_linux.DEFAULT_CMDLINE): kernelArgs replace it.
-KERNEL_ARGS = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check"
+from kvtool.images import tiny_linux
+
+# kernelArgs replace the image's own command line; tests add the guest's hostname to it.
+KERNEL_ARGS = tiny_linux.DEFAULT_CMDLINE
 
 
 def vm(name: str, *, cores: int = 1, memory: str = "128Mi", run_strategy: str = "Halted",
