@@ -39,3 +39,22 @@ def run_timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -
     if result.returncode not in ok:
         raise SystemExit(f"{' '.join(cmd[:4])}... exited {result.returncode}:\n{result.stderr[-2000:]}")
     return elapsed
+
+
+def wait_settled(kubeconfig: str, stack: str, timeout: float = 600) -> float:
+    """Seconds until the controller has caught up with the stack's VMs (each has a printableStatus).
+
+    A step timed right after another one's creates would share the CPU with the controller's backlog
+    of status writes for them; each step starts from a quiet cluster instead.
+    """
+    from kvtool.api.types import STACK_LABEL, VIRTUAL_MACHINE
+
+    res = Resources(clients.api_client(kubeconfig))
+    start = time.monotonic()
+    while True:
+        vms, _ = res.list(VIRTUAL_MACHINE, label_selector=f"{STACK_LABEL}={stack}")
+        if all((vm.get("status") or {}).get("printableStatus") for vm in vms):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"the controller did not catch up with stack {stack} within {timeout:.0f}s")
+        time.sleep(0.5)

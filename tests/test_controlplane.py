@@ -52,8 +52,10 @@ def test_scheduler_binds_a_pod_to_a_node(cluster: Cluster) -> None:
         bound = wait_for(lambda: core.read_namespaced_pod(f"pod-{node_name}", "default").spec.node_name,
                          what="the scheduler to bind the pod")
         assert bound == node_name
-        events = core.list_namespaced_event("default", field_selector=f"involvedObject.name=pod-{node_name}")
-        assert any(e.reason == "Scheduled" for e in events.items)
+        # The scheduler records its event after the binding, asynchronously.
+        wait_for(lambda: any(e.reason == "Scheduled" for e in core.list_namespaced_event(
+            "default", field_selector=f"involvedObject.name=pod-{node_name}").items), 30,
+            what="the scheduler's Scheduled event")
     finally:
         core.delete_namespaced_pod(f"pod-{node_name}", "default", grace_period_seconds=0)
         core.delete_node(node_name)

@@ -21,6 +21,9 @@ from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 from kvtool.controller import metrics
 
 log = logging.getLogger("kvtool.controller.leader")
+# The library logs every lease renewal (and every follower retry) at INFO: a line a second, forever.
+# Leading and losing are logged here as events; the library's warnings and errors still come through.
+logging.getLogger("leaderelection").setLevel(logging.WARNING)
 
 LOST_EXIT_CODE = 3
 

@@ -86,7 +86,7 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
         ("etcd", [components.etcd(layout, binary, etcd_port, peer_port)]),
         ("apiserver", [components.apiserver(layout, binary, api_port, etcd_port, p)]),
         ("bootstrap", lambda: bootstrap.run(layout.kubeconfig, bare=bare)),
-        ("scheduler and controller-manager", [components.scheduler(layout, binary, sched_port),
+        ("scheduler and controller-manager", [components.scheduler(layout, binary, sched_port, p),
                                               components.controller_manager(layout, binary, cm_port, p)]),
         ("service accounts", wait_default_serviceaccount),
     ]
