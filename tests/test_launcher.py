@@ -285,7 +285,9 @@ def test_volumes_become_files(launcher_env: dict[str, Path], tmp_path: Path) -> 
     assert host.path == vols / "host" / "host.img" and host.path.stat().st_size == 32 << 20
     ci = resolved.volumes["ci"]
     assert ci.readonly and b"from-a-secret" in ci.path.read_bytes()
-    assert resolved.kernel is not None and resolved.spec["domain"]["firmware"]["kernelBoot"]["kernelArgs"]
+    tiny = store.ImageStore(launcher_env["images"]).get("tiny-linux")
+    assert resolved.kernel == tiny.kernel  # no kernelArgs given: the image's own, plus the guest's name
+    assert resolved.spec["domain"]["firmware"]["kernelBoot"]["kernelArgs"] == f"{tiny.cmdline} kvtool.hostname=vm1"
 
     xml = domain_xml(DomainInputs(name=cfg.domain_name, uuid=uid, spec=resolved.spec, volumes=resolved.volumes,
                                   interfaces={"default": ResolvedInterface(None, "02:00:00:00:00:01")},

@@ -31,7 +31,7 @@ from kvtool.plan.model import SENSITIVE, Plan
 from tests.conftest import Cluster, kvtool
 from tests.vmfactory import vm
 
-TINY = ImageChoice("tiny-linux", "kernel", "console=ttyS0 quiet")
+TINY = ImageChoice("tiny-linux", "kernel")
 IMAGES = [TINY, ImageChoice("debian-12", "disk")]
 SERVER = "https://127.0.0.1:6443"
 
@@ -67,7 +67,7 @@ def test_defaults_are_valid_and_build_what_the_schema_accepts() -> None:
     assert doc["metadata"]["name"] == "lab"
     assert schema.validate(doc, "virtualmachine.json") == []
     boot = doc["spec"]["template"]["spec"]["domain"]["firmware"]["kernelBoot"]
-    assert boot == {"container": {"image": "tiny-linux"}, "kernelArgs": "console=ttyS0 quiet kvtool.hostname=lab"}
+    assert boot == {"container": {"image": "tiny-linux"}}  # the image's own kernelArgs
 
 
 def test_name_is_checked_as_typed_with_the_schemas_message() -> None:

@@ -61,7 +61,7 @@ def resolve(vmi: Mapping[str, Any], config: Config, store: image_store.ImageStor
     out = Resolved(spec=spec)
     workdir = config.state_dir / "volumes"
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _kernel_boot(spec, store, out)
+    _kernel_boot(spec, store, out, guest_hostname(vmi))
     names: set[str] = set()
     for i, entry in enumerate(s.sequence(spec.get("volumes"), "spec.volumes")):
         path = f"spec.volumes[{i}]"
@@ -111,7 +111,14 @@ def _image(store: image_store.ImageStore, value: Any, path: str) -> image_store.
     return image
 
 
-def _kernel_boot(spec: dict[str, Any], store: image_store.ImageStore, out: Resolved) -> None:
+def guest_hostname(vmi: Mapping[str, Any]) -> str:
+    """spec.hostname, else the VMI's name (as KubeVirt names the guest)."""
+    name = s.string(s.mapping(vmi.get("metadata"), "metadata").get("name"), "metadata.name", pattern=s.NAME)
+    return s.string(s.mapping(vmi.get("spec"), "spec").get("hostname"), "spec.hostname", default=name,
+                    pattern=s.NAME)
+
+
+def _kernel_boot(spec: dict[str, Any], store: image_store.ImageStore, out: Resolved, hostname: str) -> None:
     path = "spec.domain.firmware.kernelBoot"
     domain = s.mapping(spec.get("domain"), "spec.domain", required=True)
     kernel_boot = s.mapping(s.mapping(domain.get("firmware"), "spec.domain.firmware").get("kernelBoot"), path)
@@ -129,7 +136,9 @@ def _kernel_boot(spec: dict[str, Any], store: image_store.ImageStore, out: Resol
         _must_exist(image.initrd, f"{path}.container.image")
         out.initrd = image.initrd
     if kernel_boot.get("kernelArgs") is None and image.cmdline:
-        kernel_boot["kernelArgs"] = image.cmdline  # the image knows its console and options
+        # The image knows its console and options; kvtool adds the guest's name, which tiny-linux's init
+        # takes as its hostname before any network or cloud-init (other kernels ignore the parameter).
+        kernel_boot["kernelArgs"] = f"{image.cmdline} kvtool.hostname={hostname}"
 
 
 def _must_exist(file: Path, path: str) -> None:
@@ -213,12 +222,10 @@ def _cloud_init(ctx: _Context, source: Mapping[str, Any]) -> ResolvedVolume:
         secrets.setdefault(ref_name, {}).update(_secret_files(ctx, keys, f"{ctx.path}.{ref_key}"))
     payload = cloudinit.nocloud_payload(source, ctx.path, secrets=secrets)
     metadata = s.mapping(ctx.vmi.get("metadata"), "metadata")
-    spec = s.mapping(ctx.vmi.get("spec"), "spec")
     name = s.string(metadata.get("name"), "metadata.name", pattern=s.NAME)
     namespace = s.string(metadata.get("namespace"), "metadata.namespace", default=ctx.config.namespace)
-    hostname = s.string(spec.get("hostname"), "spec.hostname", default=name)
     iso = ctx.workdir / f"{ctx.name}.iso"
-    cloudinit.write_nocloud_iso(iso, instance_id=f"{name}.{namespace}", hostname=hostname,
+    cloudinit.write_nocloud_iso(iso, instance_id=f"{name}.{namespace}", hostname=guest_hostname(ctx.vmi),
                                 user_data=payload.user_data, network_data=payload.network_data)
     return ResolvedVolume(path=iso, format="raw", readonly=True)
 

@@ -32,7 +32,6 @@ class ImageChoice:
 
     name: str
     kind: str = "kernel"
-    cmdline: str | None = None
     origin: str = "store"  # "store" or "cluster"
 
     @property
@@ -44,12 +43,10 @@ def vm_manifest(name: str, image: ImageChoice, *, namespace: str = "default", cp
                 memory: str = "128Mi", user_data: str | None = None, disks: Sequence[Mapping[str, Any]] = (),
                 node_selector: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                 run_strategy: str = "Always") -> dict[str, Any]:
-    """The shared builder's manifest for a form's values; a kernel image also gets the guest's hostname."""
-    kernel_args = None
-    if image.kind == "kernel":
-        kernel_args = f"{image.cmdline or 'console=ttyS0'} kvtool.hostname={name}"
+    """The shared builder's manifest for a form's values. A kernel image boots with its own kernelArgs (the
+    launcher adds the guest's hostname), so a lab saved today still gets the image's options tomorrow."""
     return builder.virtual_machine(name, namespace=namespace, cpu=cpu, memory=memory, image=image.name,
-                                   image_kind=image.kind, kernel_args=kernel_args, disks=disks,
+                                   image_kind=image.kind, disks=disks,
                                    user_data=user_data, run_strategy=run_strategy, node_selector=node_selector,
                                    labels=labels)
 
@@ -82,7 +79,7 @@ def store_images(image_store: store.ImageStore | None = None) -> list[ImageChoic
     except (KvtoolError, OSError) as exc:
         log.warning("cannot read the image store: %s", exc)
         return []
-    return [ImageChoice(i.name, i.kind, i.cmdline, "store") for i in images]
+    return [ImageChoice(i.name, i.kind, "store") for i in images]
 
 
 def cluster_images(res: Resources) -> list[ImageChoice]:
@@ -93,11 +90,11 @@ def cluster_images(res: Resources) -> list[ImageChoice]:
         tspec = vm.get("spec", {}).get("template", {}).get("spec", {})
         kernel = tspec.get("domain", {}).get("firmware", {}).get("kernelBoot", {}).get("container", {}).get("image")
         if kernel:
-            found.setdefault(kernel, ImageChoice(kernel, "kernel", None, "cluster"))
+            found.setdefault(kernel, ImageChoice(kernel, "kernel", "cluster"))
         for vol in tspec.get("volumes") or []:
             image = (vol.get("containerDisk") or {}).get("image")
             if image:
-                found.setdefault(image, ImageChoice(image, "disk", None, "cluster"))
+                found.setdefault(image, ImageChoice(image, "disk", "cluster"))
     return sorted(found.values(), key=lambda c: c.name)
 
 
