@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 
@@ -43,3 +44,23 @@ def cluster_id(home: Path | None = None) -> str:
 def node_sockets_dir(node: str, home: Path | None = None) -> Path:
     """What /var/run/kvtool/sockets is on an embedded-cluster node."""
     return run_dir(home) / node / "sockets"
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
+    """Write a whole file so a concurrent reader sees the old one or the new one, never half of either.
+
+    The temporary file is created with `mode` (and chmod'ed to it past the umask), so a private file is
+    never readable by others, even for a moment. Its name is unique per process and thread.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

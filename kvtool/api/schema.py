@@ -8,6 +8,7 @@ CRDs' CEL rules.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -108,13 +109,8 @@ def fast_check(name: str) -> Callable[[Any], Any]:
         code = marshal.loads(cached.read_bytes())
     except (OSError, ValueError, EOFError, TypeError):
         code = compile(fastjsonschema.compile_to_code(definition, formats=formats), f"<{name} validator>", "exec")
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(marshal.dumps(code))
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # a read-only cache only costs time
+        with contextlib.suppress(OSError):  # a read-only cache only costs time
+            paths.write_atomic(cached, marshal.dumps(code))
     namespace: dict[str, Any] = {}
     exec(code, namespace)
     return functools.partial(namespace["validate"], custom_formats=formats)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvtool import paths
 from kvtool.errors import ConfigError
 
 STATE_VERSION = 1
@@ -77,10 +78,7 @@ def read_state(home: Path) -> ClusterState | None:
 
 
 def write_state(home: Path, state: ClusterState) -> None:
-    path = state_path(home)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2))
-    os.replace(tmp, path)
+    paths.write_atomic(state_path(home), json.dumps(state.to_json(), indent=2))
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvtool import paths
 from kvtool.api.types import CONFIG_MAP, PVC, SECRET, Kind
 from kvtool.kube.resources import KubeError, Resources
 
@@ -80,14 +81,7 @@ def _write_keys(directory: Path, data: Mapping[str, bytes], items: list[dict[str
             if optional:
                 continue
             raise Pending(f"{source} has no key {key!r}")
-        target = directory / _relative(rel, f"{source} item path")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data[key])
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        paths.write_atomic(directory / _relative(rel, f"{source} item path"), data[key], mode)
 
 
 def _object_data(obj: dict[str, Any], secret: bool) -> dict[str, bytes]:

@@ -78,12 +78,7 @@ def install(plugin_dir: Path | None = None, python: str | None = None) -> Path:
     text = LAUNCHER.format(python=python or sys.executable, version=__version__)
     if target.is_file() and target.read_text() == text:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
-    return target
+    return paths.write_atomic(target, text, 0o755)
 
 
 def installed_sources(plugin_dir: Path) -> list[str]:
@@ -107,11 +102,7 @@ def cli_config(plugin_dir: Path, sources: Sequence[str] = (SOURCE,), direct: boo
 
 
 def write_cli_config(path: Path, plugin_dir: Path, sources: Sequence[str] = (SOURCE,), direct: bool = True) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(cli_config(plugin_dir, sources, direct))
-    os.replace(tmp, path)  # concurrent `kvtool tf` runs never see half a file
-    return path
+    return paths.write_atomic(path, cli_config(plugin_dir, sources, direct))  # concurrent `kvtool tf` runs
 
 
 def ensure_kvtool_config() -> Path:

@@ -76,11 +76,7 @@ def shim() -> Path:
     path = paths.cache_dir() / "terraform" / "bin" / "terraform"
     text = SHIM.format(python=sys.executable)
     if not (path.is_file() and path.read_text() == text):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".terraform.{os.getpid()}")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        paths.write_atomic(path, text, 0o755)
     return path
 
 
