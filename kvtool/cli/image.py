@@ -1,4 +1,8 @@
-"""`kvtool image build | import | list | rm`: the local image store used in embedded mode."""
+"""`kvtool image build | import | list | rm`: the local image store used in embedded mode.
+
+`image build` also makes the container images the embedded cluster's nodes import (OCI archives
+under kvtool's cache, not VM images in the store).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,21 @@ import sys
 from pathlib import Path
 
 from kvtool.errors import KvtoolError
-from kvtool.images import store, tiny_linux
+from kvtool.images import container, store, tiny_linux
 
-# Images `kvtool image build` knows how to make, name -> builder.
+# VM images `kvtool image build` knows how to make into the store, name -> builder.
 BUILDERS = {tiny_linux.NAME: tiny_linux.build}
+# Container images it makes as OCI archives for the nodes' containerd, name -> builder.
+CONTAINER_BUILDERS = {"launcher": container.build_launcher}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = sub.add_parser("build", help="build an image from Debian packages (no image downloads)")
-    build.add_argument("name", choices=sorted(BUILDERS), help="image to build")
-    build.add_argument("--force", action="store_true", help="rebuild even if the store already has it")
+    build.add_argument("name", choices=sorted({*BUILDERS, *CONTAINER_BUILDERS}),
+                       help="image to build: a VM image into the store, or `launcher`, the container image "
+                            "archive the nodes import")
+    build.add_argument("--force", action="store_true", help="rebuild even if the store (or the cache) already has it")
     imp = sub.add_parser("import", help="copy a qcow2 or raw disk image into the store")
     imp.add_argument("name", help="image name (a DNS-1123 label, e.g. debian-12)")
     imp.add_argument("file", type=Path, help="the .qcow2 or raw disk image")
@@ -29,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     images = store.ImageStore()
+    if args.action == "build" and args.name in CONTAINER_BUILDERS:
+        built = CONTAINER_BUILDERS[args.name](force=args.force, progress=_progress)
+        print(f"{built.reference}: OCI image archive, {_size(built.size)}, in {built.archive}")
+        return 0
     if args.action == "build":
         image = BUILDERS[args.name](images, force=args.force, progress=_progress)
         print(f"{image.name}: {image.kind} image, {_size(image.size)}, in {image.directory}")

@@ -1,1 +1,2 @@
-"""Local VM images: the image store and the tiny-linux guest built from Debian packages."""
+"""Local images built from Debian packages: the VM image store and the tiny-linux guest, and the
+container images (OCI archives) the embedded cluster's nodes import."""

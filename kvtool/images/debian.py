@@ -22,6 +22,37 @@ log = logging.getLogger(__name__)
 _APT_HINT = "run `apt-get update` (the machine needs Debian's package lists and mirror)"
 
 
+# Where a package of setup/apt-packages.txt is needed (its second column).
+PACKAGE_USES = ("image", "build", "node", "dev")
+
+
+def package_list(*uses: str, path: Path | None = None) -> list[str]:
+    """Packages of setup/apt-packages.txt (or `path`) marked with any of `uses`, in file order.
+
+    The one reader of that list in Python; `make setup` and launcher_image/Dockerfile read it with awk
+    the same way (comment lines start with '#', then "package use" per line).
+    """
+    unknown = set(uses) - set(PACKAGE_USES)
+    if unknown:
+        raise ValueError(f"unknown package uses {sorted(unknown)}; expected some of {PACKAGE_USES}")
+    path = path or paths.source_root() / "setup" / "apt-packages.txt"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BuildError(f"cannot read the package list {path}: {exc}",
+                         hint="run kvtool from its source checkout (the list is not in the wheel)") from exc
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2 or fields[1] not in PACKAGE_USES:
+            raise BuildError(f"{path}:{number}: expected 'package use' with a use in {PACKAGE_USES}, got {line!r}")
+        if fields[1] in uses:
+            found.append(fields[0])
+    return found
+
+
 def downloads_dir() -> Path:
     return paths.cache_dir() / "downloads"
 
