@@ -1,5 +1,6 @@
 // Command kvtool-controlplane is one multi-call binary holding the real
-// Kubernetes control-plane components kvtool's embedded cluster runs.
+// Kubernetes components kvtool's embedded cluster runs: the control plane
+// and the kubelet and kube-proxy of each embedded node.
 //
 // Each subcommand runs exactly one component in its own process: linking
 // them into one process breaks (signal handlers and logging may only be set
@@ -9,6 +10,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,7 +25,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubeproxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -46,6 +50,14 @@ var components = map[string]func(args []string) int{
 	"controller-manager": func(args []string) int {
 		os.Args = append([]string{"kube-controller-manager"}, args...)
 		return cli.Run(controllermanager.NewControllerManagerCommand())
+	},
+	"kubelet": func(args []string) int {
+		os.Args = append([]string{"kubelet"}, args...)
+		return cli.Run(kubelet.NewKubeletCommand(context.Background()))
+	},
+	"kube-proxy": func(args []string) int {
+		os.Args = append([]string{"kube-proxy"}, args...)
+		return cli.Run(kubeproxy.NewProxyCommand())
 	},
 	"kubectl": func(args []string) int {
 		os.Args = append([]string{"kubectl"}, args...)

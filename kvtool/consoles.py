@@ -21,8 +21,22 @@ def node_sockets_dir(node: str, home: Path | None = None) -> Path:
     return paths.node_sockets_dir(node, home)
 
 
-def launcher_socket(res: Resources, namespace: str, name: str, home: Path | None = None) -> Path:
-    """The unix socket of the VM's launcher, or a KvtoolError saying why there is none."""
+# The launcher pod's emptyDir `private` (kvtool.controller.template.PRIVATE) as the container sees it,
+# and where an embedded node's kubelet keeps it on this machine.
+PRIVATE = "/var/lib/kvtool/private"
+
+
+def node_path(node: str, pod_uid: str, path: Path, home: Path | None = None) -> Path:
+    """A path in the launcher container's `private` volume, as this machine sees it on an embedded node."""
+    if not path.is_relative_to(PRIVATE):
+        return path
+    kubelet = (home or paths.kvtool_home()) / "nodes" / node / "kubelet"
+    volume = kubelet / "pods" / pod_uid / "volumes" / "kubernetes.io~empty-dir" / "private"
+    return volume / path.relative_to(PRIVATE)
+
+
+def _active_pod(res: Resources, namespace: str, name: str) -> tuple[str, str]:
+    """(pod uid, node) of the VM's launcher, or a KvtoolError saying why there is none."""
     vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
     status = (vmi or {}).get("status") or {}
     if vmi is None or status.get("phase") not in ("Running", "Scheduled"):
@@ -32,6 +46,12 @@ def launcher_socket(res: Resources, namespace: str, name: str, home: Path | None
     if not pods:
         raise KvtoolError(f"virtualmachine {namespace}/{name} has no launcher pod yet")
     pod_uid, node = next(iter(pods.items()))
+    return pod_uid, node
+
+
+def launcher_socket(res: Resources, namespace: str, name: str, home: Path | None = None) -> Path:
+    """The unix socket of the VM's launcher, or a KvtoolError saying why there is none."""
+    pod_uid, node = _active_pod(res, namespace, name)
     sock = node_sockets_dir(node, home) / f"{pod_uid}.sock"
     if not sock.exists():
         raise KvtoolError(f"the launcher of {name} is not reachable from this machine ({sock})",
@@ -42,9 +62,10 @@ def launcher_socket(res: Resources, namespace: str, name: str, home: Path | None
 
 def console_log(res: Resources, namespace: str, name: str, home: Path | None = None) -> Path:
     """Where the launcher appends the guest's ttyS0."""
+    pod_uid, node = _active_pod(res, namespace, name)
     try:
         with LauncherClient(launcher_socket(res, namespace, name, home)) as client:
-            log = Path(client.status().get("consoleLog") or "")
+            log = node_path(node, pod_uid, Path(client.status().get("consoleLog") or ""), home)
     except LauncherError as exc:
         raise KvtoolError(f"cannot ask the launcher of {namespace}/{name} for its console log: {exc}") from exc
     if not log.is_file():

@@ -89,7 +89,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 
 def dump_logs(home: Path, lines: int = 40) -> None:
     """After a failure, the tail of every component's log: CI keeps nothing else of the cluster."""
-    logs = sorted((home / "logs").glob("*.log")) + sorted(home.glob("nodes/*/pods/*/compute.log"))
+    logs = sorted((home / "logs").glob("*.log")) + sorted(home.glob("nodes/*/pod-logs/*/*/*.log"))
     out = sys.__stderr__  # past pytest's capture: a passing teardown's output would be dropped
     print(f"\n===== component logs of the session cluster ({len(FAILED)} failed test(s)) =====", file=out)
     for log in logs:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     down.add_argument("--purge", action="store_true", help=f"also delete the state dir ({paths.kvtool_home()})")
     down.add_argument("-q", "--quiet", action="store_true")
     sub.add_parser("status", help="show each component's state, PID, port, and the API's readiness")
-    sub.add_parser("build", help="build (or find cached) the control-plane binary")
+    sub.add_parser("build", help="build (or find cached) the control-plane, containerd and pause binaries")
     for verb in ("stop", "start", "restart"):
         sp = sub.add_parser(f"{verb}-component", help=f"{verb} one component of the running cluster")
         sp.add_argument("component")
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         cluster.down(home, purge=args.purge, quiet=args.quiet)
         return 0
     if args.action == "build":
-        print(build.ensure_binary(progress=True))
+        for binary in build.ensure_all(progress=True):
+            print(binary)
         return 0
     if args.action.endswith("-component"):
         reply = cluster.control(home, args.action.removesuffix("-component"), args.component)

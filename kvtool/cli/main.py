@@ -36,7 +36,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "port-forward": ("kvtool.cli.port_forward", "relay local ports to a VM, pod or Service (kubectl-style)"),
     "crds": ("kvtool.cli.crds", "print the CRDs generated from schemas/"),
     "install-crds": ("kvtool.cli.install_crds", "install kvtool's CRDs on the current cluster"),
-    "node-agent": ("kvtool.cli.nodeagent", "run pods on an embedded-cluster node (the kubelet's stand-in)"),
     "install": ("kvtool.cli.install", "deploy kvtool on a cluster (or --print its manifests)"),
     "uninstall": ("kvtool.cli.uninstall", "remove kvtool from a cluster"),
     "controller": ("kvtool.cli.controller", "run the VM controller"),
@@ -97,7 +96,7 @@ def _first_command(argv: list[str]) -> str | None:
 
 
 # Long-running commands keep Python's cyclic garbage collector on.
-DAEMONS = {"controller", "handler", "launcher", "node-agent", "notebook"}
+DAEMONS = {"controller", "handler", "launcher", "notebook"}
 
 
 def main(argv: list[str] | None = None) -> int:

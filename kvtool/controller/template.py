@@ -96,6 +96,12 @@ def _volume_mounts(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+def _masquerades(spec: dict[str, Any]) -> bool:
+    """Does an interface use the (default) masquerade binding on the pod network?"""
+    interfaces = spec.get("domain", {}).get("devices", {}).get("interfaces", [])
+    return any("bridge" not in iface for iface in interfaces)
+
+
 def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
     meta, spec = vmi["metadata"], vmi["spec"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
@@ -154,6 +160,11 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
             *vol_volumes,
         ],
     }
+    if _masquerades(spec):
+        # The masquerade binding routes between the pod's eth0 and the guest: IP forwarding in the pod's
+        # network namespace, which only the kubelet may switch on (an "unsafe" sysctl: a real cluster's
+        # kubelets need --allowed-unsafe-sysctls=net.ipv4.ip_forward; embedded nodes have it).
+        pod_spec["securityContext"] = {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]}
     for key in ("nodeSelector", "affinity", "tolerations"):
         if spec.get(key):
             pod_spec[key] = spec[key]

@@ -220,7 +220,12 @@ def rbac_and_policy(ns: str = NAMESPACE) -> list[Manifest]:
     return [namespace(ns), *service_accounts(ns), *rbac(ns), *handler_policy(ns)]
 
 
+def workloads(image: str, ns: str = NAMESPACE) -> list[Manifest]:
+    """kvtool's own pods: the controller Deployment (and its PDB) and the handler DaemonSet."""
+    return [*controller_deployment(image, ns), handler_daemonset(image, ns)]
+
+
 def all_manifests(image: str = DEFAULT_IMAGE, ns: str = NAMESPACE) -> list[Manifest]:
     """In apply order: namespace and CRDs first, workloads last."""
     return [namespace(ns), *crd.all_crds(), *service_accounts(ns), *rbac(ns), *handler_policy(ns),
-            *controller_deployment(image, ns), handler_daemonset(image, ns)]
+            *workloads(image, ns)]

@@ -11,9 +11,16 @@ import kopf
 
 def login(**kwargs: Any) -> Any:
     """The kubeconfig kvtool resolved (exported as $KUBECONFIG by kvtool.cli.common.daemon_connection),
-    else the pod's service account."""
+    else the pod's service account.
+
+    In a pod, through the official client's in-cluster config: like client-go it dials
+    $KUBERNETES_SERVICE_HOST (the Service IP), where kopf's own service-account login dials
+    `kubernetes.default.svc`, a name only a cluster DNS add-on resolves.
+    """
     if os.environ.get("KUBECONFIG"):
         return kopf.login_with_kubeconfig(**kwargs)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_via_client(**kwargs)
     return kopf.login_with_service_account(**kwargs)
 
 

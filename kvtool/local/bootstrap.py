@@ -15,16 +15,20 @@ from kubernetes.client.rest import ApiException
 from kvtool.deploy import install, manifests
 from kvtool.kube import clients, crds
 from kvtool.kube.resources import Resources
+from kvtool.local import pki
 
 log = logging.getLogger(__name__)
 
 STORAGE_CLASS = "standard"
+# Where on this machine an embedded node's pod IPs are routed from (read by kvtool port-forward).
+NETNS_ANNOTATION = "kvtool.io/pod-network-namespace"
 
 
 def run(kubeconfig: Path, bare: bool = False) -> None:
     """bare: a plain Kubernetes (for trying `kvtool install` on it); else kvtool's CRDs and RBAC too."""
     api = clients.api_client(kubeconfig)
     ensure_storage_class(api)
+    ensure_kubelet_api_access(api)
     if bare:
         return
     res = Resources(api)
@@ -84,8 +88,52 @@ def wait_for_service_account(kubeconfig: Path, namespace: str, name: str, timeou
         time.sleep(0.2)
 
 
-def wait_for_nodes_ready(kubeconfig: Path, nodes: list[str], timeout: float) -> None:
-    """Until every node agent's Node reports Ready (the scheduler only uses Ready nodes)."""
+def ensure_kubelet_api_access(api: client.ApiClient) -> None:
+    """Let the apiserver's kubelet client use the kubelets' API (logs, exec, port-forward), as kubeadm does."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kvtool:apiserver-kubelet-api-admin",
+                         "labels": {"app.kubernetes.io/managed-by": "kvtool"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": pki.APISERVER_KUBELET_CLIENT.common_name}]}
+    try:
+        rbac.create_cluster_role_binding(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def install_kvtool(kubeconfig: Path, image: str, timeout: float) -> None:
+    """kvtool's controller Deployment and handler DaemonSet from `kvtool install`'s manifests; until ready."""
+    api = clients.api_client(kubeconfig)
+    install.apply_all(Resources(api), manifests.workloads(image))
+    apps = client.AppsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        dep = apps.read_namespaced_deployment(manifests.CONTROLLER, manifests.NAMESPACE)
+        ds = apps.read_namespaced_daemon_set(manifests.HANDLER, manifests.NAMESPACE)
+        dep_ok = (dep.status.available_replicas or 0) >= 1
+        want = ds.status.desired_number_scheduled or 0
+        ds_ok = want > 0 and (ds.status.number_ready or 0) == want
+        if dep_ok and ds_ok:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"kvtool's pods did not become ready within {timeout:.0f}s (controller available: "
+                f"{dep.status.available_replicas or 0}, handlers ready: {ds.status.number_ready or 0}/{want}); "
+                f"see `kubectl -n {manifests.NAMESPACE} get pods` and logs/kubelet-*.log")
+        time.sleep(0.5)
+
+
+def wait_for_nodes_ready(kubeconfig: Path, nodes: list[str], timeout: float,
+                         node_info: dict[str, tuple[str, str]] | None = None) -> None:
+    """Until every kubelet's Node reports Ready (the scheduler only uses Ready nodes).
+
+    node_info: node -> (pod CIDR, network namespace) of the embedded network, recorded on the Node
+    as it registers (the controller-manager does not allocate pod CIDRs: the node's CNI config has one).
+    """
     core = client.CoreV1Api(clients.api_client(kubeconfig))
     deadline = time.monotonic() + timeout
     pending = set(nodes)
@@ -97,11 +145,15 @@ def wait_for_nodes_ready(kubeconfig: Path, nodes: list[str], timeout: float) -> 
                 if exc.status != 404:
                     raise
                 continue
+            info = (node_info or {}).get(node)
+            if info and not obj.spec.pod_cidr:
+                core.patch_node(node, {"metadata": {"annotations": {NETNS_ANNOTATION: info[1]}},
+                                       "spec": {"podCIDR": info[0], "podCIDRs": [info[0]]}})
             ready = any(c.type == "Ready" and c.status == "True" for c in obj.status.conditions or [])
             taints = [t.key for t in obj.spec.taints or [] if t.key.startswith("node.kubernetes.io/not-ready")]
             if ready and not taints:
                 pending.discard(node)
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"node(s) {', '.join(sorted(pending))} did not become Ready within {timeout:.0f}s; "
-                               "see logs/node-agent-*.log")
+                               "see logs/kubelet-*.log")
         time.sleep(0.2)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvtool.errors import ClusterError, ConfigError
-from kvtool.local import build, components, supervisor
+from kvtool.local import build, components, nodehost, supervisor
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
 from kvtool.local.state import ClusterState, cluster_running, lock_held, pid_alive, read_state
@@ -48,7 +48,7 @@ def leftover_processes(home: Path) -> list[int]:
     marker = f"{supervisor.MARKER}={home}".encode()
     needle = (str(home) + "/").encode()
     exclude = _ancestors()
-    found = []
+    found = [p for p in nodehost.cgroup_pids(Layout(home).cgroup_root) if p not in exclude]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
@@ -59,7 +59,7 @@ def leftover_processes(home: Path) -> list[int]:
             continue
         if (marker in env or needle in cmdline) and pid_alive(int(entry.name)):
             found.append(int(entry.name))
-    return sorted(found)
+    return sorted(set(found))
 
 
 def _ancestors() -> set[int]:
@@ -114,8 +114,11 @@ def up(home: Path, nodes: int = 2, apiserver_port: int | None = None, quiet: boo
 
     binary = build.ensure_binary(progress=not quiet)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    config = {"binary": str(binary), "nodes": [] if bare else [f"kvtool-node-{i}" for i in range(1, nodes + 1)],
-              "apiserver_port": apiserver_port, "bare": bare}
+    config: dict[str, object] = {
+        "binary": str(binary), "nodes": [] if bare else [f"kvtool-node-{i}" for i in range(1, nodes + 1)],
+        "apiserver_port": apiserver_port, "bare": bare}
+    if not bare and nodes:
+        config.update(node_artifacts(quiet))
     config_path = home / "supervisor-config.json"
     config_path.write_text(json.dumps(config))
     (home / "cluster.json").unlink(missing_ok=True)
@@ -127,6 +130,20 @@ def up(home: Path, nodes: int = 2, apiserver_port: int | None = None, quiet: boo
                          start_new_session=True, env=env, cwd=home)
     _say(quiet, f"Starting the embedded cluster in {home} ...")
     return _follow(layout, quiet, timeout, shown=0)
+
+
+def node_artifacts(quiet: bool) -> dict[str, object]:
+    """What real nodes run, built (or found cached) here so the user sees the progress: containerd and
+    the images every node imports (the pod sandbox and kvtool's own image)."""
+    from kvtool.images import container
+
+    say = (lambda _m: None) if quiet else (lambda m: _say(False, m))
+    runtime = build.ensure_containerd(progress=not quiet)
+    pause = container.build_pause(build.ensure_pause(progress=not quiet), progress=say)
+    launcher = container.build_launcher(progress=say)
+    return {"containerd": str(runtime.parent / "containerd"),
+            "images": {"pause": {"ref": pause.reference, "archive": str(pause.archive)},
+                       "launcher": {"ref": launcher.reference, "archive": str(launcher.archive)}}}
 
 
 def _check_state_dir(layout: Layout) -> None:
@@ -214,16 +231,17 @@ def down(home: Path, purge: bool = False, quiet: bool = False, timeout: float = 
 
 
 def _remove_network(layout: Layout, quiet: bool) -> None:
-    """The pod network's namespaces (the cluster's and its pods'): its processes are gone, so is it."""
-    from kvtool.podnet import embedded, netcmd
+    """The nodes' processes, cgroups, mount and network namespaces and the cluster bridge."""
+    from kvtool.local import startup
+    from kvtool.podnet import netcmd
 
     try:
-        removed = embedded.remove_cluster(layout.cluster_id)
-    except netcmd.NetError as exc:
-        _say(quiet, f"Could not remove the pod network's namespaces: {exc.message}")
+        removed = startup.teardown(layout)
+    except (netcmd.NetError, ClusterError) as exc:
+        _say(quiet, f"Could not remove all of the nodes' namespaces: {exc.message}")
         return
     if removed:
-        _say(quiet, f"Removed {len(removed)} network namespace(s) of the pod network.")
+        _say(quiet, f"Removed the nodes: {', '.join(removed)}.")
 
 
 @dataclass
@@ -263,9 +281,8 @@ def status(home: Path) -> ClusterStatus:
     phase = state.phase if alive else ("stopped" if state.phase == "stopped" else "stale")
     ready = False
     if state.server and layout.pki.exists():
-        port = int(state.server.rsplit(":", 1)[1])
         try:
-            ready = components.apiserver_ready(port, pki_mod.PKI(layout.pki))
+            ready = components.apiserver_ready(state.server, pki_mod.PKI(layout.pki))
         except OSError:
             ready = False
     return ClusterStatus(home, phase, state.server, ready, comps, alive, state.error)

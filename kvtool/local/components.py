@@ -1,7 +1,9 @@
 """What each embedded-cluster process is: its command line, port and readiness probe.
 
 Flags follow envtest's and k3s's local defaults (see
-../shared/notes/controlplane.md). Every component binds 127.0.0.1 only.
+../shared/notes/controlplane.md). Every control-plane component binds 127.0.0.1 only, except
+the apiserver: it listens on the machine's address on the cluster bridge, where the nodes'
+kubelets reach it (kvtool.local.nodenet). Node components run inside their node's namespaces.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
+from kvtool.local.nodeconf import NodePlan
 
 SERVICE_CIDR = "10.96.0.0/16"
 CLUSTER_CIDR = "10.244.0.0/16"
@@ -33,6 +36,8 @@ class ComponentSpec:
     # Seconds a component may take to become ready before `up` gives up on it.
     ready_timeout: float = 60.0
     stop_timeout: float = 10.0
+    # A node component's cgroup root (kvtool.local.nodehost): the process starts in <cgroup>/system.
+    cgroup: str | None = None
 
 
 def _get(url: str, context: ssl.SSLContext | None = None, timeout: float = 1.0) -> tuple[int, bytes]:
@@ -58,8 +63,9 @@ def admin_context(p: pki_mod.PKI) -> ssl.SSLContext:
     return ctx
 
 
-def apiserver_ready(port: int, p: pki_mod.PKI) -> bool:
-    status, body = _get(f"https://127.0.0.1:{port}/readyz", admin_context(p))
+def apiserver_ready(server: str, p: pki_mod.PKI) -> bool:
+    """server: https://HOST:PORT, as in the kubeconfig."""
+    status, body = _get(f"{server}/readyz", admin_context(p))
     return status == 200 and body.strip() == b"ok"
 
 
@@ -88,13 +94,13 @@ def etcd(layout: Layout, binary: Path, port: int, peer_port: int) -> ComponentSp
     )
 
 
-def apiserver(layout: Layout, binary: Path, port: int, etcd_port: int, p: pki_mod.PKI) -> ComponentSpec:
+def apiserver(layout: Layout, binary: Path, host: str, port: int, etcd_port: int, p: pki_mod.PKI) -> ComponentSpec:
     return ComponentSpec(
         name="apiserver",
         port=port,
         argv=[str(binary), "apiserver",
               f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-              f"--secure-port={port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+              f"--secure-port={port}", f"--bind-address={host}", f"--advertise-address={host}",
               f"--tls-cert-file={p.cert('apiserver')}", f"--tls-private-key-file={p.key('apiserver')}",
               f"--client-ca-file={p.ca_cert}",
               f"--kubelet-client-certificate={p.cert(pki_mod.APISERVER_KUBELET_CLIENT.file_stem)}",
@@ -108,11 +114,12 @@ def apiserver(layout: Layout, binary: Path, port: int, etcd_port: int, p: pki_mo
               "--allow-privileged=true",
               "--profiling=false",
               "--watch-cache=true",
-              # The `kubernetes` Service cannot list a loopback address as its endpoint (the reconciler
-              # logs an error every 10 s trying); nothing here routes to Service IPs anyway.
-              "--endpoint-reconciler-type=none",
+              # Pods reach the apiserver through the `kubernetes` Service (kube-proxy on each node).
+              "--endpoint-reconciler-type=lease",
+              # Nodes are named, not resolvable: dial kubelets at their InternalIP.
+              "--kubelet-preferred-address-types=InternalIP",
               "--v=1"],
-        ready=lambda: apiserver_ready(port, p),
+        ready=lambda: apiserver_ready(f"https://{host}:{port}", p),
         ready_timeout=90,
     )
 
@@ -151,7 +158,8 @@ def controller_manager(layout: Layout, binary: Path, port: int, p: pki_mod.PKI) 
               f"--root-ca-file={p.ca_cert}",
               f"--cluster-signing-cert-file={p.ca_cert}", f"--cluster-signing-key-file={p.ca_key}",
               "--enable-hostpath-provisioner=true",
-              "--allocate-node-cidrs=true", f"--cluster-cidr={CLUSTER_CIDR}", "--node-cidr-mask-size=24",
+              # Node pod CIDRs are the embedded network's (kvtool.local.nodenet), set when a node registers.
+              "--allocate-node-cidrs=false", f"--cluster-cidr={CLUSTER_CIDR}",
               f"--service-cluster-ip-range={SERVICE_CIDR}",
               "--node-monitor-grace-period=20s"],
         ready=_healthz(port),
@@ -163,3 +171,52 @@ def python_component(name: str, args: list[str], env: dict[str, str] | None = No
     """A kvtool component run from this interpreter (controller, node agents, handlers)."""
     return ComponentSpec(name=name, argv=[sys.executable, "-m", "kvtool.cli.main", *args], env=env or {},
                          ready=ready or (lambda: True), port=port)
+
+
+# ---- node components: each runs inside its node's network and mount namespaces ------------------
+
+def _unix_connectable(path: Path) -> Callable[[], bool]:
+    def ready() -> bool:
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(str(path))
+            except OSError:
+                return False
+        return True
+    return ready
+
+
+def containerd(node: NodePlan, enter: list[str], binary: Path) -> ComponentSpec:
+    """The node's container runtime; its shims are found next to it (the multi-call binary's links)."""
+    return ComponentSpec(
+        name=f"containerd-{node.name}",
+        argv=[*enter, str(binary), "--config", str(node.containerd_config), "--log-level", "warn"],
+        env={"PATH": f"{binary.parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        ready=_unix_connectable(node.containerd_socket),
+        ready_timeout=60,
+        stop_timeout=15,
+        cgroup=node.cgroup_root,
+    )
+
+
+def kubelet(node: NodePlan, enter: list[str], binary: Path, kubeconfig: Path) -> ComponentSpec:
+    return ComponentSpec(
+        name=f"kubelet-{node.name}",
+        argv=[*enter, str(binary), "kubelet", f"--config={node.kubelet_config}", f"--kubeconfig={kubeconfig}",
+              f"--hostname-override={node.name}", f"--node-ip={node.ip}", f"--root-dir={node.kubelet_root}",
+              "--v=1"],
+        ready_timeout=90,
+        stop_timeout=15,
+        cgroup=node.cgroup_root,
+    )
+
+
+def kube_proxy(node: NodePlan, enter: list[str], binary: Path) -> ComponentSpec:
+    return ComponentSpec(
+        name=f"kube-proxy-{node.name}",
+        argv=[*enter, str(binary), "kube-proxy", f"--config={node.kube_proxy_config}", "--v=1"],
+        cgroup=node.cgroup_root,
+    )

@@ -65,6 +65,11 @@ class Layout:
         return paths.cluster_id(self.home)
 
     @property
+    def cgroup_root(self) -> str:
+        """Every process of every node of this home's cluster lives below it (kvtool.local.nodehost)."""
+        return f"/kvt-{self.cluster_id}"
+
+    @property
     def run_dir(self) -> Path:
         return paths.run_dir(self.home)
 

@@ -40,6 +40,8 @@ class Identity:
 ADMIN = Identity("admin", "kvtool-admin", ("system:masters",))
 SCHEDULER = Identity("scheduler", "system:kube-scheduler")
 CONTROLLER_MANAGER = Identity("controller-manager", "system:kube-controller-manager")
+# Bound by Kubernetes' default ClusterRoleBinding system:node-proxier.
+KUBE_PROXY = Identity("kube-proxy", "system:kube-proxy")
 APISERVER_KUBELET_CLIENT = Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
                                     ("kubeadm:cluster-admins",))
 
@@ -85,8 +87,12 @@ class PKI:
     def key(self, stem: str) -> Path:
         return self.dir / f"{stem}.key"
 
-    def ensure(self) -> None:
-        """Create whatever is missing; existing material is kept (and checked)."""
+    def ensure(self, server_ips: tuple[str, ...] = ()) -> None:
+        """Create whatever is missing; existing material is kept (and checked).
+
+        server_ips: addresses the apiserver listens on besides loopback (the cluster bridge's);
+        a serving certificate that lacks one is issued again.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         if not self.ca_cert.exists() or not self.ca_key.exists():
@@ -97,13 +103,22 @@ class PKI:
             _write(self.sa_key, _key_pem(key), private=True)
             _write(self.sa_pub, key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), private=False)
-        if not self.cert("apiserver").exists():
+        if not self.cert("apiserver").exists() or not self._serves(server_ips):
             self._issue("apiserver", "kube-apiserver", (), server=True,
                         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                              "kubernetes.default.svc.cluster.local"),
-                        ips=("127.0.0.1", SERVICE_IP))
-        for ident in (ADMIN, SCHEDULER, CONTROLLER_MANAGER, APISERVER_KUBELET_CLIENT):
+                        ips=("127.0.0.1", SERVICE_IP, *server_ips))
+        for ident in (ADMIN, SCHEDULER, CONTROLLER_MANAGER, KUBE_PROXY, APISERVER_KUBELET_CLIENT):
             self.ensure_client(ident)
+
+    def _serves(self, ips: tuple[str, ...]) -> bool:
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert("apiserver").read_bytes())
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (ValueError, OSError, x509.ExtensionNotFound):
+            return False
+        have = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+        return set(ips) <= have
 
     def ensure_client(self, ident: Identity) -> tuple[Path, Path]:
         if not self.cert(ident.file_stem).exists() or not self.key(ident.file_stem).exists():

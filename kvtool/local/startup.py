@@ -1,8 +1,10 @@
 """The ordered start-up plan of an embedded cluster, run by the supervisor.
 
 etcd → apiserver (/readyz) → bootstrap objects → scheduler and
-controller-manager → kvtool's runtime components. Each step is either a set
-of components started together and awaited, or a function (a hook).
+controller-manager → the nodes (their namespaces, containerd, images, kubelet
+and kube-proxy) → kvtool itself, installed by the very manifests of
+`kvtool install`. Each step is either a set of components started together
+and awaited, or a function (a hook).
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvtool import __version__, paths
-from kvtool.local import bootstrap, components
+from kvtool import paths
+from kvtool.errors import ClusterError
+from kvtool.local import bootstrap, components, nodeconf, nodehost, nodeimages, nodenet
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
 from kvtool.local.state import ClusterState
 from kvtool.local.supervisor import Step
-
-LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
 
 
 def free_port() -> int:
@@ -38,23 +39,46 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def node_plan(layout: Layout, net: nodenet.ClusterNetwork, index: int, name: str) -> nodeconf.NodePlan:
+    return nodeconf.NodePlan(
+        name=name, ip=net.node_ip(index), gateway=net.gateway, pod_cidr=net.pod_cidr(index),
+        cluster_cidr=nodenet.CLUSTER_CIDR, service_cidr=components.SERVICE_CIDR, netns=net.node_netns(index),
+        cgroup_root=f"{layout.cgroup_root}/{name}", state_dir=layout.node_dir(name),
+        run_dir=layout.run_dir / f"ctr-{name}")
+
+
+def mount_ns_file(layout: Layout, node: str) -> Path:
+    return layout.run_dir / "mnt" / node
+
+
+def node_binds(layout: Layout, node: str, images_root: Path, cache: Path) -> list[nodehost.Bind]:
+    """The paths a real host has at fixed places, made the node's own (see kvtool.local.nodehost)."""
+    return [nodehost.Bind(layout.node_run_dir(node), "/run/kvtool"),
+            nodehost.Bind(layout.run_dir / f"ctr-{node}" / "shims", "/run/containerd"),
+            nodehost.Bind(layout.node_dir(node) / "cni" / "lib", "/var/lib/cni"),
+            nodehost.Bind(images_root, "/var/lib/kvtool/images", read_only=True),
+            nodehost.Bind(cache, "/var/lib/kvtool/cache")]
+
+
 def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) -> list[tuple[str, Step]]:
     binary = Path(config["binary"])
     state.binary = str(binary)
     for d in (layout.logs, layout.kubeconfigs):
         d.mkdir(parents=True, exist_ok=True)
     layout.etcd_data.mkdir(mode=0o700, exist_ok=True)
+    net = nodenet.choose(layout.home)
+    nodenet.ensure_bridge(net)
     p = pki_mod.PKI(layout.pki)
-    p.ensure()
+    p.ensure(server_ips=(net.gateway,))
 
     api_port = int(config.get("apiserver_port") or 0) or free_port()
     etcd_port, peer_port, sched_port, cm_port = (free_port() for _ in range(4))
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{net.gateway}:{api_port}"
     state.server = server
 
     pki_mod.write_kubeconfig(layout.kubeconfig, server, p, "kvtool-admin",
                              cert=p.cert(pki_mod.ADMIN.file_stem), key=p.key(pki_mod.ADMIN.file_stem))
-    for ident in (pki_mod.SCHEDULER, pki_mod.CONTROLLER_MANAGER):
+    for ident in (pki_mod.SCHEDULER, pki_mod.CONTROLLER_MANAGER, pki_mod.KUBE_PROXY):
         cert, key = p.ensure_client(ident)
         pki_mod.write_kubeconfig(layout.component_kubeconfig(ident.file_stem), server, p, ident.common_name,
                                  cert=cert, key=key)
@@ -62,72 +86,95 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
     def wait_default_serviceaccount() -> None:
         bootstrap.wait_for_service_account(layout.kubeconfig, "default", "default", timeout=60)
 
-    nodes: list[str] = list(config.get("nodes", []))
+    names: list[str] = list(config.get("nodes", []))
+    nodes = [node_plan(layout, net, i, name) for i, name in enumerate(names, start=1)]
     for node in nodes:
-        cert, key = p.ensure_client(pki_mod.node_identity(node))
-        pki_mod.write_kubeconfig(layout.component_kubeconfig(f"node-{node}"), server, p, f"system:node:{node}",
-                                 cert=cert, key=key)
+        cert, key = p.ensure_client(pki_mod.node_identity(node.name))
+        pki_mod.write_kubeconfig(layout.component_kubeconfig(f"node-{node.name}"), server, p,
+                                 f"system:node:{node.name}", cert=cert, key=key)
+    images = config.get("images", {})
+    runtime = config.get("containerd", "")
+
+    def prepare_nodes() -> None:
+        """Each node's namespaces, cgroups and config files (idempotent: a restart finds them in place)."""
+        from kvtool.images import store
+
+        cache = paths.cache_dir() / "node-cache"
+        for index, node in enumerate(nodes, start=1):
+            nodenet.ensure_node(net, index, len(nodes))
+            nodehost.ensure_cgroups(node.cgroup_root)
+            nodehost.ensure_mount_namespace(mount_ns_file(layout, node.name),
+                                            node_binds(layout, node.name, store.default_root(), cache))
+            for d in (node.state_dir, node.pod_logs, node.cni_conf_dir, node.cni_state_dir,
+                      node.containerd_socket.parent):
+                d.mkdir(parents=True, exist_ok=True)
+            write = paths.write_atomic
+            write(node.containerd_config, nodeconf.containerd_config(node, images["pause"]["ref"], runc_binary()))
+            write(node.cni_conf_dir / "10-kvtool.conflist", nodeconf.cni_conflist(node))
+            write(node.kubelet_config, nodeconf.kubelet_config(node, p.ca_cert))
+            write(node.kube_proxy_config,
+                  nodeconf.kube_proxy_config(node, layout.component_kubeconfig(pki_mod.KUBE_PROXY.file_stem)))
+
+    def import_images() -> None:
+        nodeimages.import_all([n.containerd_socket for n in nodes], Path(runtime).parent / "ctr",
+                              [Path(images[k]["archive"]) for k in ("pause", "launcher")],
+                              [images[k]["ref"] for k in ("pause", "launcher")])
 
     def wait_nodes_ready() -> None:
-        bootstrap.wait_for_nodes_ready(layout.kubeconfig, nodes, timeout=90)
+        bootstrap.wait_for_nodes_ready(layout.kubeconfig, names, timeout=120,
+                                       node_info={n.name: (n.pod_cidr, n.netns) for n in nodes})
 
-    def write_tokens() -> None:
-        """Service-account tokens for kvtool's components, bound to each handler's Node."""
-        token = bootstrap.service_account_token(layout.kubeconfig, "kvtool-controller")
-        pki_mod.write_kubeconfig(layout.component_kubeconfig("controller"), server, p,
-                                 "system:serviceaccount:kvtool-system:kvtool-controller", token=token)
-        for node in nodes:
-            token = bootstrap.service_account_token(layout.kubeconfig, "kvtool-handler", node=node)
-            pki_mod.write_kubeconfig(layout.component_kubeconfig(f"handler-{node}"), server, p,
-                                     "system:serviceaccount:kvtool-system:kvtool-handler", token=token)
+    def install_kvtool() -> None:
+        bootstrap.install_kvtool(layout.kubeconfig, images["launcher"]["ref"], timeout=240)
 
     bare = bool(config.get("bare"))
     steps: list[tuple[str, Step]] = [
         ("etcd", [components.etcd(layout, binary, etcd_port, peer_port)]),
-        ("apiserver", [components.apiserver(layout, binary, api_port, etcd_port, p)]),
+        ("apiserver", [components.apiserver(layout, binary, net.gateway, api_port, etcd_port, p)]),
         ("bootstrap", lambda: bootstrap.run(layout.kubeconfig, bare=bare)),
         ("scheduler and controller-manager", [components.scheduler(layout, binary, sched_port, p),
                                               components.controller_manager(layout, binary, cm_port, p)]),
         ("service accounts", wait_default_serviceaccount),
     ]
-    if not bare:
-        if nodes:
-            steps.append(("node agents", node_agents(layout, nodes, config)))
-            steps.append((f"{len(nodes)} node(s)", wait_nodes_ready))
-        steps.append(("component tokens", write_tokens))
-        steps.append(("controller and handlers", controller_and_handlers(layout, nodes, config)))
+    if not bare and nodes:
+        enter = {n.name: nodehost.enter(mount_ns_file(layout, n.name), n.netns) for n in nodes}
+        steps += [
+            (f"{len(nodes)} node host(s)", prepare_nodes),
+            ("containerd", [components.containerd(n, enter[n.name], Path(runtime)) for n in nodes]),
+            ("images", import_images),
+            ("kubelet and kube-proxy",
+             [spec for n in nodes for spec in (
+                 components.kubelet(n, enter[n.name], binary, layout.component_kubeconfig(f"node-{n.name}")),
+                 components.kube_proxy(n, enter[n.name], binary))]),
+            (f"{len(nodes)} node(s) Ready", wait_nodes_ready),
+            ("kvtool controller and handlers", install_kvtool),
+        ]
     state.progress.append(f"started supervisor at {time.strftime('%H:%M:%S')}")
     return steps
 
 
-def node_agents(layout: Layout, nodes: list[str], config: dict[str, Any]) -> list[components.ComponentSpec]:
-    """The kubelet's stand-ins, one per node, each with its own system:node credentials."""
-    from kvtool.images import store
+def runc_binary() -> str:
+    import shutil
 
-    image = config.get("launcher_image") or LAUNCHER_IMAGE
-    cache = paths.cache_dir() / "node-cache"
-    specs = []
-    for node in nodes:
-        run_dir = layout.node_run_dir(node)
-        specs.append(components.python_component(f"node-agent-{node}", [
-            "node-agent", "--node", node, "--kubeconfig", str(layout.component_kubeconfig(f"node-{node}")),
-            "--root", str(layout.node_dir(node)), "--run-dir", str(run_dir), "--launcher-image", image,
-            "--pod-network", layout.cluster_id,
-            "--hostpath-map", f"/var/run/kvtool={run_dir}",
-            "--hostpath-map", f"/var/lib/kvtool/images={store.default_root()}",
-            "--hostpath-map", f"/var/lib/kvtool/cache={cache}"]))
-    return specs
+    found = shutil.which("runc") or shutil.which("runc", path="/usr/sbin:/sbin")
+    if not found:
+        raise ClusterError("runc is not installed", hint="run `make setup` (apt package runc)")
+    return found
 
 
-def controller_and_handlers(layout: Layout, nodes: list[str],
-                            config: dict[str, Any]) -> list[components.ComponentSpec]:
-    """kvtool's controller and per-node handlers, with their service accounts' tokens (RBAC is real here)."""
-    image = config.get("launcher_image") or LAUNCHER_IMAGE
-    specs = [components.python_component("controller", [
-        "controller", "--kubeconfig", str(layout.component_kubeconfig("controller")), "--launcher-image", image,
-        "--leader-elect", "--lease-duration", "8", "--renew-deadline", "6", "--retry-period", "1"])]
-    for node in nodes:
-        specs.append(components.python_component(f"handler-{node}", [
-            "handler", "--node", node, "--kubeconfig", str(layout.component_kubeconfig(f"handler-{node}")),
-            "--sockets-dir", str(layout.node_sockets(node))]))
-    return specs
+def teardown(layout: Layout) -> list[str]:
+    """Power off every node of the home's cluster and remove what made them hosts; what was removed.
+
+    Idempotent, and safe with nothing running: `cluster down` calls it after the supervisor stopped.
+    """
+    root = layout.cgroup_root
+    killed = nodehost.kill_cgroup(root)
+    removed = [f"{killed} node process(es)"] if killed else []
+    nodehost.remove_cgroups(root)
+    mnt = layout.run_dir / "mnt"
+    if mnt.is_dir():
+        for ns_file in mnt.iterdir():
+            nodehost.remove_mount_namespace(ns_file)
+        nodehost.remove_private_dir(mnt)
+    removed += nodenet.remove(layout.home)
+    return removed

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from kvtool.local import nodehost
 from kvtool.local.components import ComponentSpec
 from kvtool.local.layout import Layout
 from kvtool.local.state import ClusterState, ComponentState, write_state
@@ -121,9 +122,16 @@ class Child:
         out.flush()
         env = dict(os.environ, **self.spec.env)
         env[MARKER] = str(self.layout.home)
+        cgroup = self.spec.cgroup
+
+        def preexec() -> None:
+            _die_with_parent()
+            if cgroup:
+                nodehost.join_cgroup(cgroup)
+
         self.proc = subprocess.Popen(self.spec.argv, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.layout.home,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=preexec)
         out.close()
         self.state.pid = self.proc.pid
         self.state.port = self.spec.port
@@ -156,10 +164,12 @@ Step = list[ComponentSpec] | Callable[[], None]
 
 
 class Supervisor:
-    def __init__(self, layout: Layout, state: ClusterState, plan: list[tuple[str, Step]]) -> None:
+    def __init__(self, layout: Layout, state: ClusterState, plan: list[tuple[str, Step]],
+                 on_stopped: Callable[[], object] = lambda: None) -> None:
         self.layout = layout
         self.state = state
         self.plan = plan
+        self.on_stopped = on_stopped
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.selector = selectors.DefaultSelector()
@@ -286,6 +296,10 @@ class Supervisor:
     def _stop_all(self) -> None:
         for child in reversed(list(self.children.values())):
             child.stop()
+        try:
+            log.info("event=teardown removed=%r", self.on_stopped())
+        except Exception as exc:  # `cluster down` tries again; say what is left
+            log.exception("event=teardown-failed error=%r", str(exc))
         self.save()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -374,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         write_state(layout.home, state)
         return 1
     write_state(layout.home, state)
-    return Supervisor(layout, state, steps).run()
+    return Supervisor(layout, state, steps, on_stopped=lambda: startup.teardown(layout)).run()
 
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ from typing import Any
 from kvtool.api.types import SERVICE, VM_LABEL, Kind
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import Resources
-from kvtool.podnet import embedded, netcmd
+from kvtool.podnet import netcmd
 
 log = logging.getLogger("kvtool.podnet.forward")
 
+# On a Node: the network namespace on this machine from which the node's pod IPs are routed (an
+# embedded cluster's nodes are namespaces here; kvtool.local.nodenet sets it).
+NETNS_ANNOTATION = "kvtool.io/pod-network-namespace"
 POD = Kind("v1", "Pod", "pods")
 NODE = Kind("v1", "Node", "nodes", namespaced=False)
 ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
@@ -56,7 +59,7 @@ def _netns(res: Resources, node: str | None) -> str | None:
     if not node:
         return None
     obj = res.get(NODE, None, node) or {}
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(embedded.NETNS_ANNOTATION)
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(NETNS_ANNOTATION)
     return netcmd.netns_name(value) if value else None
 
 
