@@ -18,8 +18,19 @@ from kvtool.api.types import API_VERSION, LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VAL
 
 DEFAULT_LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
 DEFAULT_GRACE = 30
-# QEMU under TCG needs room beyond the guest's RAM (measured ~190 MiB RSS for a 128 MiB guest).
-MEMORY_OVERHEAD = 160 * 2**20
+MiB = 2**20
+# What a launcher pod needs beyond the guest's RAM, term by term as KubeVirt's GetMemoryOverhead
+# (virt-controller renderresources.go): its processes' RSS, page tables, per-vCPU and I/O thread
+# state. kvtool has no virtlogd and no graphics device; it adds the TCG translation cache QEMU
+# fills when there is no KVM (tiny-linux measured ~60 MiB of QEMU RSS beyond its guest).
+OVERHEAD_LAUNCHER = 100 * MiB  # the launcher (KubeVirt's VirtLauncherOverhead)
+OVERHEAD_MONITOR = 25 * MiB  # nsinit, the private libvirtd's PID 1 (VirtLauncherMonitorOverhead)
+OVERHEAD_LIBVIRTD = 40 * MiB  # the private libvirtd (VirtqemudOverhead)
+OVERHEAD_QEMU = 30 * MiB  # QEMU minus its guest's RAM and page tables (QemuOverhead)
+OVERHEAD_PER_VCPU = 8 * MiB
+OVERHEAD_IOTHREAD = 8 * MiB
+OVERHEAD_TCG = 64 * MiB
+PAGETABLE_DIVISOR = 512  # page tables: guest memory / 512
 # KubeVirt's default cpuAllocationRatio of 10: each vCPU requests 100m.
 MILLICORES_PER_VCPU = 100
 SOCKETS, PRIVATE, IMAGES, CACHE, VOLUMES = ("/var/run/kvtool/sockets", "/var/lib/kvtool/private",
@@ -51,20 +62,28 @@ def vcpus(spec: dict[str, Any]) -> int:
     return int(cpu.get("cores", 1)) * int(cpu.get("sockets", 1)) * int(cpu.get("threads", 1))
 
 
+def memory_overhead(spec: dict[str, Any]) -> int:
+    """Bytes the pod needs beyond the guest's RAM (see the OVERHEAD_* terms)."""
+    fixed = OVERHEAD_LAUNCHER + OVERHEAD_MONITOR + OVERHEAD_LIBVIRTD + OVERHEAD_QEMU + OVERHEAD_IOTHREAD
+    return (fixed + OVERHEAD_TCG + guest_memory(spec) // PAGETABLE_DIVISOR
+            + vcpus(spec) * OVERHEAD_PER_VCPU)
+
+
 def resources(spec: dict[str, Any]) -> dict[str, Any]:
-    """Requests/limits for the compute container: the guest plus QEMU's overhead."""
+    """Requests/limits for the compute container: the guest plus the launcher's overhead.
+
+    The memory limit is the request unless the VMI asks for more, so the guest's memory is the
+    pod's, enforced by the container's memory cgroup that QEMU runs in.
+    """
     res = spec.get("domain", {}).get("resources", {})
     requests = dict(res.get("requests", {}))
     limits = dict(res.get("limits", {}))
-    mem = guest_memory(spec) + MEMORY_OVERHEAD
+    mem = guest_memory(spec) + memory_overhead(spec)
     requests["memory"] = str(max(mem, quantity.to_bytes(requests.get("memory", 0))))
     requests.setdefault("cpu", f"{vcpus(spec) * MILLICORES_PER_VCPU}m")
-    if "memory" in limits:
-        limits["memory"] = str(max(quantity.to_bytes(limits["memory"]), mem))
-    out: dict[str, Any] = {"requests": {k: str(v) for k, v in requests.items()}}
-    if limits:
-        out["limits"] = {k: str(v) for k, v in limits.items()}
-    return out
+    limits["memory"] = str(max(quantity.to_bytes(limits.get("memory", 0)), int(requests["memory"])))
+    return {"requests": {k: str(v) for k, v in requests.items()},
+            "limits": {k: str(v) for k, v in limits.items()}}
 
 
 def _volume_mounts(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
