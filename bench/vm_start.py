@@ -24,6 +24,7 @@ from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.controller import timeutil
 from kvtool.images import tiny_linux
 from kvtool.kube.resources import Resources
+from kvtool.local import nodehost
 from kvtool.local.layout import Layout
 
 MARKER = b"KVTOOL-GUEST-READY"
@@ -54,7 +55,7 @@ def request_count(res: Resources) -> float:
 def console_log(layout: Layout, vmi: dict[str, Any]) -> Path | None:
     pods = (vmi.get("status") or {}).get("activePods") or {}
     for pod_uid, node in pods.items():
-        found = list((layout.node_dir(node) / "pods" / pod_uid).rglob("console.log"))
+        found = list((layout.node_dir(node) / "kubelet" / "pods" / pod_uid).rglob("console.log"))
         if found:
             return found[0]
     return None
@@ -67,21 +68,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def pod_processes(pod_uid: str, domain: str) -> dict[str, int]:
-    """RSS (KiB) by process name for everything that runs for one launcher pod (QEMU by its domain name:
-    its command line only has paths inside the launcher's mount namespace)."""
+def by_name(pids: set[int]) -> dict[str, int]:
+    """RSS (KiB) summed by process name."""
     out: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in pids:
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            comm = (entry / "comm").read_text().strip()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            out[comm] = out.get(comm, 0) + rss_kib(pid)
         except OSError:
             continue
-        if pod_uid.encode() in cmdline or f"guest={domain},".encode() in cmdline:
-            out[comm] = out.get(comm, 0) + rss_kib(int(entry.name))
     return out
+
+
+def pod_processes(layout: Layout, node: str, pod_uid: str) -> dict[str, int]:
+    """RSS (KiB) by process name of everything in one launcher pod: its cgroup (the kubelet's pod<uid>)."""
+    pids = {p for p in nodehost.cgroup_pids(f"{layout.cgroup_root}/{node}")
+            if f"/pod{pod_uid}/" in Path(f"/proc/{p}/cgroup").read_text()}
+    return by_name(pids)
+
+
+def node_processes(layout: Layout, node: str) -> dict[str, int]:
+    """RSS (KiB) by process name of a node's own daemons (kubelet, containerd and its shims, kube-proxy)."""
+    return by_name(nodehost.cgroup_pids(f"{layout.cgroup_root}/{node}/{nodehost.SYSTEM}"))
 
 
 def run_batch(res: Resources, layout: Layout, count: int) -> list[dict[str, float]]:
@@ -110,11 +118,13 @@ def run_batch(res: Resources, layout: Layout, count: int) -> list[dict[str, floa
         time.sleep(0.05)
     if count == 1:
         vmi = res.get(VIRTUAL_MACHINE_INSTANCE, "default", names[0]) or {}
-        pod_uid = next(iter((vmi.get("status") or {}).get("activePods") or {"": ""}))
-        mem = pod_processes(pod_uid, f"default_{names[0]}") if pod_uid else {}
+        pod_uid, node = next(iter(((vmi.get("status") or {}).get("activePods") or {"": ""}).items()))
+        mem = pod_processes(layout, node, pod_uid) if pod_uid else {}
         results[names[0]]["rss_kib"] = float(sum(mem.values()))
+        apart = sum(v for k, v in mem.items() if not k.startswith("qemu"))
         print("    memory of one launcher pod (RSS): " + ", ".join(f"{k} {v / 1024:.0f} MiB" for k, v in
-                                                                    sorted(mem.items())))
+                                                                    sorted(mem.items()))
+              + f"; without QEMU {apart / 1024:.0f} MiB")
     for n in names:
         res.delete(VIRTUAL_MACHINE, "default", n)
     wait_gone(res, names)
@@ -145,6 +155,11 @@ def main() -> int:
     # One warm-up VM: the first start on a node fills the libvirt capability cache.
     run_batch(res, layout, 1)
     print("== VM start on the embedded cluster (TCG, 2 cores) ==")
+    for node in ("kvtool-node-1",):
+        mem = node_processes(layout, node)
+        print(f"idle memory of node {node} (RSS): " + ", ".join(f"{k} {v / 1024:.0f} MiB" for k, v in
+                                                              sorted(mem.items()))
+              + f"; total {sum(mem.values()) / 1024:.0f} MiB")
     for count in args.counts:
         samples: list[dict[str, float]] = []
         before = request_count(res)

@@ -28,5 +28,9 @@ for vm in $($KVTOOL status --stack "$STACK" -o csv | awk -F, 'NR>1 && $4=="Runni
   $KVTOOL console "$vm" --tail | grep -a KVTOOL-GUEST || { echo "no marker from $vm" >&2; exit 1; }
 done
 echo
-KUBECTL="$(dirname "$($KVTOOL cluster build 2>/dev/null)")/kubectl"
-echo "kubectl get --raw /readyz: $("$KUBECTL" --kubeconfig "${KVTOOL_HOME:-$HOME/.kvtool}/kubeconfig" get --raw /readyz)"
+KUBECTL="$(dirname "$($KVTOOL cluster build 2>/dev/null | head -n 1)")/kubectl"
+KUBECONFIG_FILE="${KVTOOL_HOME:-$HOME/.kvtool}/kubeconfig"
+echo "==> kubectl get nodes -o wide (real kubelets on containerd)"
+"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o wide
+echo
+echo "kubectl get --raw /readyz: $("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz)"

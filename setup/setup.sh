@@ -52,6 +52,10 @@ else
   step ".venv up to date"
 fi
 
-# 5. The control-plane binary, cached by its inputs' hash (a warm machine does not rebuild).
-step "control-plane binary"
+# 5. The Go binaries, cached by their inputs' hash (a warm machine does not rebuild).
+step "Go binaries: the control plane (with kubelet and kube-proxy), containerd, pause"
 .venv/bin/kvtool cluster build
+
+# 6. kvtool's own image, which every embedded node imports; cached layer by layer.
+step "the launcher image"
+.venv/bin/kvtool image build launcher

@@ -14,7 +14,8 @@ from kvtool.local import build, cluster
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = sub.add_parser("up", help="start the embedded cluster (idempotent)")
-    up.add_argument("--nodes", type=int, default=2, help="node agents to run (default 2)")
+    up.add_argument("--nodes", type=int, default=2,
+                    help="nodes to run, each a kubelet + containerd + kube-proxy host (default 2)")
     up.add_argument("--port", type=int, help="apiserver port (default: a free port)")
     up.add_argument("--timeout", type=float, default=cluster.UP_TIMEOUT, help="seconds to wait for readiness")
     up.add_argument("--bare", action="store_true",
@@ -73,5 +74,13 @@ def _status(home, args: argparse.Namespace) -> int:
         print(f"{c.name:<{width}} {c.state:<9} {c.pid or '-':>8} {c.port or '-':>6} {c.restarts:>8}  "
               f"{c.last_exit or '-'}")
     healthy = st.phase == "running" and st.api_ready and all(c.state == "running" for c in st.components)
+    if st.api_ready:
+        nodes = cluster.nodes(home)
+        if nodes:
+            print()
+            print(f"{'NODE':<16} {'STATUS':<9} {'INTERNAL-IP':<15} {'KUBELET':<9} {'RUNTIME':<20} PODS")
+            for n in nodes:
+                print(f"{n.name:<16} {n.status:<9} {n.internal_ip:<15} {n.kubelet:<9} {n.runtime:<20} {n.pods}")
+            healthy = healthy and all(n.status == "Ready" for n in nodes)
     sys.stdout.flush()
     return 0 if healthy else 1

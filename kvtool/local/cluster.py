@@ -288,6 +288,37 @@ def status(home: Path) -> ClusterStatus:
     return ClusterStatus(home, phase, state.server, ready, comps, alive, state.error)
 
 
+@dataclass
+class NodeStatus:
+    name: str
+    status: str  # Ready | NotReady | Unknown
+    internal_ip: str
+    kubelet: str
+    runtime: str
+    pods: int
+
+
+def nodes(home: Path) -> list[NodeStatus]:
+    """The cluster's Nodes as `kubectl get nodes -o wide` shows them, with their pod counts."""
+    from kubernetes import client
+
+    from kvtool.kube import clients
+
+    core = client.CoreV1Api(clients.api_client(Layout(home).kubeconfig))
+    pods: dict[str, int] = {}
+    for pod in core.list_pod_for_all_namespaces().items:
+        if pod.spec.node_name and pod.status.phase in ("Pending", "Running"):
+            pods[pod.spec.node_name] = pods.get(pod.spec.node_name, 0) + 1
+    out = []
+    for node in core.list_node().items:
+        ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "Unknown")
+        ip = next((a.address for a in node.status.addresses or [] if a.type == "InternalIP"), "")
+        info = node.status.node_info
+        out.append(NodeStatus(node.metadata.name, {"True": "Ready", "False": "NotReady"}.get(ready, "Unknown"), ip,
+                              info.kubelet_version, info.container_runtime_version, pods.get(node.metadata.name, 0)))
+    return sorted(out, key=lambda n: n.name)
+
+
 def control(home: Path, cmd: str, component: str) -> dict[str, object]:
     """Ask the running supervisor to stop/start/restart one component."""
     import socket
