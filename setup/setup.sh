@@ -33,9 +33,9 @@ if ! id libvirt-qemu >/dev/null 2>&1; then
     --no-create-home --shell /usr/sbin/nologin libvirt-qemu
 fi
 
-# 3. Go, for the control plane (Debian 12's golang is too old; the machine provides a new one).
+# 3. Go, for the control plane and containerd (Debian 12's golang is too old; the machine provides a new one).
 if ! command -v go >/dev/null; then
-  echo "error: Go 1.24 or newer is required to build the control plane; install it and re-run make setup" >&2
+  echo "error: Go 1.25 or newer is required to build the control plane and containerd; install it and re-run make setup" >&2
   exit 1
 fi
 

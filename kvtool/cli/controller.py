@@ -1,5 +1,5 @@
-"""`kvtool controller`: run the VM controller (a Deployment in real clusters, a supervised process
-in the embedded one). With --leader-elect only the replica holding the Lease reconciles."""
+"""`kvtool controller`: run the VM controller (a Deployment, in real and embedded clusters alike).
+With --leader-elect only the replica holding the Lease reconciles."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"image of the launcher pods (default {template.DEFAULT_LAUNCHER_IMAGE})")
     parser.add_argument("--launcher-service-account", help="service account for launcher pods")
     parser.add_argument("--kvm", choices=["none", "device"], default="none",
-                        help="give launcher pods /dev/kvm (real clusters: device; embedded: none)")
+                        help="give launcher pods the node's /dev/kvm and /dev/net/tun (the install manifests: device)")
     parser.add_argument("--leader-elect", action="store_true", help="reconcile only while holding the leader Lease")
     parser.add_argument("--lease-namespace", default="kvtool-system")
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (default 15)")

@@ -13,8 +13,8 @@ from kvtool.errors import KvtoolError
 EPILOG = """\
 NAME is a VM (NAME or vm/NAME: its launcher pod), pod/NAME or svc/NAME. Each port is LOCAL:REMOTE,
 PORT (the same on both sides) or :REMOTE (a free local port). Runs until interrupted.
-In an embedded cluster pod IPs live in the cluster's own network namespace; the relay connects
-from there (it needs root, as the cluster does).
+In an embedded cluster pod IPs live in the nodes' network namespaces; the relay connects from one
+of them (it needs root, as the cluster does). `kubectl port-forward` works too (through the kubelet).
 """
 
 

@@ -22,7 +22,8 @@ MiB = 2**20
 # What a launcher pod needs beyond the guest's RAM, term by term as KubeVirt's GetMemoryOverhead
 # (virt-controller renderresources.go): its processes' RSS, page tables, per-vCPU and I/O thread
 # state. kvtool has no virtlogd and no graphics device; it adds the TCG translation cache QEMU
-# fills when there is no KVM (tiny-linux measured ~60 MiB of QEMU RSS beyond its guest).
+# fills when there is no KVM; it is always counted, since the controller cannot know whether the node's
+# KVM works (tiny-linux measured ~60 MiB of QEMU RSS beyond its guest).
 OVERHEAD_LAUNCHER = 100 * MiB  # the launcher (KubeVirt's VirtLauncherOverhead)
 OVERHEAD_MONITOR = 25 * MiB  # nsinit, the private libvirtd's PID 1 (VirtLauncherMonitorOverhead)
 OVERHEAD_LIBVIRTD = 40 * MiB  # the private libvirtd (VirtqemudOverhead)
@@ -48,7 +49,7 @@ CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
 class LauncherConfig:
     image: str = DEFAULT_LAUNCHER_IMAGE
     service_account: str | None = None
-    kvm_device: bool = False  # mount the node's /dev/kvm (real clusters); the launcher falls back to TCG
+    kvm_device: bool = False  # mount the node's /dev/kvm and /dev/net/tun; the launcher falls back to TCG
 
 
 def guest_memory(spec: dict[str, Any]) -> int:
@@ -87,7 +88,7 @@ def resources(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _volume_mounts(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Pod volumes and mounts for VMI volumes that need the kubelet's (or node agent's) help."""
+    """Pod volumes and mounts for VMI volumes that need the kubelet's help."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for vol in spec.get("volumes", []):
@@ -190,7 +191,7 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
     if config.kvm_device:
-        # Real clusters: the node's /dev/kvm (TCG is the fallback) and /dev/net/tun for the guest's tap.
+        # The node's /dev/kvm (TCG is the fallback) and /dev/net/tun for the guest's tap.
         for dev_name, dev in (("kvm", "/dev/kvm"), ("tun", "/dev/net/tun")):
             pod_spec["volumes"].append({"name": dev_name, "hostPath": {"path": dev, "type": "CharDevice"}})
             pod_spec["containers"][0]["volumeMounts"].append({"name": dev_name, "mountPath": dev})

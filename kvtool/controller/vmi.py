@@ -104,7 +104,7 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
             new["phase"] = "Scheduling"
         if node and node_ready is False and ORDER.get(phase, 0) >= ORDER["Running"]:
             conds.append(conditions.condition("Ready", False, "NodeUnreachable",
-                                              f"node {node} is not ready: its node agent stopped reporting"))
+                                              f"node {node} is not ready: its kubelet stopped reporting"))
     # Phases only move forward (Failed/Succeeded end everything).
     if "phase" in new and ORDER.get(new["phase"], 0) <= ORDER.get(phase, 0) and new["phase"] != phase:
         del new["phase"]

@@ -116,7 +116,7 @@ class Libvirtd:
                 # pod in the daemon's command line, so a leftover daemon could be told apart from its neighbours.
                 daemon, "--config", str(self.root / "etc" / "libvirtd.conf"), "--pid-file", "/run/libvirt/libvirtd.pid"]
         with self.log_file.open("ab") as out:
-            # Own session: the node agent signals the launcher's process group, and a SIGTERM meant for the
+            # Own session: a signal meant for the launcher's process group, and a SIGTERM meant for the
             # launcher must not stop libvirtd before the guest had its ACPI shutdown.
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          pass_fds=(read_end,), start_new_session=True, cwd="/")

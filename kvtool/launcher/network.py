@@ -1,6 +1,6 @@
 """The VM's side of pod networking: the guest's NIC behind the pod's interface (KubeVirt's bindings).
 
-Runs in the pod's network namespace, which the CNI made (the node agent, in embedded mode), and
+Runs in the pod's network namespace, which the CNI made (standard bridge plugin, in embedded mode), and
 needs nothing there beyond NET_ADMIN/NET_RAW, /dev/net/tun and (masquerade) IP forwarding:
 - masquerade (the default): bridge `k6t-<pod if>` with 10.0.2.1/24 and tap `tap0`; the guest is
   10.0.2.2, told so by DHCP; nftables table `ip kvtool` DNATs inbound traffic for the pod IP (the

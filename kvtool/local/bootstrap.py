@@ -38,22 +38,6 @@ def run(kubeconfig: Path, bare: bool = False) -> None:
     install.apply_all(res, manifests.rbac_and_policy())
 
 
-TOKEN_SECONDS = 365 * 86400
-
-
-def service_account_token(kubeconfig: Path, account: str, node: str | None = None) -> str:
-    """A token of kvtool-system/<account>; bound to a Node so the API server names the node in it."""
-    core = client.CoreV1Api(clients.api_client(kubeconfig))
-    spec = client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
-    if node is not None:
-        obj = core.read_node(node)
-        spec.bound_object_ref = client.V1BoundObjectReference(api_version="v1", kind="Node", name=node,
-                                                              uid=obj.metadata.uid)
-    result = core.create_namespaced_service_account_token(account, manifests.NAMESPACE,
-                                                          client.AuthenticationV1TokenRequest(spec=spec))
-    return result.status.token
-
-
 def ensure_storage_class(api: client.ApiClient) -> None:
     """A default StorageClass served by the controller-manager's hostPath provisioner."""
     storage = client.StorageV1Api(api)

@@ -115,7 +115,7 @@ def go_executable() -> str:
     go = shutil.which("go")
     if not go:
         raise BuildError("the Go toolchain is not installed (no `go` on PATH)",
-                         hint="install Go 1.24 or newer, then run `make setup`")
+                         hint="install Go 1.25 or newer, then run `make setup`")
     return go
 
 

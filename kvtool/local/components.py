@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvtool.local import nodenet
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
 from kvtool.local.nodeconf import NodePlan
 
 SERVICE_CIDR = "10.96.0.0/16"
-CLUSTER_CIDR = "10.244.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -159,18 +158,12 @@ def controller_manager(layout: Layout, binary: Path, port: int, p: pki_mod.PKI) 
               f"--cluster-signing-cert-file={p.ca_cert}", f"--cluster-signing-key-file={p.ca_key}",
               "--enable-hostpath-provisioner=true",
               # Node pod CIDRs are the embedded network's (kvtool.local.nodenet), set when a node registers.
-              "--allocate-node-cidrs=false", f"--cluster-cidr={CLUSTER_CIDR}",
+              "--allocate-node-cidrs=false", f"--cluster-cidr={nodenet.CLUSTER_CIDR}",
               f"--service-cluster-ip-range={SERVICE_CIDR}",
               "--node-monitor-grace-period=20s"],
         ready=_healthz(port),
     )
 
-
-def python_component(name: str, args: list[str], env: dict[str, str] | None = None,
-                     ready: Callable[[], bool] | None = None, port: int | None = None) -> ComponentSpec:
-    """A kvtool component run from this interpreter (controller, node agents, handlers)."""
-    return ComponentSpec(name=name, argv=[sys.executable, "-m", "kvtool.cli.main", *args], env=env or {},
-                         ready=ready or (lambda: True), port=port)
 
 
 # ---- node components: each runs inside its node's network and mount namespaces ------------------

@@ -142,11 +142,15 @@ def _private_dir(directory: Path) -> None:
 
 
 def ensure_mount_namespace(ns_file: Path, binds: list[Bind]) -> None:
-    """Create the node's mount namespace, pinned at ns_file, with its bind mounts (idempotent)."""
+    """Create the node's mount namespace, pinned at ns_file, with its bind mounts.
+
+    A namespace left by an earlier run (no process of the node is alive when this runs) is
+    dropped first, so binds never stack up and a changed bind list takes effect.
+    """
     _private_dir(ns_file.parent)
-    if not _is_mountpoint(ns_file):
-        ns_file.touch()
-        _run([UNSHARE, f"--mount={ns_file}", "--propagation", "slave", "true"], "creating the node's mount namespace")
+    remove_mount_namespace(ns_file)
+    ns_file.touch()
+    _run([UNSHARE, f"--mount={ns_file}", "--propagation", "slave", "true"], "creating the node's mount namespace")
     for bind in binds:
         bind.source.mkdir(parents=True, exist_ok=True)
         Path(bind.target).mkdir(parents=True, exist_ok=True)  # the mount point, empty on the machine

@@ -33,8 +33,17 @@ def present(ctr: Path, socket: Path) -> set[str]:
 
 
 def import_node(ctr: Path, socket: Path, archives: list[Path], refs: list[str]) -> list[str]:
-    """Import the archives whose reference the node lacks; the references imported."""
+    """Import the archives whose reference the node lacks; the references imported.
+
+    Earlier builds of the same images (same repository, other tag) are removed from the node:
+    nothing runs them once the cluster restarts with the new ones, and they would pile up.
+    """
     have = present(ctr, socket)
+    repos = {ref.rsplit(":", 1)[0] for ref in refs}
+    stale = [ref for ref in have if ref.rsplit(":", 1)[0] in repos and ref not in refs]
+    if stale:
+        _ctr(ctr, socket, "images", "remove", *stale)
+        log.info("event=removed-stale images=%s node_socket=%s", ",".join(stale), socket)
     done = []
     for archive, ref in zip(archives, refs, strict=True):
         if ref in have:

@@ -9,6 +9,7 @@ and awaited, or a function (a hook).
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -154,8 +155,6 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
 
 
 def runc_binary() -> str:
-    import shutil
-
     found = shutil.which("runc") or shutil.which("runc", path="/usr/sbin:/sbin")
     if not found:
         raise ClusterError("runc is not installed", hint="run `make setup` (apt package runc)")
@@ -177,4 +176,6 @@ def teardown(layout: Layout) -> list[str]:
             nodehost.remove_mount_namespace(ns_file)
         nodehost.remove_private_dir(mnt)
     removed += nodenet.remove(layout.home)
+    if layout.run_dir.is_dir():  # sockets and containerd state: nothing of them survives the processes
+        shutil.rmtree(layout.run_dir, ignore_errors=True)
     return removed
