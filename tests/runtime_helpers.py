@@ -59,6 +59,20 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def pod_processes(pod_uid: str) -> list[int]:
+    """PIDs in a pod's cgroup (the kubelet names it pod<uid>): its containers' processes, QEMU included."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"/pod{pod_uid}/" in (entry / "cgroup").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def qemu_for(domain: str) -> list[int]:
     return [p for p in processes_mentioning(f"guest={domain}") if _comm(p).startswith("qemu")]
 

@@ -3,13 +3,10 @@ restriction, leader election, and the image's parts (no Docker engine here: its 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 import zipfile
@@ -98,6 +95,22 @@ def test_service_accounts_have_least_privilege(cluster: Cluster, user: str, verb
     assert result.stdout.strip() == ("yes" if allowed else "no"), (user, verb, resource, result.stdout)
 
 
+def _handler_pod(cluster: Cluster, node: str) -> str:
+    return cluster.kubectl("-n", manifests.NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=kvtool-handler",
+                           f"--field-selector=spec.nodeName={node}", "-o", "jsonpath={.items[0].metadata.name}").stdout
+
+
+def _token_kubeconfig(cluster: Cluster, path: Path, token: str) -> str:
+    """A kubeconfig with only this token: what a handler pod itself authenticates with."""
+    from kvtool.local import pki
+    from kvtool.local.state import read_state
+
+    state = read_state(cluster.home)
+    assert state is not None
+    pki.write_kubeconfig(path, state.server, pki.PKI(cluster.home / "pki"), "handler", token=token)
+    return str(path)
+
+
 def test_a_handler_may_update_only_its_own_nodes_vmis(cluster: Cluster, tmp_path: Path) -> None:
     names = {node: f"own-{node[-1]}-{uuid.uuid4().hex[:4]}" for node in ("kvtool-node-1", "kvtool-node-2")}
     docs = []
@@ -112,7 +125,10 @@ def test_a_handler_may_update_only_its_own_nodes_vmis(cluster: Cluster, tmp_path
     try:
         for name in names.values():
             wait_running(cluster, name)
-        handler1 = str(cluster.home / "kubeconfigs" / "handler-kvtool-node-1.kubeconfig")
+        # The real handler's own credentials: its pod's projected, pod-bound service-account token.
+        token = cluster.kubectl("-n", manifests.NAMESPACE, "exec", _handler_pod(cluster, "kvtool-node-1"), "--",
+                                "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token").stdout.strip()
+        handler1 = _token_kubeconfig(cluster, tmp_path / "handler-1.kubeconfig", token)
         patch = '{"status":{"launcherContainerImageVersion":"touched-by-test"}}'
         own = subprocess.run([str(cluster.kubectl_path), "--kubeconfig", handler1, "patch", "vmi",
                               names["kvtool-node-1"], "--subresource=status", "--type=merge", "-p", patch],
@@ -127,40 +143,43 @@ def test_a_handler_may_update_only_its_own_nodes_vmis(cluster: Cluster, tmp_path
         kvtool("destroy", "--stack", "rbac", "--auto-approve", check=True)
 
 
+def _leader(cluster: Cluster) -> str:
+    lease = get(cluster, "lease", manifests.LEASE, namespace=manifests.NAMESPACE) or {}
+    return (lease.get("spec") or {}).get("holderIdentity") or ""
+
+
+def _controller_pods(cluster: Cluster) -> list[str]:
+    return cluster.kubectl("-n", manifests.NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=kvtool-controller",
+                           "--field-selector=status.phase=Running", "-o", "name").stdout.split()
+
+
 def test_leader_election_fails_over_without_duplicates(cluster: Cluster, tmp_path: Path) -> None:
-    kubeconfig = cluster.home / "kubeconfigs" / "controller.kubeconfig"
-    log = tmp_path / "second-controller.log"
-    second = subprocess.Popen(
-        [sys.executable, "-m", "kvtool.cli.main", "controller", "--kubeconfig", str(kubeconfig), "--leader-elect",
-         "--lease-duration", "8", "--renew-deadline", "6", "--retry-period", "1"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "POD_NAME": "second-controller"})
+    """The controller Deployment's two replicas: one leads; killing it hands over to the other."""
+    wait_for(lambda: len(_controller_pods(cluster)) == 2 and _leader(cluster), timeout=60,
+             what="two controller replicas and a leader")
+    leader = _leader(cluster)
+    assert f"pod/{leader}" in _controller_pods(cluster), (leader, _controller_pods(cluster))
+    # The leader goes away at once (no graceful release of the Lease): the follower must wait it out.
+    cluster.kubectl("-n", manifests.NAMESPACE, "delete", "pod", leader, "--grace-period=0", "--force")
+    wait_for(lambda: _leader(cluster) not in ("", leader), timeout=60, what="the other replica to take over")
+    name = f"le-{uuid.uuid4().hex[:5]}"
+    f = tmp_path / "vm.yaml"
+    f.write_text(yaml.safe_dump(vm(name, run_strategy="Always")))
+    kvtool("apply", "-f", str(f), "--stack", "le", "--auto-approve", check=True)
     try:
-        wait_for(lambda: "event=campaigning" in log.read_text(), timeout=30, what="the second controller to campaign")
-        time.sleep(2)
-        assert "event=leading" not in log.read_text(), "a second replica must wait while the first leads"
-        lease = get(cluster, "lease", "kvtool-controller", namespace="kvtool-system")
-        assert lease and lease["spec"]["holderIdentity"] != "second-controller"
-        kvtool("cluster", "stop-component", "controller", check=True)  # the leader goes away
-        wait_for(lambda: "event=leading" in log.read_text(), timeout=30, what="the second controller to take over")
-        name = f"le-{uuid.uuid4().hex[:5]}"
-        f = tmp_path / "vm.yaml"
-        f.write_text(yaml.safe_dump(vm(name, run_strategy="Always")))
-        kvtool("apply", "-f", str(f), "--stack", "le", "--auto-approve", check=True)
         wait_for(lambda: get(cluster, "vmi", name) is not None, timeout=30, what="the new leader to create a VMI")
-        kvtool("cluster", "start-component", "controller", check=True)  # back as a follower
-        time.sleep(3)
+        # The Deployment's replacement replica comes up as a follower: still exactly one launcher pod.
+        wait_for(lambda: len(_controller_pods(cluster)) == 2, timeout=90, what="the replacement replica")
+        wait_for(lambda: cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split(),
+                 timeout=30, what="the launcher pod")
         pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split()
         assert len(pods) == 1, pods
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        second.wait(timeout=30)
-        kvtool("cluster", "start-component", "controller")
         kvtool("destroy", "--stack", "le", "--auto-approve", check=True)
 
 
 def test_entrypoints_exist_and_print_help() -> None:
-    for component in ("launcher", "handler", "controller", "node-agent", "install", "uninstall"):
+    for component in ("launcher", "handler", "controller", "install", "uninstall"):
         result = kvtool(component, "--help")
         assert result.returncode == 0 and "usage: kvtool" in result.stdout, component
 
@@ -174,7 +193,7 @@ def test_the_image_uses_the_one_package_list() -> None:
         if line.strip() and not line.lstrip().startswith("#"):
             package, where = line.split()
             listed[package] = where
-    assert set(listed.values()) <= {"image", "build", "dev"}
+    assert set(listed.values()) <= {"image", "build", "dev", "node"}
     # No package is named in the Dockerfile itself: they all come from the list.
     for package in listed:
         assert not re.search(rf"\binstall\b[^\n]*\b{re.escape(package)}\b", dockerfile), package

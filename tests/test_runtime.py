@@ -22,7 +22,7 @@ from tests.runtime_helpers import (
     condition,
     describe_vm,
     get,
-    processes_mentioning,
+    pod_processes,
     qemu_for,
     vm_status,
     wait_for,
@@ -52,8 +52,11 @@ def launcher_pid(cluster: Cluster, vm_name: str) -> int:
     pods = json.loads(cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={vm_name}", "-o", "json").stdout)["items"]
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     assert running, f"no running launcher pod for {vm_name}"
-    cid = running[0]["status"]["containerStatuses"][0]["containerID"]
-    return int(cid.rsplit("//", 1)[1])
+    # The compute container's first process: `kvtool launcher ...`, in the pod's cgroup.
+    launchers = [pid for pid in pod_processes(running[0]["metadata"]["uid"])
+                 if b"\0launcher\0" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(launchers) == 1, launchers
+    return launchers[0]
 
 
 def delete_vm(cluster: Cluster, vm_name: str) -> None:
@@ -124,16 +127,16 @@ def test_deleting_a_vm_removes_domain_daemon_pod_and_dirs(cluster: Cluster, tiny
                                                          tmp_path: Path) -> None:
     apply(tmp_path, vm(name, run_strategy="Always"))
     vmi = wait_running(cluster, name)
-    pod_uid = next(iter(vmi["status"]["activePods"]))
-    pod_dir_markers = processes_mentioning(pod_uid)
-    assert pod_dir_markers, "the launcher and its libvirtd run from the pod's directories"
+    pod_uid, node = next(iter(vmi["status"]["activePods"].items()))
+    assert pod_processes(pod_uid), "the launcher, its libvirtd and QEMU run in the pod's cgroup"
     delete_vm(cluster, name)
-    wait_for(lambda: not processes_mentioning(pod_uid), timeout=60, what="no process of the pod left")
+    wait_for(lambda: not pod_processes(pod_uid) and not qemu_for(f"default_{name}"), timeout=60,
+             what="no process of the pod left")
     wait_for(lambda: cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.strip() == "",
-             timeout=60, what="the launcher pod object to be deleted by its node agent")
-    leftovers = [p for p in cluster.home.glob(f"nodes/*/pods/{pod_uid}")]
-    assert not leftovers, f"pod dirs left behind: {leftovers}"
-    sockets = list(Path("/run").glob(f"kvt-*/*/sockets/{pod_uid}*"))
+             timeout=60, what="the launcher pod object deleted once its kubelet finished it")
+    pod_dir = cluster.home / "nodes" / node / "kubelet" / "pods" / pod_uid
+    wait_for(lambda: not pod_dir.exists(), timeout=90, what=f"the kubelet to remove the pod's dir {pod_dir}")
+    sockets = list(Path("/run").glob(f"kvt-*/{node}/sockets/{pod_uid}*"))
     assert not sockets, f"sockets left behind: {sockets}"
 
 
@@ -165,12 +168,25 @@ def test_a_vm_bigger_than_any_node_is_unschedulable(cluster: Cluster, name: str,
     delete_vm(cluster, name)
 
 
+def _kvtool_pods(cluster: Cluster, app: str, node: str | None = None) -> list[str]:
+    selector = [f"--field-selector=spec.nodeName={node}"] if node else []
+    return cluster.kubectl("-n", "kvtool-system", "get", "pods", "-l", f"app.kubernetes.io/name={app}", *selector,
+                           "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+
+
+def _leader(cluster: Cluster) -> str:
+    lease = get(cluster, "lease", "kvtool-controller", namespace="kvtool-system") or {}
+    return (lease.get("spec") or {}).get("holderIdentity") or ""
+
+
 def test_controller_restart_mid_create_makes_no_duplicates(cluster: Cluster, tiny_image: str, name: str,
                                                           tmp_path: Path) -> None:
+    leader = _leader(cluster)
     apply(tmp_path, vm(name, run_strategy="Always"))
-    kvtool("cluster", "restart-component", "controller", check=True)
-    wait_running(cluster, name)
-    kvtool("cluster", "restart-component", "controller", check=True)
+    # The leading controller dies mid-create (no graceful Lease release); the other replica takes over.
+    cluster.kubectl("-n", "kvtool-system", "delete", "pod", leader, "--grace-period=0", "--force")
+    wait_running(cluster, name, timeout=180)
+    assert _leader(cluster) != leader
     pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split()
     assert len(pods) == 1, pods
     assert len(qemu_for(f"default_{name}")) == 1
@@ -181,7 +197,11 @@ def test_handler_restart_keeps_vms_running(cluster: Cluster, tiny_image: str, na
     apply(tmp_path, vm(name, run_strategy="Always"))
     node = wait_running(cluster, name)["status"]["nodeName"]
     qemu = qemu_for(f"default_{name}")
-    kvtool("cluster", "restart-component", f"handler-{node}", check=True)
+    [old] = _kvtool_pods(cluster, "kvtool-handler", node)
+    cluster.kubectl("-n", "kvtool-system", "delete", "pod", old)
+    wait_for(lambda: (pods := _kvtool_pods(cluster, "kvtool-handler", node)) and old not in pods
+             and (get(cluster, "pod", pods[0], namespace="kvtool-system") or {}).get("status", {}).get("phase")
+             == "Running", timeout=90, what=f"the DaemonSet's new handler on {node}")
     # Status flows again through the new handler: pausing works end to end.
     kvtool("pause", name, check=True)
     wait_for(lambda: vm_status(cluster, name) == "Paused", what="Paused after a handler restart",
@@ -192,20 +212,20 @@ def test_handler_restart_keeps_vms_running(cluster: Cluster, tiny_image: str, na
     delete_vm(cluster, name)
 
 
-def test_stopped_node_agent_marks_its_vms_and_leaks_nothing(cluster: Cluster, tiny_image: str, name: str,
-                                                           tmp_path: Path) -> None:
+def test_stopped_kubelet_marks_its_vms_and_leaks_nothing(cluster: Cluster, tiny_image: str, name: str,
+                                                         tmp_path: Path) -> None:
     apply(tmp_path, vm(name, run_strategy="Always"))
     node = wait_running(cluster, name)["status"]["nodeName"]
-    kvtool("cluster", "stop-component", f"node-agent-{node}", check=True)
+    kvtool("cluster", "stop-component", f"kubelet-{node}", check=True)
     try:
         wait_for(lambda: vm_status(cluster, name) == "Unknown", timeout=90,
                  what="the VM marked Unknown when its node stops reporting", describe=describe_vm(cluster, name))
         assert condition(get(cluster, "vm", name), "Ready")["status"] == "False"
-        # Deleted while its node is away: the node agent cleans up when it returns.
+        # Deleted while its node is away: the kubelet finishes the pod when it returns.
         cluster.kubectl("delete", "vm", name, "--wait=false")
     finally:
-        kvtool("cluster", "start-component", f"node-agent-{node}", check=True)
+        kvtool("cluster", "start-component", f"kubelet-{node}", check=True)
     wait_for(lambda: not qemu_for(f"default_{name}") and get(cluster, "vmi", name) is None, timeout=120,
-             what="the domain gone after the node agent came back")
+             what="the domain gone after the kubelet came back")
     wait_for(lambda: condition(get(cluster, "node", node, namespace=""), "Ready").get("status") == "True",
              timeout=60, what=f"{node} Ready again")
