@@ -68,13 +68,26 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def process_name(pid: int) -> str:
+    """comm, except for kvtool's multi-call binaries: the component they run (kubelet, kube-proxy, shim...)."""
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if comm.startswith("kvtool-"):
+        alias = Path(argv[0].decode()).name
+        if not alias.startswith("kvtool-"):
+            return alias
+        # The runc shim re-executes the multi-call binary by its own name, with flags only.
+        return argv[1].decode() if len(argv) > 1 and not argv[1].startswith(b"-") else "containerd-shim-runc-v2"
+    return comm
+
+
 def by_name(pids: set[int]) -> dict[str, int]:
     """RSS (KiB) summed by process name."""
     out: dict[str, int] = {}
     for pid in pids:
         try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            out[comm] = out.get(comm, 0) + rss_kib(pid)
+            name = process_name(pid)
+            out[name] = out.get(name, 0) + rss_kib(pid)
         except OSError:
             continue
     return out
