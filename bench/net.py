@@ -1,11 +1,13 @@
 """Pod networking on the embedded cluster: how soon a guest has its IP, and HTTP latency to a VM vs a pod.
 
 For each binding (masquerade, bridge): VMI Running (as the API shows it, polled every 50 ms) →
-the guest has its DHCP lease (its KVTOOL-GUEST-IP line in the console log, read from the node's
-pod dir). Then HTTP GET round trips, a new TCP connection each (as curl would), from the
-cluster's host network namespace to the VM's pod IP (busybox httpd in a TCG guest, behind the
-binding) beside the same to a plain process in a pod (Python's http.server, the "container" a
-user compares with), and to the VM through `kvtool port-forward`'s relay on 127.0.0.1.
+the guest has its DHCP lease (its KVTOOL-GUEST-IP line in the console log, read where the node's
+kubelet keeps the launcher pod's volume). Then HTTP GET round trips, a new TCP connection each (as
+curl would), from the node's own network namespace (pod IPs are routed between the nodes'
+namespaces only, as on real hosts) to the VM's pod IP (busybox httpd in a TCG guest, behind the
+binding) beside the same to a plain process in a pod on that node (Python's http.server in the
+launcher image, the "container" a user compares with), and to the VM through
+`kvtool port-forward`'s relay on 127.0.0.1.
 
 Usage: python bench/net.py [--runs 3] [--requests 50]
 """
@@ -20,19 +22,40 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import benchlib
 
-from kvtool import __version__
+from kvtool import consoles
 from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.errors import KvtoolError
 from kvtool.images import guest_scripts
 from kvtool.kube.resources import Resources
 from kvtool.local.layout import Layout
-from kvtool.podnet import embedded, forward, netcmd
+from kvtool.podnet import forward, netcmd
 
 POD = Kind("v1", "Pod", "pods")
+DAEMON_SET = Kind("apps/v1", "DaemonSet", "daemonsets")
 NODE = "kvtool-node-1"
+
+# The plain pod's process: a GET answers "kvtool pod <name>" (as small as the guest's page); SIGTERM
+# ends it at once (PID 1 of its container would otherwise ignore it for the whole grace period).
+POD_HTTP_SERVER = """\
+import http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+BODY = ("kvtool pod %s\\n" % os.environ["KVTOOL_POD_NAME"]).encode()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+http.server.ThreadingHTTPServer(("", int(sys.argv[1])), Handler).serve_forever()
+"""
 
 
 def vm_manifest(name: str, binding: str) -> dict[str, Any]:
@@ -71,9 +94,8 @@ def boot(res: Resources, layout: Layout, binding: str) -> tuple[str, str, float,
                                  ).get("phase") == "Running")
     running = time.monotonic()
     pod = poll("launcher pod", lambda: launcher_pod(res, name))
-    log = layout.node_dir(NODE) / "pods" / pod["metadata"]["uid"] / "volumes" / "private" / "console.log"
-    poll("guest READY marker", lambda: log.exists() and guest_scripts.MARKER_READY.encode() in log.read_bytes(),
-         interval=0.01)
+    log = poll("the console log", lambda: _console_log(res, layout, name), interval=0.01)
+    poll("guest READY marker", lambda: guest_scripts.MARKER_READY.encode() in log.read_bytes(), interval=0.01)
     ready = time.monotonic()
     poll("guest IP marker", lambda: guest_scripts.MARKER_IP.encode() in log.read_bytes(), interval=0.01)
     got_ip = time.monotonic()
@@ -92,6 +114,30 @@ def round_trips(connect: Callable[[], http.client.HTTPConnection], count: int) -
         times.append(time.perf_counter() - started)
         assert body
     return times[3:]  # the first few warm ARP and conntrack
+
+
+def _console_log(res: Resources, layout: Layout, vm: str) -> Path | None:
+    """Where the VM's launcher writes its console (asked once: then the file is polled directly)."""
+    try:
+        return consoles.console_log(res, "default", vm, layout.home)
+    except KvtoolError:
+        return None
+
+
+def node_netns(res: Resources, node: str) -> str:
+    """The node's network namespace, as its Node says (pod IPs are reachable from there)."""
+    annotations = ((res.get(forward.NODE, None, node) or {}).get("metadata") or {}).get("annotations") or {}
+    if not annotations.get(forward.NETNS_ANNOTATION):
+        raise SystemExit(f"node {node} has no {forward.NETNS_ANNOTATION} annotation: not an embedded cluster?")
+    return netcmd.netns_name(annotations[forward.NETNS_ANNOTATION])
+
+
+def launcher_image(res: Resources) -> str:
+    """The kvtool image the nodes imported, as the handler DaemonSet runs it."""
+    ds = res.get(DAEMON_SET, "kvtool-system", "kvtool-handler")
+    if ds is None:
+        raise SystemExit("no kvtool-handler DaemonSet: is kvtool installed on the cluster?")
+    return str(ds["spec"]["template"]["spec"]["containers"][0]["image"])
 
 
 def in_cluster(netns: str, ip: str, port: int, count: int) -> list[float]:
@@ -125,12 +171,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=50, help="HTTP requests per target (default 50)")
     args = parser.parse_args()
     layout, res = benchlib.runtime()
-    netns = embedded.ClusterNames(layout.cluster_id).netns
+    netns = node_netns(res, NODE)
     box = f"bnet-box-{uuid.uuid4().hex[:4]}"
     res.create(POD, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": box, "namespace": "default"},
                      "spec": {"restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": NODE},
-                              "containers": [{"name": "compute", "image": f"kvtool.io/launcher:{__version__}",
-                                              "command": ["kvtool", "node-agent", "pause", "--http", "8080"]}]}})
+                              "containers": [{"name": "compute", "image": launcher_image(res),
+                                              "command": ["python3", "-c", POD_HTTP_SERVER], "args": ["8080"],
+                                              "env": [{"name": "KVTOOL_POD_NAME", "valueFrom": {
+                                                  "fieldRef": {"fieldPath": "metadata.name"}}}]}]}})
     created: list[str] = []
     try:
         box_ip = poll("the plain pod", lambda: _running_ip(res, box))
@@ -148,15 +196,15 @@ def main() -> int:
             print(row("VMI Running -> guest has its IP (DHCP)", ips, "s", 1))
             print(row("  of which guest userspace up -> IP", dhcp, "s", 1))
             vm_rtt = in_cluster(netns, ip, 80, args.requests)
-            print(row(f"HTTP GET host netns -> VM pod IP {ip}", vm_rtt))
+            print(row(f"HTTP GET node netns -> VM pod IP {ip}", vm_rtt))
             relay_rtt = through_relay(netns, ip, 80, args.requests)
             print(row("HTTP GET 127.0.0.1 -> port-forward relay -> VM", relay_rtt))
             results[binding] = {"running_to_ip_s": ips, "ready_to_ip_s": dhcp,
                                 "vm_http_ms_p50": statistics.median(vm_rtt) * 1000,
                                 "relay_http_ms_p50": statistics.median(relay_rtt) * 1000}
         box_rtt = in_cluster(netns, box_ip, 8080, args.requests)
-        print("\nthe same from a plain process in a pod (python http.server):")
-        print(row(f"HTTP GET host netns -> pod IP {box_ip}", box_rtt))
+        print("\nthe same to a plain process in a pod (python http.server):")
+        print(row(f"HTTP GET node netns -> pod IP {box_ip}", box_rtt))
         results["pod_http_ms_p50"] = statistics.median(box_rtt) * 1000
         print(json.dumps(results))
     finally:

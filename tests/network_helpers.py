@@ -1,46 +1,155 @@
-"""Helpers for pod-network tests: scratch namespaces, HTTP from inside a namespace, what a node holds."""
+"""Helpers for pod-network tests: scratch namespaces, HTTP from inside a namespace, what a node holds.
+
+A namespace is either a name (`ip netns`: scratch namespaces, an embedded node's `kvt-<id>-<n>`) or
+a path to a namespace file (a pod's, `/proc/<pid>/ns/net` of one of its processes: containerd pins
+pod namespaces inside the node's mount namespace, where this machine cannot name them).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
+import os
 import secrets
 import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kvtool.local.layout import Layout
-from kvtool.podnet import embedded, netcmd
+from kvtool.podnet import forward, netcmd
 from tests.conftest import Cluster
 
+Netns = str | Path  # a named namespace, or a namespace file
 
-def names(cluster: Cluster) -> embedded.ClusterNames:
-    return embedded.ClusterNames(Layout(cluster.home).cluster_id)
+# A pod's plain process: answers every GET with "kvtool pod <its pod's name>", and exits at once on
+# SIGTERM (as PID 1 of its container it would otherwise ignore it and hold the deletion for the grace period).
+POD_HTTP_SERVER = """\
+import http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+BODY = ("kvtool pod %s\\n" % os.environ["KVTOOL_POD_NAME"]).encode()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+http.server.ThreadingHTTPServer(("", int(sys.argv[1])), Handler).serve_forever()
+"""
 
 
-def http_get(netns: str, url: str, timeout: float = 5) -> str:
-    """GET url from inside a named network namespace (a thread that joined it)."""
+def _path(netns: Netns) -> Path:
+    return netns if isinstance(netns, Path) else netcmd.netns_path(netns)
+
+
+def http_get(netns: Netns, url: str, timeout: float = 5) -> str:
+    """GET url from inside a network namespace (a thread that joined it)."""
     def fetch() -> str:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return reply.read().decode()
-    return netcmd.in_netns(netcmd.netns_path(netns), fetch)
+    return netcmd.in_netns(_path(netns), fetch)
 
 
-def try_get(netns: str, url: str) -> str | None:
+def try_get(netns: Netns, url: str) -> str | None:
     try:
         return http_get(netns, url, timeout=3)
     except OSError:
         return None
 
 
-def links(netns: str) -> list[str]:
-    return [link["ifname"] for link in netcmd.ip_json("link", "show", netns=netns)]
+def links(netns: Netns) -> list[str]:
+    return [link["ifname"] for link in netcmd.in_netns(_path(netns), lambda: netcmd.ip_json("link", "show"))]
 
 
-def sh(*argv: str, netns: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
+def sh(*argv: str, netns: Netns | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """argv (never a shell) in the machine's namespace, a named namespace or a namespace file."""
+    if isinstance(netns, Path):
+        prefix = ["nsenter", f"--net={netns}", "--"]
+    else:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout, check=False)
 
+
+# ---- the embedded cluster's nodes and pods -------------------------------------------------------
+
+def node(cluster: Cluster, name: str) -> dict[str, Any]:
+    return json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+
+
+def node_netns(cluster: Cluster, name: str) -> str:
+    """The node's own network namespace, as its Node says (the annotation `kvtool port-forward` uses)."""
+    annotations = node(cluster, name)["metadata"].get("annotations") or {}
+    value = annotations.get(forward.NETNS_ANNOTATION)
+    assert value, f"node {name} has no {forward.NETNS_ANNOTATION} annotation: {annotations}"
+    return netcmd.netns_name(value)
+
+
+def pod_cidr(cluster: Cluster, name: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(node(cluster, name)["spec"]["podCIDR"])
+
+
+def launcher_image(cluster: Cluster) -> str:
+    """The kvtool image every node imported (what the handler DaemonSet runs): never spelled out here."""
+    images = cluster.kubectl("-n", "kvtool-system", "get", "ds", "kvtool-handler",
+                             "-o", "jsonpath={..image}").stdout.split()
+    assert images, "the kvtool-handler DaemonSet names no image"
+    return images[0]
+
+
+def pod_pids(cluster: Cluster, node_name: str, pod_uid: str) -> set[int]:
+    """Every process of a pod (its sandbox, its containers and what they started, QEMU included):
+    the kubelet puts them all below the pod's cgroup, pod<uid>, in the node's cgroup subtree."""
+    kubepods = Path("/sys/fs/cgroup/pids") / Layout(cluster.home).cgroup_root.strip("/") / node_name / "kubepods"
+    pids: set[int] = set()
+    for pod_dir in kubepods.rglob(f"pod{pod_uid}"):
+        for procs in pod_dir.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def pod_netns(cluster: Cluster, node_name: str, pod_uid: str) -> Path:
+    """The pod's network namespace: that of any of its processes (they all share the sandbox's)."""
+    for pid in sorted(pod_pids(cluster, node_name, pod_uid)):
+        path = Path(f"/proc/{pid}/ns/net")
+        with contextlib.suppress(OSError):
+            os.stat(path)
+            return path
+    raise AssertionError(f"pod {pod_uid} has no process on {node_name}")
+
+
+def bridge_ports(netns: str, bridge: str = "cni0") -> set[str]:
+    """The interfaces enslaved to a bridge in a named namespace (the CNI bridge's pod veths); none
+    while there is no bridge (the CNI plugin makes it with the node's first pod)."""
+    if not netcmd.link_exists(bridge, netns=netns):
+        return set()
+    return {link["ifname"] for link in netcmd.ip_json("link", "show", "master", bridge, netns=netns)}
+
+
+def ipam_reservations(cluster: Cluster, node_name: str) -> dict[str, str]:
+    """host-local IPAM's reservations on a node: address -> the pod sandbox (container id) holding it."""
+    ipam_dir = cluster.home / "nodes" / node_name / "cni" / "state" / "ipam" / "kvtool"
+    out = {}
+    for entry in ipam_dir.iterdir() if ipam_dir.is_dir() else []:
+        with contextlib.suppress(ValueError, OSError):  # not an address (lock, last_reserved_ip.0), or just released
+            address = str(ipaddress.IPv4Address(entry.name))
+            out[address] = entry.read_text().split()[0]
+    return out
+
+
+def root_nft_tables() -> set[str]:
+    """The nftables tables of the machine's own network namespace."""
+    result = sh("nft", "list", "tables")
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.splitlines())
+
+
+# ---- scratch namespaces (unit-level wiring) ------------------------------------------------------
 
 @contextlib.contextmanager
 def scratch_namespaces(*roles: str) -> Iterator[dict[str, str]]:

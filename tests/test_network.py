@@ -1,10 +1,14 @@
-"""Pod networking (issue 8): the node agent as CNI, the launcher's masquerade and bridge bindings,
-reachability between VMs, pods and the host, and cleanup.
+"""Pod networking (issue 8): real nodes with the standard CNI bridge, the launcher's masquerade and
+bridge bindings, reachability between VMs, pods and the nodes, and cleanup.
 
-Pure parts first (IPAM, nftables rules, DHCP options, names), then the launcher's wiring in scratch
+Pure parts first (nftables rules, DHCP options, names), then the launcher's wiring in scratch
 namespaces with busybox's udhcpc as the guest (no VM needed), then the real thing on the session's
 two-node cluster. Cluster objects are shared by the tests below them (module fixtures) so that only
 two VMs boot: A (masquerade, node 1) and B (bridge, node 2), plus one plain "container" pod.
+
+Pod IPs are routed between the nodes' network namespaces only: "from the host" below means from a
+node's namespace (as a process on a real node would), "from another pod" from the container pod's
+own namespace (entered through one of its processes).
 """
 
 from __future__ import annotations
@@ -18,20 +22,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kvtool import __version__
 from kvtool.cli import port_forward
 from kvtool.images import guest_scripts
 from kvtool.launcher import config as launcher_config
 from kvtool.launcher import network as launcher_network
-from kvtool.podnet import dhcp, embedded, expose, ipam, nat, netcmd
+from kvtool.local import nodenet
+from kvtool.podnet import dhcp, expose, nat, netcmd
 from tests import network_helpers as nh
 from tests.conftest import KVTOOL, Cluster, kvtool
-from tests.runtime_helpers import describe_vm, get, processes_mentioning, wait_for, wait_running
+from tests.runtime_helpers import describe_vm, get, qemu_for, wait_for, wait_running
 from tests.vmfactory import vm
 
 NODE_1, NODE_2 = "kvtool-node-1", "kvtool-node-2"
@@ -39,29 +44,6 @@ IP4 = ipaddress.IPv4Address
 
 
 # ---- pure parts --------------------------------------------------------------------------------
-
-def test_ipam_hands_out_round_robin_and_survives_restarts(tmp_path: Path) -> None:
-    net = ipam.parse_cidr("10.244.3.0/29")  # .1 gateway, .2-.6 pods, .7 broadcast
-    assert ipam.gateway(net) == IP4("10.244.3.1")
-    assert ipam.allocate(net, []) == IP4("10.244.3.2")
-    assert ipam.allocate(net, [IP4("10.244.3.2")], last=IP4("10.244.3.6")) == IP4("10.244.3.3")  # wraps
-    with pytest.raises(ipam.Exhausted):
-        ipam.allocate(net, [IP4(f"10.244.3.{i}") for i in range(2, 7)])
-    for bad in ("10.244.3.1/24", "10.244.0.0/31", "fd00::/64", "nonsense"):
-        with pytest.raises(netcmd.NetError):
-            ipam.parse_cidr(bad)
-
-    store = ipam.Store(tmp_path, net)
-    a, b = store.reserve("uid-a"), store.reserve("uid-b")
-    assert (a, b) == (IP4("10.244.3.2"), IP4("10.244.3.3")) and store.reserve("uid-a") == a  # idempotent
-    assert store.release("uid-a") == [a]
-    assert store.reserve("uid-c") == IP4("10.244.3.4"), "a just-freed address is not reused at once"
-    again = ipam.Store(tmp_path, net)  # an agent that started again reads the same reservations
-    assert again.lookup("uid-b") == b and again.collect({"uid-c"}) == [(b, "uid-b")]
-    assert again.owners() == {IP4("10.244.3.4"): "uid-c"}
-    with pytest.raises(netcmd.NetError):
-        store.reserve("../../etc")
-
 
 def test_masquerade_and_bridge_rulesets() -> None:
     rules = nat.masquerade_ruleset(pod_interface="eth0", pod_ip=IP4("10.244.1.5"), bridge="k6t-eth0",
@@ -113,17 +95,20 @@ def test_dnsmasq_options_for_both_bindings() -> None:
     assert servers == (IP4("10.96.0.10"),) and search == ("default.svc.cluster.local", "svc.cluster.local")
 
 
-def test_embedded_names_fit_and_differ_between_clusters() -> None:
-    one, two = embedded.ClusterNames("0123abcd"), embedded.ClusterNames("89efcdab")
-    uid = str(uuid.uuid4())
-    for names in (one, two):
-        for ifname in (names.bridge(NODE_1), names.veth(uid)):
-            assert len(ifname) <= 15 and ifname.startswith("kvt") and netcmd.ifname(ifname)
-    assert one.netns != two.netns and one.pod_netns(NODE_1, uid) != two.pod_netns(NODE_1, uid)
-    assert one.bridge(NODE_1) != one.bridge(NODE_2)
-    assert one.pod_netns(NODE_1, uid).startswith(one.node_netns_prefix(NODE_1))
+def test_cluster_network_names_fit_and_differ_between_clusters() -> None:
+    one = nodenet.ClusterNetwork("0123abcd", "10.200.0.0/24")
+    two = nodenet.ClusterNetwork("89efcdab", "10.201.0.0/24")
+    for net in (one, two):
+        for name in (net.bridge, net.host_veth(1), net.host_veth(16)):
+            assert len(name) <= 15 and name.startswith("kvt") and netcmd.ifname(name)
+    assert one.node_netns(1) != two.node_netns(1) and one.bridge != two.bridge and one.host_veth(1) != two.host_veth(1)
+    assert one.node_netns(1) != one.node_netns(2) and one.host_veth(1) != one.host_veth(2)
+    assert (one.gateway, one.node_ip(1), one.node_ip(2)) == ("10.200.0.1", "10.200.0.11", "10.200.0.12")
+    assert [one.pod_cidr(n) for n in (1, 2)] == ["10.244.0.0/24", "10.244.1.0/24"]  # each node's own pod subnet
     with pytest.raises(netcmd.NetError):
-        embedded.ClusterNames("../x")
+        nodenet.ClusterNetwork("../x", "10.200.0.0/24").node_netns(1)
+    with pytest.raises(netcmd.NetError):
+        _ = nodenet.ClusterNetwork("../x", "10.200.0.0/24").bridge
 
 
 def test_expose_manifest_and_port_specs() -> None:
@@ -233,6 +218,21 @@ class Running:
     pod_name: str
 
 
+@dataclass
+class Baseline:
+    """What the nodes and the machine held before this module's pods existed (cleanup must return to it)."""
+
+    cni_ports: dict[str, set[str]]  # node -> the veths on its cni0 bridge
+    root_tables: set[str]  # nftables tables in the machine's own namespace
+
+
+@pytest.fixture(scope="module")
+def baseline(cluster: Cluster) -> Baseline:
+    """Taken first (the pods below depend on it), so deleting them can be checked against it."""
+    return Baseline({n: nh.bridge_ports(nh.node_netns(cluster, n)) for n in (NODE_1, NODE_2)},
+                    nh.root_nft_tables())
+
+
 @pytest.fixture(scope="module")
 def tiny_image(cluster: Cluster) -> str:
     kvtool("image", "build", "tiny-linux", check=True, timeout=600)
@@ -279,21 +279,23 @@ def _fetcher(*urls: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def container(cluster: Cluster) -> Iterator[Running]:
-    """A plain process (the node's pause command with an HTTP server) in its own pod network, on node 2."""
+def container(cluster: Cluster, baseline: Baseline) -> Iterator[Running]:
+    """A plain process (python3's HTTP server in the launcher image) in its own pod network, on node 2."""
     name = f"net-box-{uuid.uuid4().hex[:5]}"
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                 "spec": {"restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": NODE_2},
-                         "containers": [{"name": "compute", "image": f"kvtool.io/launcher:{__version__}",
-                                         "command": ["kvtool", "node-agent", "pause", "--http", "8080"],
+                         "containers": [{"name": "compute", "image": nh.launcher_image(cluster),
+                                         "command": ["python3", "-c", nh.POD_HTTP_SERVER], "args": ["8080"],
                                          "env": [{"name": "KVTOOL_POD_NAME",
                                                   "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    pod = wait_for(lambda: (p := get(cluster, "pod", name)) and p["status"].get("phase") == "Running" and p, 60,
-                   what=f"pod {name} Running")
+    pod = wait_for(lambda: (p := get(cluster, "pod", name)) and p["status"].get("phase") == "Running" and p, 90,
+                   what=f"pod {name} Running", describe=lambda: cluster.kubectl("describe", "pod", name).stdout)
     running = Running(name, NODE_2, pod["status"]["podIP"], pod["metadata"]["uid"], name)
-    ns = nh.names(cluster).netns
-    wait_for(lambda: nh.try_get(ns, f"http://{running.ip}:8080/"), 20, what="the pod's HTTP server")
+    node_ns = nh.node_netns(cluster, NODE_2)
+    page = wait_for(lambda: nh.try_get(node_ns, f"http://{running.ip}:8080/"), 30, what="the pod's HTTP server",
+                    describe=lambda: cluster.kubectl("logs", name, check=False).stdout)
+    assert page == f"kvtool pod {name}\n"
     yield running
     cluster.kubectl("delete", "pod", name, "--wait=false", check=False)
 
@@ -320,14 +322,15 @@ def vm_b(cluster: Cluster, tiny_image: str, vm_a: Running, container: Running,
 
 def test_masquerade_vm_gets_dhcp_and_answers_on_its_pod_ip(cluster: Cluster, vm_a: Running,
                                                           container: Running) -> None:
-    assert IP4(vm_a.ip) in ipam.parse_cidr(get(cluster, "node", NODE_1, namespace="")["spec"]["podCIDR"])
+    pod_cidr = nh.pod_cidr(cluster, NODE_1)
+    assert str(pod_cidr) == nodenet.ClusterNetwork.pod_cidr(1) and IP4(vm_a.ip) in pod_cidr
     assert "KVTOOL-GUEST-IP eth0 10.0.2.2/24 gw=10.0.2.1" in _marker(vm_a.name, "KVTOOL-GUEST-IP")
     iface = wait_for(lambda: (i := get(cluster, "vmi", vm_a.name)["status"]["interfaces"][0])["infoSource"]
                      == "domain, serial-console" and i, 30, what="the guest's lease in the VMI status")
     assert iface["ipAddress"] == vm_a.ip and iface["ipAddresses"] == [vm_a.ip] and iface["podInterfaceName"] == "eth0"
-    page = nh.http_get(nh.names(cluster).netns, f"http://{vm_a.ip}/")
-    assert page == f"kvtool guest {vm_a.name}\n"
-    # The guest as a client, across nodes: SNAT to its pod IP, routed between the nodes' bridges.
+    for node in (NODE_1, NODE_2):  # from its own node and across nodes
+        assert _page(cluster, nh.node_netns(cluster, node), vm_a) == f"kvtool guest {vm_a.name}\n"
+    # The guest as a client, across nodes: SNAT to its pod IP, routed between the nodes' namespaces.
     assert f"-> kvtool pod {container.name}" in _marker(vm_a.name, "KVTEST-FETCH")
 
 
@@ -356,11 +359,12 @@ def test_expose_and_port_forward_reach_the_vm_from_the_host(cluster: Cluster, vm
 
 def test_bridge_vm_owns_the_pod_ip_and_reaches_vms_and_pods(cluster: Cluster, vm_a: Running, vm_b: Running,
                                                            container: Running) -> None:
-    gateway = ipam.gateway(ipam.parse_cidr(get(cluster, "node", NODE_2, namespace="")["spec"]["podCIDR"]))
+    gateway = nh.pod_cidr(cluster, NODE_2).network_address + 1
     seen = _marker(vm_b.name, "KVTOOL-GUEST-IP")
     assert seen.endswith(f"KVTOOL-GUEST-IP eth0 {vm_b.ip}/24 gw={gateway}"), seen  # guest-observed IP == pod IP
     assert get(cluster, "vmi", vm_b.name)["status"]["interfaces"][0]["ipAddress"] == vm_b.ip
-    assert nh.http_get(nh.names(cluster).netns, f"http://{vm_b.ip}/") == f"kvtool guest {vm_b.name}\n"
+    for node in (NODE_2, NODE_1):  # from its own node and across nodes
+        assert _page(cluster, nh.node_netns(cluster, node), vm_b) == f"kvtool guest {vm_b.name}\n"
     wait_for(lambda: _console(vm_b.name).count("KVTEST-FETCH") == 2, 90, interval=0.5, what="VM B's two fetches",
              describe=lambda: _console(vm_b.name)[-3000:] + _debug(cluster, vm_a, vm_b))
     console = _console(vm_b.name)
@@ -368,63 +372,91 @@ def test_bridge_vm_owns_the_pod_ip_and_reaches_vms_and_pods(cluster: Cluster, vm
     assert f"KVTEST-FETCH http://{container.ip}:8080/ -> kvtool pod {container.name}" in console  # VM -> pod
 
 
+def _page(cluster: Cluster, netns: nh.Netns, r: Running) -> str:
+    """The VM's page at its pod IP, fetched from netns; a failure says what the nodes and the pod held."""
+    try:
+        return nh.http_get(netns, f"http://{r.ip}/")
+    except OSError as exc:
+        raise AssertionError(f"GET http://{r.ip}/ ({r.name}) from {netns}: {exc}\n{_debug(cluster, r)}") from exc
+
+
 def _debug(cluster: Cluster, *rs: Running) -> str:
-    """The cluster's and the pods' addresses, neighbours, rules and bridge tables, for a failure message."""
-    names = nh.names(cluster)
-    out = [nh.sh("ip", "neigh", netns=names.netns).stdout, nh.sh("ip", "-br", "link", netns=names.netns).stdout]
+    """The nodes' and the pods' addresses, neighbours, rules and bridge tables, for a failure message."""
+    out = []
+    for node in (NODE_1, NODE_2):
+        ns = nh.node_netns(cluster, node)
+        out += [node, nh.sh("ip", "neigh", netns=ns).stdout, nh.sh("ip", "-br", "link", netns=ns).stdout,
+                nh.sh("ip", "route", netns=ns).stdout]
     for r in rs:
-        ns = names.pod_netns(r.node, r.pod_uid)
-        out += [r.name, nh.sh("ip", "-br", "addr", netns=ns).stdout, nh.sh("ip", "neigh", netns=ns).stdout,
-                nh.sh("nft", "list", "ruleset", netns=ns).stdout, nh.sh("bridge", "fdb", netns=ns).stdout]
+        try:
+            ns_file = nh.pod_netns(cluster, r.node, r.pod_uid)
+        except AssertionError as exc:
+            out.append(str(exc))
+            continue
+        out += [r.name, nh.sh("ip", "-br", "addr", netns=ns_file).stdout, nh.sh("ip", "neigh", netns=ns_file).stdout,
+                nh.sh("nft", "list", "ruleset", netns=ns_file).stdout, nh.sh("bridge", "fdb", netns=ns_file).stdout]
     return "\n".join(out)
 
 
 def test_a_process_in_another_pod_reaches_the_vms(cluster: Cluster, vm_a: Running, vm_b: Running,
                                                    container: Running) -> None:
-    pod_ns = nh.names(cluster).pod_netns(container.node, container.pod_uid)
-    assert nh.http_get(pod_ns, f"http://{vm_a.ip}/") == f"kvtool guest {vm_a.name}\n"  # other node, masquerade
-    assert nh.http_get(pod_ns, f"http://{vm_b.ip}/") == f"kvtool guest {vm_b.name}\n"  # same node, bridge
+    pod_ns = nh.pod_netns(cluster, container.node, container.pod_uid)
+    addresses = nh.sh("ip", "-4", "-br", "addr", "show", "dev", "eth0", netns=pod_ns).stdout
+    assert f" {container.ip}/" in addresses, addresses  # the container pod's own namespace, not its node's
+    assert _page(cluster, pod_ns, vm_a) == f"kvtool guest {vm_a.name}\n"  # other node, masquerade
+    assert _page(cluster, pod_ns, vm_b) == f"kvtool guest {vm_b.name}\n"  # same node, bridge
 
 
-def test_node_agent_restart_removes_orphans_and_keeps_pod_networks(cluster: Cluster, vm_a: Running) -> None:
-    names = nh.names(cluster)
-    orphan_uid = str(uuid.uuid4())
-    orphan_ns, orphan_veth = names.pod_netns(NODE_1, orphan_uid), names.veth(orphan_uid)
-    netcmd.add_netns(orphan_ns)  # what an agent killed mid-teardown leaves: a namespace, a veth, a reservation
-    netcmd.ip("link", "add", "eth0", "type", "veth", "peer", "name", orphan_veth, "netns", names.netns,
-              netns=orphan_ns)
-    netcmd.ip("link", "set", orphan_veth, "master", names.bridge(NODE_1), netns=names.netns)
-    reservation = next(cluster.home.glob(f"nodes/{NODE_1}/network/ipam/*")) / "10.244.250.250"
-    reservation.write_text(orphan_uid)
-    launcher = _launcher_pod(cluster, vm_a.name)["status"]["containerStatuses"][0]["containerID"]
-    kvtool("cluster", "restart-component", f"node-agent-{NODE_1}", check=True)
-    wait_for(lambda: not netcmd.netns_exists(orphan_ns) and orphan_veth not in nh.links(names.netns)
-             and not reservation.exists(), 30, what="the orphans removed by the restarted agent")
+def _lease_renewed_since(cluster: Cluster, node: str, since: datetime) -> bool:
+    renewed = cluster.kubectl("-n", "kube-node-lease", "get", "lease", node, "-o", "jsonpath={.spec.renewTime}",
+                              check=False).stdout.strip()
+    return bool(renewed) and datetime.fromisoformat(renewed) > since
+
+
+def test_kubelet_restart_keeps_running_pods_and_their_networks(cluster: Cluster, vm_a: Running) -> None:
+    """A kubelet that starts again adopts the pods it finds running: nothing is killed or re-addressed."""
+    before = _launcher_pod(cluster, vm_a.name)
+    container_id = before["status"]["containerStatuses"][0]["containerID"]
+    qemu = wait_for(lambda: qemu_for(f"default_{vm_a.name}"), 30, what="VM A's QEMU")
+    reservation = nh.ipam_reservations(cluster, NODE_1).get(vm_a.ip)
+    assert reservation, f"no host-local reservation for {vm_a.ip}"
+    kvtool("cluster", "restart-component", f"kubelet-{NODE_1}", check=True)
+    restarted = datetime.now(UTC)  # the old kubelet has exited by now
+    wait_for(lambda: _lease_renewed_since(cluster, NODE_1, restarted), 90,
+             what=f"the restarted kubelet of {NODE_1} renewing its node lease")
+    # The new kubelet has the pod (exec finds it once the kubelet's pod sources have synced).
+    wait_for(lambda: cluster.kubectl("exec", before["metadata"]["name"], "--", "true", check=False).returncode == 0,
+             60, what="`kubectl exec` into the launcher through the restarted kubelet",
+             describe=lambda: cluster.kubectl("exec", before["metadata"]["name"], "--", "true", check=False).stderr)
     pod = _launcher_pod(cluster, vm_a.name)
-    assert pod["status"]["containerStatuses"][0]["containerID"] == launcher and pod["status"]["podIP"] == vm_a.ip
-    assert nh.http_get(names.netns, f"http://{vm_a.ip}/") == f"kvtool guest {vm_a.name}\n"
+    assert pod["metadata"]["uid"] == vm_a.pod_uid and pod["status"]["podIP"] == vm_a.ip
+    assert pod["status"]["containerStatuses"][0]["containerID"] == container_id
+    assert qemu_for(f"default_{vm_a.name}") == qemu, "the VM's QEMU was replaced"
+    assert nh.ipam_reservations(cluster, NODE_1).get(vm_a.ip) == reservation  # host-local's state outlives it
+    assert _page(cluster, nh.node_netns(cluster, NODE_1), vm_a) == f"kvtool guest {vm_a.name}\n"
 
 
-def test_deleting_leaves_no_namespace_veth_tap_or_rule(cluster: Cluster, vm_a: Running, vm_b: Running,
-                                                        container: Running) -> None:
-    names = nh.names(cluster)
+def test_deleting_leaves_no_process_address_port_or_rule(cluster: Cluster, baseline: Baseline, vm_a: Running,
+                                                         vm_b: Running, container: Running) -> None:
     gone = [vm_a, vm_b, container]
-    netns = {r.name: names.pod_netns(r.node, r.pod_uid) for r in gone}
-    assert all(netcmd.netns_exists(n) for n in netns.values())
-    assert "tap0" in nh.links(netns[vm_a.name]) and "kvtool" in nh.sh("nft", "list", "tables",
-                                                                      netns=netns[vm_a.name]).stdout
-    root_tables = nh.sh("nft", "list", "tables").stdout
+    vm_a_ns = nh.pod_netns(cluster, vm_a.node, vm_a.pod_uid)
+    assert "tap0" in nh.links(vm_a_ns) and "kvtool" in nh.sh("nft", "list", "tables", netns=vm_a_ns).stdout
+    sandboxes = {r.name: nh.ipam_reservations(cluster, r.node).get(r.ip) for r in gone}
+    assert all(sandboxes.values()), f"host-local reserved no address for some pod: {sandboxes}"
+    assert all(nh.pod_pids(cluster, r.node, r.pod_uid) for r in gone)
     cluster.kubectl("delete", "vm", vm_a.name, vm_b.name, "--wait=false")
     cluster.kubectl("delete", "pod", container.name, "--wait=false")
     started = time.monotonic()
     for r in gone:
-        wait_for(lambda r=r: not processes_mentioning(r.pod_uid) and get(cluster, "pod", r.pod_name) is None, 90,
-                 what=f"{r.name}'s pod and processes gone", describe=describe_vm(cluster, r.name))
+        wait_for(lambda r=r: not nh.pod_pids(cluster, r.node, r.pod_uid) and get(cluster, "pod", r.pod_name) is None,
+                 90, what=f"{r.name}'s pod and processes gone", describe=describe_vm(cluster, r.name))
     print(f"\ndelete -> all three pods and their processes gone: {time.monotonic() - started:.1f}s")
-    for r in gone:
-        assert not netcmd.netns_exists(netns[r.name]), f"{r.name}'s namespace left behind"
-        assert names.veth(r.pod_uid) not in nh.links(names.netns), f"{r.name}'s veth left behind"
-    owners = [p.read_text() for p in cluster.home.glob("nodes/*/network/ipam/*/*.*.*.*")]
-    assert not {r.pod_uid for r in gone} & set(owners), "addresses still reserved"
-    assert nh.sh("nft", "list", "tables").stdout == root_tables, "a rule in the machine's namespace"
-    assert not [n for n in netcmd.list_netns(names.pod_netns_prefix) if any(r.pod_uid in n for r in gone)]
+    for node in (NODE_1, NODE_2):
+        wait_for(lambda node=node: not set(sandboxes.values()) & set(nh.ipam_reservations(cluster, node).values()),
+                 30, what=f"{node}'s host-local reservations of the deleted pods released",
+                 describe=lambda node=node: f"{nh.ipam_reservations(cluster, node)} vs {sandboxes}")
+        ns = nh.node_netns(cluster, node)
+        wait_for(lambda node=node, ns=ns: len(nh.bridge_ports(ns)) <= len(baseline.cni_ports[node]), 30,
+                 what=f"{node}'s cni0 back to at most its ports before the test's pods",
+                 describe=lambda node=node, ns=ns: f"now {nh.bridge_ports(ns)}, before {baseline.cni_ports[node]}")
+    assert nh.root_nft_tables() <= baseline.root_tables, "a table in the machine's own namespace"

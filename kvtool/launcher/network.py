@@ -178,6 +178,10 @@ class PodNetworking:
                          ["link", "set", bridge, "address", generated_mac(f"{request.name}/bridge"), "mtu", mtu],
                          ["addr", "add", BRIDGE_ADDRESS, "dev", bridge],
                          ["link", "set", pod.name, "master", bridge, "up"],
+                         # A hairpin-mode node bridge (the CNI bridge plugin's) reflects the guest's own
+                         # broadcasts back in through the pod interface; learned there, the guest's MAC
+                         # would pull every frame for the guest away from the tap (KubeVirt turns it off too).
+                         ["link", "set", "dev", pod.name, "type", "bridge_slave", "learning", "off"],
                          ["tuntap", "add", "dev", TAP, "mode", "tap"],
                          ["link", "set", TAP, "mtu", mtu, "master", bridge, "up"],
                          ["link", "set", bridge, "up"]], what="move the pod interface onto the guest's bridge")
