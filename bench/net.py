@@ -39,23 +39,8 @@ POD = Kind("v1", "Pod", "pods")
 DAEMON_SET = Kind("apps/v1", "DaemonSet", "daemonsets")
 NODE = "kvtool-node-1"
 
-# The plain pod's process: a GET answers "kvtool pod <name>" (as small as the guest's page); SIGTERM
-# ends it at once (PID 1 of its container would otherwise ignore it for the whole grace period).
-POD_HTTP_SERVER = """\
-import http.server, os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-BODY = ("kvtool pod %s\\n" % os.environ["KVTOOL_POD_NAME"]).encode()
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-http.server.ThreadingHTTPServer(("", int(sys.argv[1])), Handler).serve_forever()
-"""
+# The plain pod's process, shared with the tests: a GET answers "kvtool pod <name>".
+POD_HTTP_SERVER = (Path(__file__).resolve().parent.parent / "tests" / "pod_http_server.py").read_text()
 
 
 def vm_manifest(name: str, binding: str) -> dict[str, Any]:

@@ -24,23 +24,8 @@ from tests.conftest import Cluster
 
 Netns = str | Path  # a named namespace, or a namespace file
 
-# A pod's plain process: answers every GET with "kvtool pod <its pod's name>", and exits at once on
-# SIGTERM (as PID 1 of its container it would otherwise ignore it and hold the deletion for the grace period).
-POD_HTTP_SERVER = """\
-import http.server, os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-BODY = ("kvtool pod %s\\n" % os.environ["KVTOOL_POD_NAME"]).encode()
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-http.server.ThreadingHTTPServer(("", int(sys.argv[1])), Handler).serve_forever()
-"""
+# A pod's plain process (tests/pod_http_server.py), run with python3 -c.
+POD_HTTP_SERVER = (Path(__file__).parent / "pod_http_server.py").read_text()
 
 
 def _path(netns: Netns) -> Path:
