@@ -34,6 +34,63 @@ def test_broken_yaml_names_file_document_and_line(tmp_path: Path) -> None:
     assert any("lab.yaml, document 2: broken YAML: line" in i for i in issues), issues
 
 
+def test_duplicate_keys_name_file_document_and_line(tmp_path: Path) -> None:
+    # Lines count in the file, as an editor shows them, not within the document.
+    text = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  name: c\ndata: {x: '1', x: '2'}\n")
+    issues = _issues(tmp_path, text=text)
+    assert any(i.endswith("lab.yaml, document 2, line 9 at metadata: duplicate key 'name'") for i in issues), issues
+    assert any("document 2, line 10 at data: duplicate key 'x'" in i for i in issues), issues
+    assert not any("document 1" in i for i in issues)
+
+
+def test_a_duplicate_key_hides_no_other_problem(tmp_path: Path) -> None:
+    issues = _issues(tmp_path, text="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  name: Bad_Name\n")
+    assert any("line 5 at metadata: duplicate key 'name'" in i for i in issues), issues
+    assert any("at metadata.name: 'Bad_Name' is not a valid name" in i for i in issues), issues
+
+
+def test_duplicate_keys_in_json(tmp_path: Path) -> None:
+    f = tmp_path / "vm.json"
+    f.write_text('{"apiVersion": "v1", "kind": "ConfigMap",\n "metadata": {"name": "a"},\n "kind": "Secret"}')
+    with pytest.raises(desired.InvalidInput, match=r"vm.json, document 1, line 3: duplicate key 'kind'"):
+        desired.load([f])
+
+
+def test_yaml_merge_keys_are_no_duplicates(tmp_path: Path) -> None:
+    f = tmp_path / "cm.yaml"
+    f.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"
+                 "data:\n  base: &b {x: '1'}\n  more:\n    <<: *b\n    <<: *b\n")
+    assert desired.read_documents(f)[1] == []
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("name: no", "metadata.name is the boolean false: quote it ('no')"),
+    ("name: Yes", "metadata.name is the boolean true: quote it ('Yes')"),
+    ("name: off", "metadata.name is the boolean false: quote it ('off')"),
+    ("name: 0123", "metadata.name is the number 83: quote it ('0123')"),
+    ("name: 1e3", "metadata.name is a number to YAML 1.2 readers such as kubectl: quote it ('1e3')"),
+    ("name: a\n  namespace: 2024-01-02", "metadata.namespace is the date 2024-01-02: quote it ('2024-01-02')"),
+    ("name: a\n  labels: {tier: on}", "at metadata.labels.tier: metadata.labels.tier is the boolean true"),
+    ("name: a\n  annotations: {v: 1.5}", "metadata.annotations.v is the number 1.5: quote it ('1.5')"),
+])
+def test_yaml_11_surprises_in_names(tmp_path: Path, line: str, expected: str) -> None:
+    issues = _issues(tmp_path, text=f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  {line}\n")
+    assert any(expected in i for i in issues), issues
+    assert any("lab.yaml, document 1, line " in i for i in issues)
+    assert len(issues) == 1, "one message per problem, not another 'missing metadata.name'"
+
+
+def test_quoted_names_and_names_of_python_objects(tmp_path: Path) -> None:
+    f = tmp_path / "ok.yaml"
+    f.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: 'no'\n  labels: {tier: \"on\", n: '7'}\n"
+                 "data: {enabled: 'yes'}\n")
+    (obj,) = desired.load([f]).objects
+    assert obj.name == "no" and obj.manifest["metadata"]["labels"]["tier"] == "on"
+    with pytest.raises(desired.InvalidInput, match=r"metadata.name must be a string, got False"):
+        desired.load(objects=[{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": False}}])
+
+
 def test_unknown_kind_and_kubevirt_hint(tmp_path: Path) -> None:
     issues = _issues(tmp_path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
                      with_(vm("x"), "apiVersion", "kubevirt.io/v1"))

@@ -43,15 +43,19 @@ def load_planfile(path: str) -> Plan:
 def run(args: argparse.Namespace) -> int:
     if bool(args.planfile) == bool(args.files):
         raise KvtoolError("give either a saved plan file or -f PATH..., not both and not neither")
-    conn = common.connect(args)
+    # Input first (the plan file or every -f file), then the cluster: input problems never wait for it.
     if args.planfile:
         plan = load_planfile(args.planfile)
+        conn = common.connect(args)
         apply.check_fresh(conn.res, plan, conn.server)
         approved = True  # a saved plan was already reviewed, as with `terraform apply PLANFILE`
     else:
-        plan = plan_cmd.make(args, conn)
+        state = plan_cmd.load(args)
+        conn = common.connect(args)
+        plan = plan_cmd.make(args, conn, state)
         approved = args.auto_approve
-    render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact)
+    render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact,
+                       target=conn.target)
     return execute(conn, plan, args, approved, "Do you want to perform these actions?")
 
 

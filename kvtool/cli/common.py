@@ -18,14 +18,30 @@ class Connection:
     res: Resources
     server: str
     kubeconfig: kubeconfig.ResolvedKubeconfig
+    context: str | None = None  # the context in use, also when the kubeconfig's current-context chose it
+
+    @property
+    def target(self) -> str:
+        """`https://host:port (context c)`: the cluster a command is about to change."""
+        return f"{self.server} (context {self.context})" if self.context else self.server
 
 
 def connect(args: argparse.Namespace) -> Connection:
+    """A client for the cluster the user chose; kept on `args.connection` so that kvtool.cli.main can
+    name the server and kubeconfig when the connection fails."""
     resolved = kubeconfig.resolve(getattr(args, "kubeconfig", None), getattr(args, "context", None))
     if getattr(args, "verbose", False):
         print(f"Using kubeconfig {resolved.describe()}", file=sys.stderr)
     api = clients.api_client(resolved.path, resolved.context)
-    return Connection(Resources(api), api.configuration.host, resolved)
+    conn = Connection(Resources(api), api.configuration.host, resolved,
+                      clients.context_name(resolved.path, resolved.context))
+    args.connection = conn
+    return conn
+
+
+def show_target(conn: Connection) -> None:
+    """Name the cluster on stderr, where it cannot break machine-readable stdout (`plan --json`)."""
+    print(f"Target cluster: {conn.target}", file=sys.stderr)
 
 
 def add_stack(parser: argparse.ArgumentParser) -> None:

@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    conn = common.connect(args)
-    only = desired.load(args.files, stack=args.stack, namespace=args.namespace) if args.files else None
     desired.validate_stack(args.stack)
+    only = desired.load(args.files, stack=args.stack, namespace=args.namespace) if args.files else None
+    conn = common.connect(args)
     plan = planner.destroy_plan(conn.res, args.stack, conn.server, only)
-    render.render_text(plan, sys.stdout, color=False if args.no_color else None)
+    render.render_text(plan, sys.stdout, color=False if args.no_color else None, target=conn.target)
     return apply_cmd.execute(conn, plan, args, args.auto_approve,
                              f'Do you really want to destroy these objects of stack "{args.stack}"?')

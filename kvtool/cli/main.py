@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 from kvtool import __version__
 from kvtool.errors import KvtoolError
@@ -53,19 +54,39 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="say more, including which kubeconfig is used")
 
 
-def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, ModuleType | None]:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit with `usage_exit_code` (argparse's 2 unless 2 means
+    "changes present", as under `plan --detailed-exitcode`)."""
+
+    usage_exit_code = 2
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
+
+
+def _usage_exit_code(argv: list[str]) -> int:
+    """1 for `plan` (whose 2 means changes) and wherever --detailed-exitcode, or a prefix argparse
+    accepts for it, is on the command line: a usage error must not read as "changes present"."""
+    detailed = any(len(arg) > 2 and "--detailed-exitcode".startswith(arg.split("=", 1)[0]) for arg in argv)
+    return 1 if detailed or _first_command(argv) == "plan" else 2
+
+
+def build_parser(command: str | None, usage_exit_code: int = 2) -> tuple[argparse.ArgumentParser, ModuleType | None]:
+    parser = _Parser(
         prog="kvtool",
         description="Virtual machines next to containers on Kubernetes, with Terraform-style plan/apply.",
         epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in COMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.usage_exit_code = usage_exit_code
     parser.add_argument("--version", action="version", version=f"kvtool {__version__}")
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     module = None
     for name, (modname, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.usage_exit_code = usage_exit_code
         if name == command:
             module = importlib.import_module(modname)
             _global_options_for_sub(sp)
@@ -105,16 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         # A short-lived command: the cyclic GC only slows down building large plans (~30% at 1000 VMs);
         # reference counting still frees what it is done with.
         gc.disable()
-    parser, module = build_parser(_first_command(argv))
+    parser, module = build_parser(_first_command(argv), _usage_exit_code(argv))
     args = parser.parse_args(argv)
     if module is None:
         parser.print_help(sys.stderr)
-        return 1 if args.command is None else 2
+        return 1 if args.command is None else parser.usage_exit_code
     args.kubeconfig = getattr(args, "sub_kubeconfig", None) or args.kubeconfig
     args.context = getattr(args, "sub_context", None) or args.context
     args.verbose = getattr(args, "sub_verbose", False) or args.verbose
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.verbose and args.command not in DAEMONS:
+        # urllib3 logs every retry of an unreachable server; the one-sentence error below says it once.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         return int(module.run(args) or 0)
     except KvtoolError as exc:
@@ -127,6 +151,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except Exception as exc:  # last: only transport failures become a message, anything else stays a bug
+        from kvtool.kube import transport  # only now: it imports urllib3, which most failures never need
+
+        why = transport.reason(exc)
+        if why is None:
+            raise
+        print(f"Error: {_unreachable(args, exc, why)}", file=sys.stderr)
+        return 1
+
+
+def _unreachable(args: argparse.Namespace, exc: BaseException, why: str) -> str:
+    """One sentence: which server failed how, and which kubeconfig named it (see kvtool.cli.common.connect)."""
+    from kvtool.kube import transport
+
+    conn = getattr(args, "connection", None)
+    if conn is None:  # a command that made its own client (`cluster`, say): the error may name the server
+        server = transport.server_of(exc)
+        return f"cannot reach the Kubernetes API server{f' {server}' if server else ''}: {why}."
+    ctx = f", context {conn.context}" if conn.context else ""
+    return (f"cannot reach the Kubernetes API server {conn.server}: {why}; the server comes from kubeconfig "
+            f"{conn.kubeconfig.path} (from {conn.kubeconfig.source}{ctx}).")
 
 
 if __name__ == "__main__":

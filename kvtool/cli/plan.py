@@ -1,16 +1,17 @@
 """`kvtool plan -f PATH...`: show what apply would change. Exit 0 no changes, 2 changes (with
---detailed-exitcode), 1 error — as Terraform."""
+--detailed-exitcode), 1 error, usage errors included — as Terraform."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from kvtool import paths
 from kvtool.cli import common
 from kvtool.plan import desired, planner, render
+from kvtool.plan.desired import DesiredState
 from kvtool.plan.model import Plan
 
 
@@ -27,26 +28,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-color", action="store_true")
 
 
-def make(args: argparse.Namespace, conn: common.Connection) -> Plan:
-    desired.validate_stack(args.stack)
-    return planner.plan_files(conn.res, args.files, stack=args.stack, namespace=args.namespace, server=conn.server,
-                              replace=args.replace, adopt=args.adopt)
+def load(args: argparse.Namespace) -> DesiredState:
+    """Read and validate every input file before connecting: input problems never wait for the cluster."""
+    return desired.load(args.files, stack=args.stack, namespace=args.namespace)
+
+
+def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
+    return planner.plan(conn.res, state, conn.server, replace=args.replace, adopt=args.adopt)
 
 
 def save(plan: Plan, path: str) -> None:
-    data = json.dumps(plan.to_json(include_secrets=True), indent=1)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold secrets, like Terraform's
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
+    """Write the plan 0600 (it may hold secrets, like Terraform's), also over an existing, wider file."""
+    paths.write_atomic(Path(path), json.dumps(plan.to_json(include_secrets=True), indent=1), mode=0o600)
 
 
 def run(args: argparse.Namespace) -> int:
+    state = load(args)
     conn = common.connect(args)
-    plan = make(args, conn)
+    if args.json:
+        common.show_target(conn)
+    plan = make(args, conn, state)
     if args.json:
         print(render.render_json(plan))
     else:
-        render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact)
+        render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact,
+                           target=conn.target)
     if args.out:
         save(plan, args.out)
         print(f"\nSaved the plan to {Path(args.out)}. To apply exactly this plan: kvtool apply {args.out}",

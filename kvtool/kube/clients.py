@@ -24,6 +24,17 @@ def api_client(kubeconfig: str | Path, context: str | None = None) -> client.Api
     return client.ApiClient(configuration)
 
 
+def context_name(kubeconfig: str | Path, context: str | None = None) -> str | None:
+    """The context a client of this kubeconfig uses: `context`, or the file's current-context."""
+    if context:
+        return context
+    try:
+        _, active = config.list_kube_config_contexts(config_file=str(kubeconfig))
+    except (ConfigException, OSError, ValueError, TypeError):
+        return None
+    return (active or {}).get("name")
+
+
 def in_cluster_resources():
     """A Resources client from the pod's service account (real clusters)."""
     from kvtool.kube.resources import Resources

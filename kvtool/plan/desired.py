@@ -30,9 +30,9 @@ from kvtool.api.types import (
 from kvtool.errors import KvtoolError
 
 try:  # libyaml's C loader is ~10x faster on thousands of documents
-    from yaml import CSafeLoader as _Loader
+    from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - PyYAML without libyaml
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -47,9 +47,10 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 class Location:
     source: str  # file path or "<python>"
     index: int  # document index within the source, from 0
+    line: int | None = None  # from 1, where the YAML reader knows it
 
     def __str__(self) -> str:
-        return f"{self.source}, document {self.index + 1}"
+        return f"{self.source}, document {self.index + 1}" + (f", line {self.line}" if self.line else "")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class InputIssue:
     def __str__(self) -> str:
         where = f" at {self.path}" if self.path else ""
         return f"{self.location}{where}: {self.message}"
+
+
+class NotAStringIssue(InputIssue):
+    """A plain YAML value read as a boolean, number or date where a string belongs (`name: no`): the
+    reader's message, with its line and the quoted fix, stands for any later check of that field."""
 
 
 class InvalidInput(KvtoolError):
@@ -120,6 +126,76 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+# Plain scalars YAML 1.1 turns into something other than a string ("no" -> False, "0123" -> 83).
+_SURPRISING_TAGS = {
+    "tag:yaml.org,2002:bool": "the boolean",
+    "tag:yaml.org,2002:int": "the number",
+    "tag:yaml.org,2002:float": "the number",
+    "tag:yaml.org,2002:timestamp": "the date",
+}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+# Strings to PyYAML (YAML 1.1) but numbers to YAML 1.2 readers such as kubectl: 1e3, 0o17, .inf.
+_YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|0o[0-7]+|0x[0-9a-fA-F]+"
+                            r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+
+
+def _names_a_string(path: tuple[str | int, ...]) -> bool:
+    """Where Kubernetes wants a string that users write bare: metadata's names, label and annotation values."""
+    return ((len(path) >= 2 and path[-2] == "metadata" and path[-1] in ("name", "namespace", "generateName"))
+            or (len(path) >= 3 and path[-3] == "metadata" and path[-2] in ("labels", "annotations")))
+
+
+class InputLoader(_BaseLoader):
+    """PyYAML's safe loader that also reports, with line numbers, what it would silently accept: duplicate
+    keys (the last one wins) and YAML 1.1 values in names (`name: no` is False, `0123` is 83).
+
+    The problems of the document just read are in `problems` as (line, field path, message, is it
+    a value that is not a string)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.problems: list[tuple[int, str, str, bool]] = []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.problems = []
+        self._check(node)
+        return super().construct_document(node)
+
+    def _check(self, root: yaml.Node) -> None:
+        todo: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
+        while todo:
+            node, path = todo.pop()
+            if isinstance(node, yaml.MappingNode):
+                seen: set[tuple[str, str]] = set()
+                for key, value in node.value:
+                    if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                        continue
+                    if (key.tag, key.value) in seen:
+                        self.problems.append((key.start_mark.line + 1, schema.format_path(path),
+                                              f"duplicate key {key.value!r}", False))
+                    seen.add((key.tag, key.value))
+                    todo.append((value, (*path, key.value)))
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend((item, (*path, i)) for i, item in enumerate(node.value))
+            elif not node.style and _names_a_string(path):  # a plain scalar: no quotes
+                what = self._surprise(node)
+                if what:
+                    field_path = schema.format_path(path)
+                    self.problems.append((node.start_mark.line + 1, field_path,
+                                          f"{field_path} is {what}: quote it ('{node.value}')", True))
+        self.problems.sort()
+
+    def _surprise(self, node: yaml.ScalarNode) -> str | None:
+        """What a plain scalar turns into when that is not the string it looks like, or None."""
+        if node.tag in _SURPRISING_TAGS:
+            value = self.construct_object(node)
+            return f"{_SURPRISING_TAGS[node.tag]} {str(value).lower() if isinstance(value, bool) else value}"
+        if node.tag == _STR_TAG and _YAML12_NUMBER.fullmatch(node.value):
+            return "a number to YAML 1.2 readers such as kubectl"
+        return None
+
+
 def read_documents(path: Path, text: str | None = None) -> tuple[list[tuple[int, Any]], list[InputIssue]]:
     """(index, document) pairs of a multi-document YAML file, skipping empty documents."""
     source = str(path)
@@ -128,9 +204,14 @@ def read_documents(path: Path, text: str | None = None) -> tuple[list[tuple[int,
     except (OSError, UnicodeDecodeError) as exc:
         return [], [InputIssue(Location(source, 0), "", f"cannot read: {exc}")]
     docs: list[tuple[int, Any]] = []
+    issues: list[InputIssue] = []
     index = 0  # the document being read, also when reading it fails
+    loader = InputLoader(text)
     try:
-        for doc in yaml.load_all(text, Loader=_Loader):
+        while loader.check_data():
+            doc = loader.get_data()
+            issues += [(NotAStringIssue if not_a_string else InputIssue)(Location(source, index, line), field, message)
+                       for line, field, message, not_a_string in loader.problems]
             if doc is not None:
                 docs.append((index, doc))
             index += 1
@@ -138,8 +219,10 @@ def read_documents(path: Path, text: str | None = None) -> tuple[list[tuple[int,
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        return docs, [InputIssue(Location(source, index), "", f"broken YAML: {where}{problem}")]
-    return docs, []
+        return docs, [*issues, InputIssue(Location(source, index), "", f"broken YAML: {where}{problem}")]
+    finally:
+        loader.dispose()
+    return docs, issues
 
 
 def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] = (), *,
@@ -156,10 +239,12 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
 
     state = DesiredState(stack)
     seen: dict[tuple[str, str, str | None, str], Location] = {}
+    # Values the YAML reader already reported (with their line): later checks of the same field say less.
+    said = {(i.location.source, i.location.index, i.path) for i in issues if isinstance(i, NotAStringIssue)}
     for loc, doc in raw:
         for item_loc, item in _unlist(loc, doc):
             obj, errs = normalise(item, item_loc, stack=stack, namespace=namespace)
-            issues += errs
+            issues += [e for e in errs if not _already_said(said, e)]
             key = _identity(item, namespace)
             if key is not None and key in seen:
                 issues.append(InputIssue(item_loc, "metadata.name",
@@ -172,6 +257,12 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
     if issues:
         raise InvalidInput(issues)
     return state
+
+
+def _already_said(said: set[tuple[str, int, str]], issue: InputIssue) -> bool:
+    loc = issue.location
+    return any((loc.source, loc.index, issue.path[:n]) in said
+               for n in range(1, len(issue.path) + 1) if issue.path[n:n + 1] in ("", ".", "["))
 
 
 def _identity(doc: Any, namespace: str) -> tuple[str, str, str | None, str] | None:
@@ -227,8 +318,10 @@ def normalise(doc: Any, loc: Location, *, stack: str, namespace: str) -> tuple[D
             meta.pop("annotations")
     issues: list[InputIssue] = []
     name = meta.get("name")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         issues.append(InputIssue(loc, "metadata.name", "missing metadata.name"))
+    elif not isinstance(name, str):
+        issues.append(InputIssue(loc, "metadata.name", f"metadata.name must be a string, got {name!r}"))
     elif not kind.schema and (not DNS_SUBDOMAIN.match(name) or len(name) > 253):
         # kvtool's own kinds check names through the schema's rule (the CRD's CEL rule's twin).
         issues.append(InputIssue(loc, "metadata.name",

@@ -8,7 +8,7 @@ which must not be silently taken over.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +16,6 @@ from typing import Any
 from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, PLANNABLE, STACK_LABEL, Kind
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
-from kvtool.plan import desired as desired_mod
 from kvtool.plan import diff
 from kvtool.plan.desired import Desired, DesiredState
 from kvtool.plan.model import Action, Plan
@@ -88,36 +87,16 @@ def find_others(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[
 
 
 def fetch(res: Resources, stack: str, desired: Iterable[Desired] = (),
-          kinds: Collection[Kind] = PLANNABLE,
-          prefetched: dict[ObjKey, dict[str, Any]] | None = None) -> LiveState:
+          kinds: Collection[Kind] = PLANNABLE) -> LiveState:
     wanted = list(desired)
-    if prefetched is not None:
-        members = prefetched
-    else:
-        try:
-            members = list_stack(res, stack, kinds)
-        except KubeError as exc:
-            if exc.status != 403:
-                raise
-            # No cluster-wide list permission: look in the namespaces we know of.
-            members = list_stack(res, stack, kinds, {d.namespace for d in wanted if d.namespace})
+    try:
+        members = list_stack(res, stack, kinds)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        # No cluster-wide list permission: look in the namespaces we know of.
+        members = list_stack(res, stack, kinds, {d.namespace for d in wanted if d.namespace})
     return LiveState(members, find_others(res, members, wanted))
-
-
-def plan_files(res: Resources, paths: Sequence[str], *, stack: str, namespace: str, server: str,
-               replace: Collection[str] = (), adopt: bool = False) -> Plan:
-    """Load files and read the stack at the same time (the LISTs do not depend on the files), then diff."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        listing = pool.submit(list_stack, res, stack)
-        state = desired_mod.load(paths, stack=stack, namespace=namespace)
-        try:
-            members: dict[ObjKey, dict[str, Any]] | None = listing.result()
-        except KubeError as exc:
-            if exc.status != 403:
-                raise
-            members = None
-    return make_plan(state, fetch(res, stack, state.objects, prefetched=members), server,
-                     replace=replace, adopt=adopt)
 
 
 def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: Collection[str] = (),

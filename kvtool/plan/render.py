@@ -52,10 +52,11 @@ def _header(rc: ResourceChange, destroy_plan: bool) -> str:
 
 
 def render_text(plan: Plan, stream: TextIO | None = None, *, color: bool | None = None,
-                compact: bool = False) -> str:
+                compact: bool = False, target: str | None = None) -> str:
+    """`target` names the cluster first (server and context), so a user sees what a change is aimed at."""
     out = stream or sys.stdout
     color = use_color(out) if color is None else color
-    lines: list[str] = []
+    lines: list[str] = [f"Target cluster: {target}", ""] if target else []
     if plan.has_changes:
         lines.append(f'kvtool will perform the following actions (stack "{plan.stack}"):')
         lines.append("")
