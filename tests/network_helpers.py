@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kvtool.local.layout import Layout
 from kvtool.podnet import forward, netcmd
 from tests.conftest import Cluster
+from tests.runtime_helpers import pod_processes
 
 Netns = str | Path  # a named namespace, or a namespace file
 
@@ -87,15 +87,8 @@ def launcher_image(cluster: Cluster) -> str:
 
 
 def pod_pids(cluster: Cluster, node_name: str, pod_uid: str) -> set[int]:
-    """Every process of a pod (its sandbox, its containers and what they started, QEMU included):
-    the kubelet puts them all below the pod's cgroup, pod<uid>, in the node's cgroup subtree."""
-    kubepods = Path("/sys/fs/cgroup/pids") / Layout(cluster.home).cgroup_root.strip("/") / node_name / "kubepods"
-    pids: set[int] = set()
-    for pod_dir in kubepods.rglob(f"pod{pod_uid}"):
-        for procs in pod_dir.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in procs.read_text().split())
-    return pids
+    """Every process of a pod (its sandbox, its containers and what they started, QEMU included)."""
+    return set(pod_processes(pod_uid))
 
 
 def pod_netns(cluster: Cluster, node_name: str, pod_uid: str) -> Path:

@@ -44,33 +44,28 @@ def wait_running(cluster: Cluster, name: str, timeout: float = 120) -> dict[str,
     return vmi
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains text (QEMU, libvirtd and launchers carry their pod's paths)."""
+def _pids_where(file: str, match: Callable[[bytes], bool]) -> list[int]:
+    """PIDs whose /proc/<pid>/<file> matches (processes that exit meanwhile are skipped)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def pod_processes(pod_uid: str) -> list[int]:
-    """PIDs in a pod's cgroup (the kubelet names it pod<uid>): its containers' processes, QEMU included."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if f"/pod{pod_uid}/" in (entry / "cgroup").read_text():
+            if match((entry / file).read_bytes()):
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains text (QEMU, libvirtd and launchers carry their pod's paths)."""
+    return _pids_where("cmdline", lambda cmdline: text.encode() in cmdline.replace(b"\0", b" "))
+
+
+def pod_processes(pod_uid: str) -> list[int]:
+    """PIDs in a pod's cgroup (the kubelet names it pod<uid>): its containers' processes, QEMU included."""
+    return _pids_where("cgroup", lambda cgroup: f"/pod{pod_uid}/".encode() in cgroup)
 
 
 def qemu_for(domain: str) -> list[int]:
