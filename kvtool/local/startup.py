@@ -56,6 +56,9 @@ def node_binds(layout: Layout, node: str, images_root: Path, cache: Path) -> lis
     """The paths a real host has at fixed places, made the node's own (see kvtool.local.nodehost)."""
     return [nodehost.Bind(layout.node_run_dir(node), "/run/kvtool"),
             nodehost.Bind(layout.run_dir / f"ctr-{node}" / "shims", "/run/containerd"),
+            # containerd pins pod network namespaces here: the node's own, so a node powered off leaves
+            # no stale entries in the machine's `ip netns`.
+            nodehost.Bind(layout.run_dir / f"ctr-{node}" / "netns", "/run/netns"),
             nodehost.Bind(layout.node_dir(node) / "cni" / "lib", "/var/lib/cni"),
             nodehost.Bind(images_root, "/var/lib/kvtool/images", read_only=True),
             nodehost.Bind(cache, "/var/lib/kvtool/cache")]
