@@ -29,6 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for verb in ("stop", "start", "restart"):
         sp = sub.add_parser(f"{verb}-component", help=f"{verb} one component of the running cluster")
         sp.add_argument("component")
+    node = sub.add_parser("node", help="simulate node faults: power a node off or on, cut it off the network")
+    node_sub = node.add_subparsers(dest="node_action", metavar="ACTION", required=True)
+    for verb, text in NODE_ACTIONS.items():
+        node_sub.add_parser(verb, help=text).add_argument("name", help="the node, e.g. kvtool-node-1")
+
+
+NODE_ACTIONS = {
+    "stop": "power off: every process of the node (kubelet, containerd, pods, QEMU) dies at once",
+    "start": "power on a stopped node: its containerd, kubelet and kube-proxy start again",
+    "partition": "cut the node off from the API server; it and its VMs keep running",
+    "heal": "undo partition",
+    "status": "whether the node is powered on and connected",
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         for binary in build.ensure_all(progress=True):
             print(binary)
+        return 0
+    if args.action == "node":
+        reply = cluster.control(home, f"node-{args.node_action}", node=args.name)
+        shown = {k: v for k, v in reply.items() if k not in ("ok", "node")}
+        print(f"{args.name}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
         return 0
     if args.action.endswith("-component"):
         reply = cluster.control(home, args.action.removesuffix("-component"), args.component)

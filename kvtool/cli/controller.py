@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kvm", choices=["none", "device"], default="none",
                         help="give launcher pods the node's /dev/kvm and /dev/net/tun (the install manifests: device)")
     parser.add_argument("--leader-elect", action="store_true", help="reconcile only while holding the leader Lease")
-    parser.add_argument("--lease-namespace", default="kvtool-system")
+    parser.add_argument("--lease-namespace", default="kvtool-system",
+                        help="kvtool's namespace: the leader Lease, handler heartbeats, failover settings")
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (default 15)")
     parser.add_argument("--renew-deadline", type=int, default=10, help="seconds (default 10)")
     parser.add_argument("--retry-period", type=int, default=2, help="seconds (default 2)")
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     common.configure_daemon_logging()
     res, api = common.daemon_connection(args)
     ctl = operator.Controller(res, template.LauncherConfig(args.launcher_image, args.launcher_service_account,
-                                                           kvm_device=args.kvm == "device"))
+                                                           kvm_device=args.kvm == "device"),
+                              namespace=args.lease_namespace)
     leading = threading.Event()
     if args.health_port:
         from kvtool import observe

@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", required=True, help="the node this handler serves")
     parser.add_argument("--sockets-dir", type=Path, default=Path("/var/run/kvtool/sockets"),
                         help="where launchers put their sockets (default /var/run/kvtool/sockets)")
+    parser.add_argument("--namespace", default="kvtool-system", help="kvtool's namespace: the heartbeat Lease's")
     parser.add_argument("--health-port", type=int, default=0, help="serve /healthz, /readyz, /metrics (0: off)")
     common.add_in_cluster(parser)
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.configure_daemon_logging()
     res, _ = common.daemon_connection(args)
-    handler = operator.Handler(res, args.node, args.sockets_dir)
+    handler = operator.Handler(res, args.node, args.sockets_dir, args.namespace)
     registry = operator.build_registry(handler)
     if args.health_port:
         from kvtool import observe

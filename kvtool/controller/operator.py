@@ -12,13 +12,23 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from kvtool.api.types import LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VALUE, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
-from kvtool.controller import conditions, metrics, template
+from kvtool.api.types import (
+    CONFIG_MAP,
+    LAUNCHER_LABEL_KEY,
+    LAUNCHER_LABEL_VALUE,
+    PVC,
+    SECRET,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    Kind,
+)
+from kvtool.controller import conditions, failover, fence, metrics, template, timeutil
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.kube import kopfbase
@@ -28,6 +38,12 @@ log = logging.getLogger("kvtool.controller")
 
 FIELD_MANAGER = "kvtool-controller"
 POD = Kind("v1", "Pod", "pods")
+NODE = Kind("v1", "Node", "nodes")
+PV = Kind("v1", "PersistentVolume", "persistentvolumes")
+# How often node heartbeats are checked (the grace itself is the cluster's failover setting).
+NODE_CHECK_PERIOD = 2.0
+CONFIG_TTL = 5.0
+FENCE_RETRY_MAX = 60.0
 VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 LAUNCHER = {LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE}
@@ -40,9 +56,13 @@ def plain(body: Mapping[str, Any]) -> dict[str, Any]:
 class Controller:
     """State shared by the handlers: the API client, locks, pending requeues."""
 
-    def __init__(self, res: Resources, config: template.LauncherConfig) -> None:
+    def __init__(self, res: Resources, config: template.LauncherConfig, namespace: str = "kvtool-system") -> None:
         self.res = res
         self.config = config
+        self.namespace = namespace  # kvtool's own: its failover ConfigMap, fence Secret and handler Leases
+        self.failover_cache: tuple[float, failover.Config] | None = None
+        self.fence_retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt, backoff)
+        self.monitor: asyncio.Task[None] | None = None
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.indexes: Mapping[str, Any] = {}
@@ -170,6 +190,148 @@ class Controller:
             log.debug("vmi=%s/%s event=stale-write status=%d", meta["namespace"], meta["name"], exc.status)
 
 
+    # -- node loss: detect, fence, fail over (decisions in failover.py) ----------------
+    async def failover_config(self) -> failover.Config:
+        if self.failover_cache and time.monotonic() - self.failover_cache[0] < CONFIG_TTL:
+            return self.failover_cache[1]
+        cm = await self._call(self.res.get, CONFIG_MAP, self.namespace, failover.CONFIG_MAP)
+        cfg = failover.Config.from_data((cm or {}).get("data"))
+        self.failover_cache = (time.monotonic(), cfg)
+        return cfg
+
+    async def monitor_nodes(self) -> None:
+        """Every node's heartbeats, checked each period once the watches filled the caches."""
+        while True:
+            await asyncio.sleep(NODE_CHECK_PERIOD)
+            if "node_body_index" in self.indexes:
+                try:
+                    await self.check_nodes()
+                except Exception as exc:  # the API was unreachable: the next pass tries again
+                    log.warning("event=node-check-failed error=%r", str(exc))
+
+    async def check_nodes(self) -> None:
+        """One pass over every node; a node whose check fails is checked again next pass."""
+        cfg = await self.failover_config()
+        for name in list(self.indexes.get("node_body_index", {})):
+            node = self._one("node_body_index", name)
+            try:
+                await self.check_node(name, node, cfg, timeutil.now())
+            except Exception as exc:  # a resync: the next pass retries
+                log.warning("node=%s event=check-failed error=%r", name, str(exc))
+
+    def _vmis_on(self, node: str) -> list[dict[str, Any]]:
+        return [plain(b) for store in self.indexes.get("vmi_index", {}).values() for b in store
+                if (b.get("status") or {}).get("nodeName") == node]
+
+    async def check_node(self, name: str, node: dict[str, Any] | None, cfg: failover.Config, now: Any) -> None:
+        heartbeat = failover.last_heartbeat([self._one("lease_index", (failover.NODE_LEASE_NAMESPACE, name)),
+                                             self._one("lease_index", (self.namespace,
+                                                                       failover.HANDLER_LEASE_PREFIX + name))])
+        state = failover.fence_state(node)
+        on_node = self._vmis_on(name)
+        live = [v for v in on_node if (v.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not v["metadata"].get("deletionTimestamp")]
+        if not failover.is_lost(heartbeat, cfg.grace, now):
+            if state and failover.node_ready(node):
+                await self._lift_fence(name, node or {}, on_node)
+            for vmi in live:
+                if conditions.is_true(vmi, failover.NODE_LOST):
+                    back = conditions.condition(failover.NODE_LOST, False, "HeartbeatResumed",
+                                                f"node {name} is reporting again")
+                    if (conds := failover.with_condition(vmi, back)) is not None:
+                        await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+            return
+        if not live and not state:
+            return  # nothing runs there: nothing to fence, nothing to tell
+        vms = {id(v): self._one("vm_index", (v["metadata"]["namespace"], v["metadata"]["name"])) for v in live}
+        if cfg.fences and state != "Fenced" and any(not failover.opted_out(vms[id(v)]) for v in live):
+            state = await self._fence(name, node or {}, cfg)
+        message = ((node or {}).get("metadata", {}).get("annotations") or {}).get(
+            failover.FENCE_MESSAGE_ANNOTATION, "")
+        for vmi in live:
+            vm = vms[id(vmi)]
+            lost = failover.lost_condition(name, heartbeat, cfg, state, message, failover.opted_out(vm))
+            if state == "Fenced":
+                blocked = None if failover.opted_out(vm) else await self._node_local_disk(vmi, name)
+                await self._patch(vmi, {"status": failover.fenced_status(vmi, lost, blocked)}, subresource="status")
+                log.info("vmi=%s/%s event=failed-over reason=NodeFenced node=%s blocked=%s",
+                         vmi["metadata"]["namespace"], vmi["metadata"]["name"], name, bool(blocked))
+                metrics.SYNCS.labels(kind="failover", result="fenced").inc()
+                for pod in vmi_logic.launcher_pods(vmi, self._all("pod_index", (vmi["metadata"]["namespace"],
+                                                                               vmi["metadata"]["name"]))):
+                    # The node is off: nothing will ever finish this pod, and it holds the VMI's deletion.
+                    await self._call(self.res.delete, POD, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                     grace_period=0)
+            elif (conds := failover.with_condition(vmi, lost)) is not None:
+                await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+                log.warning("vmi=%s/%s event=node-lost node=%s reason=%s", vmi["metadata"]["namespace"],
+                            vmi["metadata"]["name"], name, lost["reason"])
+
+    async def _node_local_disk(self, vmi: dict[str, Any], node: str) -> str | None:
+        ns = vmi["metadata"]["namespace"]
+        claims, volumes = {}, {}
+        for vol in (vmi.get("spec") or {}).get("volumes") or []:
+            claim = (vol.get("persistentVolumeClaim") or vol.get("dataVolume") or {})
+            claim_name = claim.get("claimName") or claim.get("name")
+            if not claim_name:
+                continue
+            pvc = await self._call(self.res.get, PVC, ns, claim_name)
+            if pvc and (pv_name := (pvc.get("spec") or {}).get("volumeName")):
+                claims[claim_name] = pvc
+                if (pv := await self._call(self.res.get, PV, None, pv_name)) is not None:
+                    volumes[pv_name] = pv
+        return failover.node_local_disk(vmi, claims, volumes, node)
+
+    async def _annotate_node(self, name: str, annotations: dict[str, str | None],
+                             taints: list[dict[str, Any]] | None = None) -> None:
+        patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
+        if taints is not None:
+            patch["spec"] = {"taints": taints}
+        await self._call(self.res.merge_patch, NODE, None, name, patch, field_manager=FIELD_MANAGER)
+
+    async def _fence(self, name: str, node: dict[str, Any], cfg: failover.Config) -> str:
+        """Run the fence agent on a lost node: "Fenced" once it proved the node off, else "FenceFailed"."""
+        next_try, backoff = self.fence_retry.get(name, (0.0, NODE_CHECK_PERIOD))
+        if time.monotonic() < next_try:
+            return failover.fence_state(node) or "Fencing"
+        started = time.monotonic()
+        await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "Fencing",
+                                         failover.FENCE_MESSAGE_ANNOTATION: f"agent {cfg.fence_agent} started"})
+        log.warning("node=%s event=fencing agent=%s", name, cfg.fence_agent)
+        try:
+            secret = await self._call(self.res.get, SECRET, self.namespace, failover.EMBEDDED_SECRET)
+            message = await asyncio.to_thread(fence.embedded, name, secret)
+        except fence.FenceError as exc:
+            self.fence_retry[name] = (time.monotonic() + backoff, min(backoff * 2, FENCE_RETRY_MAX))
+            await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "FenceFailed",
+                                             failover.FENCE_MESSAGE_ANNOTATION: str(exc)[:1000]})
+            log.error("node=%s event=fence-failed agent=%s error=%r retry_in=%.0fs", name, cfg.fence_agent,
+                      str(exc), backoff)
+            return "FenceFailed"
+        self.fence_retry.pop(name, None)
+        taints = failover.without_out_of_service(node)
+        # Kubernetes' own signal that the node is off: it force-deletes the node's other pods and detaches volumes.
+        await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "Fenced",
+                                         failover.FENCE_MESSAGE_ANNOTATION: message,
+                                         failover.FENCED_AT_ANNOTATION: timeutil.stamp_precise()},
+                                  taints=[*taints, failover.OUT_OF_SERVICE])
+        log.warning("node=%s event=fenced agent=%s seconds=%.2f detail=%r", name, cfg.fence_agent,
+                    time.monotonic() - started, message)
+        return "Fenced"
+
+    async def _lift_fence(self, name: str, node: dict[str, Any], on_node: list[dict[str, Any]]) -> None:
+        """The node is back (heartbeats and Ready): it takes pods again, and VMs held for its disks start."""
+        taints = failover.without_out_of_service(node)
+        await self._annotate_node(name, dict.fromkeys(failover.FENCE_ANNOTATIONS), taints=taints)
+        log.info("node=%s event=fence-lifted", name)
+        for vmi in on_node:
+            if conditions.is_true(vmi, failover.BLOCKED):
+                back = conditions.condition(failover.BLOCKED, False, "NodeReturned",
+                                            f"node {name} is back: the VM can start again with its disk")
+                if (conds := failover.with_condition(vmi, back)) is not None:
+                    await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+
+
 def _owned_by(vmi: dict[str, Any], vm: dict[str, Any]) -> bool:
     return any(r.get("uid") == vm["metadata"]["uid"] for r in vmi["metadata"].get("ownerReferences") or [])
 
@@ -200,8 +362,30 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
                      False)
         return {name: ready}
 
+    @kopf.index("v1", "nodes", id="node_body_index", registry=registry)
+    def node_body_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {name: body}
+
+    @kopf.index("coordination.k8s.io", "v1", "leases", id="lease_index", registry=registry)
+    def lease_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        # Heartbeats only: kubelets' Node Leases and the handlers' own.
+        if namespace == failover.NODE_LEASE_NAMESPACE or name.startswith(failover.HANDLER_LEASE_PREFIX):
+            return {(namespace, name): body}
+        return {}
+
+    indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index")
+
     def remember(kwargs: Mapping[str, Any]) -> None:
-        ctl.indexes = {k: kwargs[k] for k in ("vm_index", "vmi_index", "pod_index", "node_index")}
+        ctl.indexes = {k: kwargs[k] for k in indexes}
+
+    @kopf.on.startup(registry=registry)
+    async def start_node_monitor(**_: Any) -> None:
+        ctl.monitor = asyncio.get_running_loop().create_task(ctl.monitor_nodes(), name="node-monitor")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_node_monitor(**_: Any) -> None:
+        if ctl.monitor is not None:
+            ctl.monitor.cancel()
 
     @kopf.on.event(*VM_R, registry=registry)
     async def on_vm(namespace: str, name: str, **kwargs: Any) -> None:

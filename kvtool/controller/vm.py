@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtool.controller import conditions, timeutil
+from kvtool.controller import conditions, failover, timeutil
 
 FINAL = ("Succeeded", "Failed")
 BACKOFF_MAX = 300.0
@@ -108,6 +108,8 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
     elif strategy in ("Always", "RerunOnFailure"):
         if vmi is None:
             start_vmi()
+        elif failover.held(vm, vmi):
+            pass  # fenced, but it may not move (opted out, or its disk lives on the lost node): it says why
         elif not vmi_deleting and (phase == "Failed" or (phase == "Succeeded" and strategy == "Always")):
             d.delete_vmi = vmi_uid
     elif strategy == "Once":
@@ -143,6 +145,7 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
     restart = bool(vmi and phase not in FINAL and
                    vm.get("spec", {}).get("template", {}).get("spec") != vmi.get("spec"))
     vmi_ready = conditions.get(vmi, "Ready") if vmi else None
+    lost = conditions.get(vmi, failover.NODE_LOST) if vmi else None
     new_conditions = [
         conditions.condition("Ready", ready, (vmi_ready or {}).get("reason", "") if vmi else "VMINotExists",
                              (vmi_ready or {}).get("message", "") if vmi else "no VirtualMachineInstance"),
@@ -150,6 +153,8 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
         conditions.condition("RestartRequired", restart, "TemplateChanged" if restart else "",
                              "the VM template changed; restart the VM to use it" if restart else ""),
         conditions.condition("Paused", phase == "Running" and conditions.is_true(vmi, "Paused")),
+        conditions.condition(failover.NODE_LOST, (lost or {}).get("status") == "True", (lost or {}).get("reason", ""),
+                             (lost or {}).get("message", "")),
     ]
     return {
         "printableStatus": printable,
@@ -172,6 +177,10 @@ def _printable(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, fa
         return "CrashLoopBackOff" if waiting and strategy in ("Always", "RerunOnFailure") else "Stopped"
     phase = _phase(vmi)
     restarts = strategy in ("Always", "RerunOnFailure")
+    if failover.held(vm, vmi):
+        return "Stopped"
+    if phase not in FINAL and conditions.is_true(vmi, failover.NODE_LOST):
+        return "Unknown"
     if vmi["metadata"].get("deletionTimestamp"):
         if phase == "Failed" and restarts:  # removing a failed VMI to start a new one
             return "CrashLoopBackOff" if int(failure.get("consecutiveFailCount", 0)) > 1 else "Starting"

@@ -16,6 +16,10 @@ from kvtool import __version__
 from kvtool.api import crd
 
 NAMESPACE = "kvtool-system"
+FAILOVER_CONFIG = "kvtool-failover"
+FENCE_SECRET = "kvtool-fence-embedded"
+CONTROLLER_EVICTION_SECONDS = 5
+HANDLER_LEASE_PREFIX = "kvtool-handler-"  # + node name: each handler's heartbeat
 DEFAULT_IMAGE = f"ghcr.io/kvtool/kvtool:{__version__}"
 CONTROLLER, HANDLER = "kvtool-controller", "kvtool-handler"
 LEASE = "kvtool-controller"
@@ -62,7 +66,11 @@ def controller_rules() -> list[dict[str, Any]]:
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
         _rule([""], ["pods"], ["get", "list", "watch", "create", "delete"]),
-        _rule([""], ["nodes"], ["get", "list", "watch"]),
+        # Node loss: heartbeats are Leases; fencing annotates and taints the Node (out-of-service).
+        _rule([""], ["nodes"], ["get", "list", "watch", "patch"]),
+        _rule(["coordination.k8s.io"], ["leases"], ["get", "list", "watch"]),
+        # Whether a lost node's VM may move: is its disk on a PV that lives only on that node?
+        _rule([""], ["persistentvolumeclaims", "persistentvolumes"], ["get"]),
         _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
     ]
 
@@ -87,13 +95,35 @@ def rbac(ns: str = NAMESPACE) -> list[Manifest]:
     # Leader election: only its own Lease, only in kvtool's namespace.
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{CONTROLLER}-leader-election", ns, CONTROLLER),
-                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]})
-    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": _meta(f"{CONTROLLER}-leader-election", ns, CONTROLLER),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                            "name": f"{CONTROLLER}-leader-election"},
-                "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": ns}]})
+                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"]),
+                          # The failover setting and the embedded fence agent's credentials: these two only.
+                          {**_rule([""], ["configmaps"], ["get"]), "resourceNames": [FAILOVER_CONFIG]},
+                          {**_rule([""], ["secrets"], ["get"]), "resourceNames": [FENCE_SECRET]}]})
+    # Heartbeats: each handler renews its own Lease (kvtool-handler-<node>) in kvtool's namespace.
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": _meta(f"{HANDLER}-heartbeat", ns, HANDLER),
+                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "patch", "update"])]})
+    for name, account in ((f"{CONTROLLER}-leader-election", CONTROLLER), (f"{HANDLER}-heartbeat", HANDLER)):
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": _meta(name, ns, account),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]})
     return out
+
+
+def failover_config(fence_agent: str = "none", grace_seconds: int = 40, enabled: bool = True,
+                    ns: str = NAMESPACE) -> Manifest:
+    """The cluster's failover setting. Real installs start with no fence agent: kvtool then never moves the
+    VMs of a lost node and says why; `kvtool cluster up` sets its own power switch (fenceAgent: embedded)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(FAILOVER_CONFIG, ns, CONTROLLER),
+            "data": {"enabled": "true" if enabled else "false", "nodeLostGraceSeconds": str(grace_seconds),
+                     "fenceAgent": fence_agent}}
+
+
+def embedded_fence_secret(endpoint: str, token: str, ca_pem: str, ns: str = NAMESPACE) -> Manifest:
+    """Where the embedded cluster's power switch listens and how to talk to it (kvtool.local.powerapi)."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": _meta(FENCE_SECRET, ns, CONTROLLER),
+            "stringData": {"endpoint": endpoint, "token": token, "ca.crt": ca_pem}}
 
 
 def handler_policy(ns: str = NAMESPACE) -> list[Manifest]:
@@ -154,6 +184,11 @@ def controller_deployment(image: str, ns: str = NAMESPACE) -> list[Manifest]:
                     "serviceAccountName": CONTROLLER,
                     "priorityClassName": "system-cluster-critical",
                     "securityContext": {"runAsNonRoot": True},
+                    # The controller is what fails VMs over from a lost node: on a lost node it must not stay
+                    # the default 5 minutes (it may hold both replicas); elsewhere a replica takes the Lease.
+                    "tolerations": [{"key": f"node.kubernetes.io/{t}", "operator": "Exists", "effect": "NoExecute",
+                                     "tolerationSeconds": CONTROLLER_EVICTION_SECONDS}
+                                    for t in ("unreachable", "not-ready")],
                     "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                         "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
                                                            "labelSelector": {"matchLabels": labels}}}]}},
@@ -199,7 +234,8 @@ def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
                     "containers": [{
                         "name": "handler", "image": image,
                         "command": ["kvtool", "handler", "--in-cluster", "--node", "$(NODE_NAME)",
-                                    "--sockets-dir", "/var/run/kvtool/sockets", "--health-port", str(HEALTH_PORT)],
+                                    "--sockets-dir", "/var/run/kvtool/sockets", "--namespace", ns,
+                                    "--health-port", str(HEALTH_PORT)],
                         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                         "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
                         "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
@@ -228,4 +264,4 @@ def workloads(image: str, ns: str = NAMESPACE) -> list[Manifest]:
 def all_manifests(image: str = DEFAULT_IMAGE, ns: str = NAMESPACE) -> list[Manifest]:
     """In apply order: namespace and CRDs first, workloads last."""
     return [namespace(ns), *crd.all_crds(), *service_accounts(ns), *rbac(ns), *handler_policy(ns),
-            *workloads(image, ns)]
+            failover_config(ns=ns), *workloads(image, ns)]

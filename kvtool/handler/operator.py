@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE
+from kvtool.handler import heartbeat
 from kvtool.handler import status as status_mod
 from kvtool.handler.worker import VMIWorker
 from kvtool.kube import kopfbase
@@ -32,10 +33,12 @@ def precise_now() -> str:
 
 
 class Handler:
-    def __init__(self, res: Resources, node: str, sockets_dir: Path) -> None:
+    def __init__(self, res: Resources, node: str, sockets_dir: Path, namespace: str = "kvtool-system") -> None:
         self.res = res
         self.node = node
         self.sockets_dir = sockets_dir
+        self.namespace = namespace  # where its heartbeat Lease lives
+        self.heartbeat: asyncio.Task[None] | None = None
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.workers: dict[tuple[str, str], VMIWorker] = {}
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -117,9 +120,20 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kopfbase.configure(settings, "kvtool-handler")
         settings.watching.label_selectors[VMI_R[0], VMI_R[2]] = f"{NODE_LABEL}={handler.node}"
+        # Before following any VMI: no domain that a live VMI does not claim survives a return of this node.
+        destroyed = await asyncio.to_thread(heartbeat.sweep_leftovers, handler.res, handler.node,
+                                            handler.sockets_dir, NODE_LABEL)
+        log.info("node=%s event=started leftovers_destroyed=%d", handler.node, len(destroyed))
+        handler.heartbeat = asyncio.get_running_loop().create_task(
+            heartbeat.beat(handler.res, handler.node, handler.namespace), name="heartbeat")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_heartbeat(**_: Any) -> None:
+        if handler.heartbeat is not None:
+            handler.heartbeat.cancel()
 
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:  # async: workers live in this loop

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -89,10 +90,11 @@ def ensure_kubelet_api_access(api: client.ApiClient) -> None:
             raise
 
 
-def install_kvtool(kubeconfig: Path, image: str, timeout: float) -> None:
-    """kvtool's controller Deployment and handler DaemonSet from `kvtool install`'s manifests; until ready."""
+def install_kvtool(kubeconfig: Path, image: str, timeout: float, extra: list[dict[str, Any]] | None = None) -> None:
+    """kvtool's controller Deployment and handler DaemonSet from `kvtool install`'s manifests (and `extra`,
+    applied first: the embedded cluster's failover setting); until ready."""
     api = clients.api_client(kubeconfig)
-    install.apply_all(Resources(api), manifests.workloads(image))
+    install.apply_all(Resources(api), [*(extra or []), *manifests.workloads(image)])
     apps = client.AppsV1Api(api)
     deadline = time.monotonic() + timeout
     while True:

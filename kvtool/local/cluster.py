@@ -319,8 +319,8 @@ def nodes(home: Path) -> list[NodeStatus]:
     return sorted(out, key=lambda n: n.name)
 
 
-def control(home: Path, cmd: str, component: str) -> dict[str, object]:
-    """Ask the running supervisor to stop/start/restart one component."""
+def control(home: Path, cmd: str, component: str = "", **fields: str) -> dict[str, object]:
+    """Ask the running supervisor to stop/start/restart one component, or switch a node (node-*)."""
     import socket
 
     layout = Layout(home)
@@ -329,7 +329,7 @@ def control(home: Path, cmd: str, component: str) -> dict[str, object]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)
         s.connect(str(layout.control_socket))
-        s.sendall((json.dumps({"cmd": cmd, "component": component}) + "\n").encode())
+        s.sendall((json.dumps({"cmd": cmd, "component": component, **fields}) + "\n").encode())
         reply = json.loads(s.makefile().readline())
     if not reply.get("ok"):
         raise ClusterError(str(reply.get("error")))

@@ -156,3 +156,37 @@ def remove(home: Path) -> list[str]:
             netcmd.ip("link", "delete", net.bridge)
             removed.append(net.bridge)
     return removed
+
+
+PARTITION_TABLE = "kvtool-partition"
+
+
+def partition(netns: str, gateway: str) -> None:
+    """Cut the node off from the machine's bridge address, where the apiserver listens (a network partition).
+
+    Everything to or from `gateway` is dropped in the node's namespace, its pods' traffic included (it is
+    forwarded through there): the node and its VMs keep running, but no heartbeat reaches the cluster.
+    """
+    rule = f"ip daddr {gateway} drop\n    ip saddr {gateway} drop"
+    chains = "".join(f"  chain {hook} {{\n    type filter hook {hook} priority -300; policy accept;\n    {rule}\n  }}\n"
+                     for hook in ("input", "output", "forward"))
+    script = (f"table inet {PARTITION_TABLE}\ndelete table inet {PARTITION_TABLE}\n"
+              f"table inet {PARTITION_TABLE} {{\n{chains}}}\n")
+    netcmd.in_netns(netcmd.netns_path(netns), lambda: netcmd.nft(script, what=f"nft: partition {netns}"))
+
+
+def heal(netns: str) -> None:
+    """Undo `partition` (idempotent)."""
+    script = f"table inet {PARTITION_TABLE}\ndelete table inet {PARTITION_TABLE}\n"
+    netcmd.in_netns(netcmd.netns_path(netns), lambda: netcmd.nft(script, what=f"nft: heal {netns}"))
+
+
+def partitioned(netns: str) -> bool:
+    def check() -> bool:
+        try:
+            netcmd.run(["nft", "list", "table", "inet", PARTITION_TABLE], what="nft list")
+            return True
+        except netcmd.NetError:
+            return False
+
+    return netcmd.in_netns(netcmd.netns_path(netns), check)

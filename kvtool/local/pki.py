@@ -111,14 +111,20 @@ class PKI:
         for ident in (ADMIN, SCHEDULER, CONTROLLER_MANAGER, KUBE_PROXY, APISERVER_KUBELET_CLIENT):
             self.ensure_client(ident)
 
-    def _serves(self, ips: tuple[str, ...]) -> bool:
+    def _serves(self, ips: tuple[str, ...], stem: str = "apiserver") -> bool:
         try:
-            cert = x509.load_pem_x509_certificate(self.cert("apiserver").read_bytes())
+            cert = x509.load_pem_x509_certificate(self.cert(stem).read_bytes())
             names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except (ValueError, OSError, x509.ExtensionNotFound):
             return False
         have = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
         return set(ips) <= have
+
+    def ensure_server(self, stem: str, cn: str, ip: str) -> tuple[Path, Path]:
+        """A serving certificate for one address (issued again if it names another one)."""
+        if not self.cert(stem).exists() or not self.key(stem).exists() or not self._serves((ip,), stem):
+            self._issue(stem, cn, (), server=True, ips=(ip,))
+        return self.cert(stem), self.key(stem)
 
     def ensure_client(self, ident: Identity) -> tuple[Path, Path]:
         if not self.cert(ident.file_stem).exists() or not self.key(ident.file_stem).exists():

@@ -17,11 +17,11 @@ from typing import Any
 
 from kvtool import paths
 from kvtool.errors import ClusterError
-from kvtool.local import bootstrap, components, nodeconf, nodehost, nodeimages, nodenet
+from kvtool.local import bootstrap, components, nodeconf, nodehost, nodeimages, nodenet, powerapi
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
 from kvtool.local.state import ClusterState
-from kvtool.local.supervisor import Step
+from kvtool.local.supervisor import NodeHost, Step
 
 
 def free_port() -> int:
@@ -128,8 +128,21 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
         bootstrap.wait_for_nodes_ready(layout.kubeconfig, names, timeout=120,
                                        node_info={n.name: (n.pod_cidr, n.netns) for n in nodes})
 
+    # The power switch fence agents use (kvtool.local.powerapi): kvtool's controller fails VMs over with it.
+    switch_port = free_port()
+    switch_cert, switch_key = p.ensure_server("power-switch", "kvtool-power-switch", net.gateway)
+    switch_token = powerapi.ensure_token(layout.pki / "power-switch.token")
+
+    def start_power_switch() -> None:
+        powerapi.serve(net.gateway, switch_port, switch_cert, switch_key, switch_token, layout.control_socket)
+
     def install_kvtool() -> None:
-        bootstrap.install_kvtool(layout.kubeconfig, images["launcher"]["ref"], timeout=240)
+        from kvtool.deploy import manifests
+
+        fencing = [manifests.failover_config(fence_agent="embedded"),
+                   manifests.embedded_fence_secret(f"https://{net.gateway}:{switch_port}", switch_token,
+                                                   p.ca_cert.read_text())]
+        bootstrap.install_kvtool(layout.kubeconfig, images["launcher"]["ref"], timeout=240, extra=fencing)
 
     bare = bool(config.get("bare"))
     steps: list[tuple[str, Step]] = [
@@ -151,10 +164,20 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
                  components.kubelet(n, enter[n.name], binary, layout.component_kubeconfig(f"node-{n.name}")),
                  components.kube_proxy(n, enter[n.name], binary))]),
             (f"{len(nodes)} node(s) Ready", wait_nodes_ready),
+            ("node power switch", start_power_switch),
             ("kvtool controller and handlers", install_kvtool),
         ]
     state.progress.append(f"started supervisor at {time.strftime('%H:%M:%S')}")
     return steps
+
+
+def node_hosts(layout: Layout, config: dict[str, Any]) -> list[NodeHost]:
+    """The nodes as the supervisor's power and network switches see them."""
+    if config.get("bare"):
+        return []
+    net = nodenet.choose(layout.home)
+    return [NodeHost(plan.name, plan.cgroup_root, plan.netns, net.gateway)
+            for plan in (node_plan(layout, net, i, name) for i, name in enumerate(config.get("nodes", []), start=1))]
 
 
 def runc_binary() -> str:

@@ -44,6 +44,8 @@ class ClusterState:
     nodes: list[str] = field(default_factory=list)
     progress: list[str] = field(default_factory=list)
     components: dict[str, ComponentState] = field(default_factory=dict)
+    # Faults set by `kvtool cluster node stop|partition`: node -> "off" | "partitioned".
+    node_faults: dict[str, str] = field(default_factory=dict)
     version: int = STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:

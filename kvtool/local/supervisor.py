@@ -25,9 +25,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from kvtool.local import nodehost
+from kvtool.local import nodehost, nodenet
 from kvtool.local.components import ComponentSpec
 from kvtool.local.layout import Layout
 from kvtool.local.state import ClusterState, ComponentState, write_state
@@ -163,10 +164,21 @@ class Child:
 Step = list[ComponentSpec] | Callable[[], None]
 
 
+@dataclass(frozen=True)
+class NodeHost:
+    """What the supervisor needs to switch one embedded node off and on, or cut its network."""
+
+    name: str
+    cgroup_root: str
+    netns: str
+    gateway: str
+
+
 class Supervisor:
     def __init__(self, layout: Layout, state: ClusterState, plan: list[tuple[str, Step]],
-                 on_stopped: Callable[[], object] = lambda: None) -> None:
+                 on_stopped: Callable[[], object] = lambda: None, nodes: list[NodeHost] | None = None) -> None:
         self.layout = layout
+        self.nodes = {n.name: n for n in nodes or []}
         self.state = state
         self.plan = plan
         self.on_stopped = on_stopped
@@ -338,6 +350,8 @@ class Supervisor:
         cmd, name = request.get("cmd"), request.get("component", "")
         if cmd == "ping":
             return {"ok": True}
+        if cmd and cmd.startswith("node-"):
+            return self._node(cmd.removeprefix("node-"), request.get("node", ""))
         child = self.children.get(name)
         if child is None:
             return {"ok": False, "error": f"no component named {name!r}; have {sorted(self.children)}"}
@@ -352,6 +366,64 @@ class Supervisor:
         self.save()
         log.info("component=%s event=control cmd=%s", name, cmd)
         return {"ok": True, "state": child.state.state, "pid": child.state.pid}
+
+
+    # -- node power and network: the embedded cluster's fault switches ----------
+    def _node_children(self, host: NodeHost) -> list[Child]:
+        """The node's daemons in start order (containerd before its kubelet)."""
+        return [c for c in self.children.values() if c.spec.cgroup == host.cgroup_root]
+
+    def _node(self, action: str, node: str) -> dict[str, object]:
+        host = self.nodes.get(node)
+        if host is None:
+            return {"ok": False, "error": f"no node named {node!r}; have {sorted(self.nodes)}"}
+        faults = self.state.node_faults
+        if action == "stop":
+            # Power off: nothing of the node may outlive the switch, so no graceful stop of anything.
+            children = self._node_children(host)
+            for child in children:
+                child.wanted = False
+                child.state.state = "stopped"
+            killed = nodehost.kill_cgroup(host.cgroup_root)
+            for child in children:
+                if child.proc is not None:
+                    child.proc.wait()
+                child.state.pid = None
+                child.state.last_exit = "powered off"
+            faults[node] = "off"
+            log.warning("node=%s event=powered-off processes=%d", node, killed)
+            result: dict[str, object] = {"ok": True, "node": node, "power": "off", "killed": killed}
+        elif action == "start":
+            if faults.get(node) == "off":
+                for child in self._node_children(host):
+                    child.wanted, child.quick_crashes = True, 0
+                    child.start()
+                    deadline = time.monotonic() + child.spec.ready_timeout
+                    while not child.spec.ready() and child.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    child.state.state = "running" if child.spec.ready() else "starting"
+                faults.pop(node, None)
+                log.info("node=%s event=powered-on", node)
+            result = {"ok": True, "node": node, "power": "on"}
+        elif action == "partition":
+            nodenet.partition(host.netns, host.gateway)
+            if faults.get(node) != "off":
+                faults[node] = "partitioned"
+            log.warning("node=%s event=partitioned from=%s", node, host.gateway)
+            result = {"ok": True, "node": node, "network": "partitioned"}
+        elif action == "heal":
+            nodenet.heal(host.netns)
+            if faults.get(node) == "partitioned":
+                faults.pop(node)
+            log.info("node=%s event=healed", node)
+            result = {"ok": True, "node": node, "network": "connected"}
+        elif action == "status":
+            return {"ok": True, "node": node, "power": "off" if faults.get(node) == "off" else "on",
+                    "network": "partitioned" if nodenet.partitioned(host.netns) else "connected"}
+        else:
+            return {"ok": False, "error": f"unknown node action {action!r}"}
+        self.save()
+        return result
 
 
 def acquire_lock(layout: Layout) -> int | None:
@@ -388,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         write_state(layout.home, state)
         return 1
     write_state(layout.home, state)
-    return Supervisor(layout, state, steps, on_stopped=lambda: startup.teardown(layout)).run()
+    return Supervisor(layout, state, steps, on_stopped=lambda: startup.teardown(layout),
+                      nodes=startup.node_hosts(layout, config)).run()
 
 
 if __name__ == "__main__":
