@@ -17,9 +17,11 @@ from kvtool.kube.resources import Resources
 if TYPE_CHECKING:
     import pandas as pd
 
-COLUMNS = ["name", "status", "ready", "node", "ip", "cpu", "memory", "age"]
+COLUMNS = ["name", "status", "ready", "node", "ip", "cpu", "memory", "age", "message"]
 WIDE_COLUMNS = ["namespace", "stack", "name", "status", "ready", "phase", "node", "ip", "cpu", "memory",
-                "run_strategy", "image", "restart_required", "age"]
+                "run_strategy", "image", "restart_required", "age", "message"]
+# What explains a VM that is not fine, most telling first (the controller writes these on the VM).
+PROBLEM_CONDITIONS = ("NodeLost", "Failure")
 
 
 def selector(stack: str | None = None, labels: Mapping[str, str] | None = None) -> str:
@@ -50,6 +52,16 @@ def _condition(obj: Mapping[str, Any], ctype: str) -> str | None:
     return None
 
 
+def problem(vm: Mapping[str, Any]) -> str:
+    """The first true problem condition as `Reason: message` (what went wrong and what to do), or ""."""
+    conds = {c.get("type"): c for c in (vm.get("status") or {}).get("conditions") or []}
+    for ctype in PROBLEM_CONDITIONS:
+        c = conds.get(ctype)
+        if c and c.get("status") == "True":
+            return f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+    return ""
+
+
 def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetime | None = None) -> dict[str, Any]:
     meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status") or {}
     tspec = spec.get("template", {}).get("spec", {})
@@ -77,6 +89,7 @@ def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetim
         "image": ",".join(images) or (kernel or ""),
         "restart_required": _condition(vm, "RestartRequired") == "True",
         "age": age(meta.get("creationTimestamp"), now),
+        "message": problem(vm),
         "created": meta.get("creationTimestamp"),
     }
 

@@ -44,6 +44,9 @@ NODE_ACTIONS = {
 }
 
 
+FAULTS = {"off": "powered off (kvtool cluster node start)", "partitioned": "partitioned (kvtool cluster node heal)"}
+
+
 def run(args: argparse.Namespace) -> int:
     home = paths.kvtool_home()
     if args.action == "up":
@@ -96,9 +99,11 @@ def _status(home, args: argparse.Namespace) -> int:
         nodes = cluster.nodes(home)
         if nodes:
             print()
-            print(f"{'NODE':<16} {'STATUS':<9} {'INTERNAL-IP':<15} {'KUBELET':<9} {'RUNTIME':<20} PODS")
+            print(f"{'NODE':<16} {'STATUS':<9} {'INTERNAL-IP':<15} {'KUBELET':<9} {'RUNTIME':<20} {'PODS':>4}  FAULT")
             for n in nodes:
-                print(f"{n.name:<16} {n.status:<9} {n.internal_ip:<15} {n.kubelet:<9} {n.runtime:<20} {n.pods}")
-            healthy = healthy and all(n.status == "Ready" for n in nodes)
+                fault = FAULTS.get(st.node_faults.get(n.name, ""), "-")
+                print(f"{n.name:<16} {n.status:<9} {n.internal_ip:<15} {n.kubelet:<9} {n.runtime:<20} {n.pods:>4}  "
+                      f"{fault}")
+            healthy = healthy and all(n.status == "Ready" for n in nodes) and not st.node_faults
     sys.stdout.flush()
     return 0 if healthy else 1

@@ -70,8 +70,9 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
         retry = now + dt.timedelta(seconds=backoff(count))
         failure = {"consecutiveFailCount": count, "retries": int(failure.get("retries", 0)) + 1,
                    "lastFailedVMIUID": vmi_uid, "retryAfterTimestamp": timeutil.stamp_precise(retry)}
-        d.events.append(("Warning", "VMIFailed", f"VMI {vmi_uid} failed; restart #{count} after "
-                                                 f"{backoff(count):.0f}s"))
+        why = (vmi.get("status") or {}).get("reason")
+        d.events.append(("Warning", "VMIFailed", f"VMI {vmi_uid} failed" + (f" ({why})" if why else "") +
+                         f"; restart #{count} after {backoff(count):.0f}s"))
     elif vmi and phase == "Running" and failure and (ran := _running_since(vmi)) and now - ran > STABLE_RUN:
         failure = {}
     retry_after = timeutil.parse(failure.get("retryAfterTimestamp")) if failure else None

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvtool.errors import ClusterError, ConfigError
@@ -263,6 +263,7 @@ class ClusterStatus:
     components: list[ComponentStatus]
     supervisor_alive: bool
     error: str | None = None
+    node_faults: dict[str, str] = field(default_factory=dict)  # node -> off | partitioned (kvtool cluster node)
 
 
 def status(home: Path) -> ClusterStatus:
@@ -285,7 +286,8 @@ def status(home: Path) -> ClusterStatus:
             ready = components.apiserver_ready(state.server, pki_mod.PKI(layout.pki))
         except OSError:
             ready = False
-    return ClusterStatus(home, phase, state.server, ready, comps, alive, state.error)
+    return ClusterStatus(home, phase, state.server, ready, comps, alive, state.error,
+                         dict(state.node_faults) if alive else {})
 
 
 @dataclass

@@ -31,7 +31,7 @@ from kvtool.kube.resources import Resources
 from kvtool.notebook import manifest as mf
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 
-LIVE_COLUMNS = ["name", "status", "phase", "node", "ip", "cpu", "memory", "age"]
+LIVE_COLUMNS = ["name", "status", "phase", "node", "ip", "cpu", "memory", "age", "message"]
 WATCH_SECONDS = 20  # how long one watch request lasts; also how late a stopped table's threads exit
 ObjKey = tuple[str, str]
 
