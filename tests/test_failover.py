@@ -26,7 +26,7 @@ from tests.vmfactory import vm
 from tests.waiting import wait_for
 
 NODES = ("kvtool-node-1", "kvtool-node-2")
-GRACE = 8
+GRACE = 12  # the shortest the setting allows: above the kubelet's 10 s lease renewals
 CONFIG = "kvtool-failover"
 STACK = "failover"
 
@@ -124,6 +124,29 @@ def _start_time(pid: int) -> float:
     return btime + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _partition_and_fail_over(cluster: Cluster, name: str) -> str:
+    """Partition the running VM's node until the VM runs elsewhere; that node. Checks that its old QEMU
+    exited before the new one started. The caller puts the node back in service."""
+    first = wait_running(cluster, name)
+    node = first["status"]["nodeName"]
+    [old_qemu] = qemu_for(f"default_{name}")
+    watch = ExitWatch(old_qemu)
+    kvtool("cluster", "node", "partition", node, check=True)
+    try:
+        again = _replacement(cluster, name, first, timeout=GRACE + 150)
+        assert again["status"]["nodeName"] != node
+        [new_qemu] = qemu_for(f"default_{name}")
+        watch.thread.join(timeout=10)
+        assert watch.exited_at is not None, "the partitioned node's QEMU was stopped by fencing"
+        started = _start_time(new_qemu)
+        assert watch.exited_at <= started, (
+            f"the replacement QEMU started at {started:.2f}, before the old one exited at {watch.exited_at:.2f}")
+    except BaseException:
+        _back_in_service(cluster, node)
+        raise
+    return node
+
+
 class ExitWatch:
     """Records the moment a process exits (a pidfd becomes readable then), from a thread."""
 
@@ -186,20 +209,8 @@ def test_a_partitioned_node_s_qemu_is_gone_before_the_replacement_starts(cluster
                                                                           tmp_path: Path) -> None:
     name = _name()
     _apply(tmp_path, _preferring(vm(name, run_strategy="Always"), NODES[1]))
-    first = wait_running(cluster, name)
-    node = first["status"]["nodeName"]
-    [old_qemu] = qemu_for(f"default_{name}")
-    watch = ExitWatch(old_qemu)
-    kvtool("cluster", "node", "partition", node, check=True)
+    node = _partition_and_fail_over(cluster, name)
     try:
-        again = _replacement(cluster, name, first, timeout=GRACE + 120)
-        assert again["status"]["nodeName"] != node
-        [new_qemu] = qemu_for(f"default_{name}")
-        watch.thread.join(timeout=10)
-        assert watch.exited_at is not None, "the partitioned node's QEMU was stopped by fencing"
-        started = _start_time(new_qemu)
-        assert watch.exited_at <= started, (
-            f"the replacement QEMU started at {started:.2f}, before the old one exited at {watch.exited_at:.2f}")
         lost = condition(get(cluster, "vm", name), "NodeLost")
         assert lost.get("status") != "True", lost
     finally:
@@ -278,3 +289,54 @@ def test_a_vm_on_a_node_local_volume_waits_for_its_node(cluster: Cluster, fast_f
     cluster.kubectl("delete", "vm", name, "--wait=true", timeout=120)
     cluster.kubectl("delete", "pvc", f"{name}-data", "--wait=false")
     cluster.kubectl("delete", "pv", f"{name}-pv", "--wait=false")
+
+
+# The admin's fence command, as a real cluster would run fence_ipmilan: here it asks the embedded power switch,
+# with the credentials from the Secret mounted into the Job's pod.
+FENCE_SCRIPT = """
+import json, os, ssl, urllib.request
+read = lambda key: open('/etc/fence/' + key).read().strip()
+request = urllib.request.Request(read('endpoint') + '/v1/nodes/' + os.environ['NODE_NAME'] + '/power-off',
+                                 method='POST', headers={'Authorization': 'Bearer ' + read('token')})
+context = ssl.create_default_context(cafile='/etc/fence/ca.crt')
+print(json.load(urllib.request.urlopen(request, context=context, timeout=30)))
+"""
+
+
+def test_a_fence_job_of_the_admin_fences_a_partitioned_node(cluster: Cluster, fast_failover: None,
+                                                           tmp_path: Path) -> None:
+    image = cluster.kubectl("-n", "kvtool-system", "get", "deploy", "kvtool-controller", "-o",
+                            "jsonpath={.spec.template.spec.containers[0].image}").stdout
+    job = {"template": {"spec": {
+        "containers": [{"name": "fence", "image": image, "imagePullPolicy": "IfNotPresent",
+                        "command": ["python3", "-c", FENCE_SCRIPT],
+                        "volumeMounts": [{"name": "creds", "mountPath": "/etc/fence", "readOnly": True}]}],
+        "volumes": [{"name": "creds", "secret": {"secretName": "kvtool-fence-embedded"}}]}}}
+    name = _name()
+    _apply(tmp_path, _preferring(vm(name, run_strategy="Always"), NODES[1]))
+    wait_running(cluster, name)
+    _failover_setting(cluster, fenceAgent="job", fenceJob=yaml.safe_dump(job))
+    try:
+        node = _partition_and_fail_over(cluster, name)
+    except BaseException:
+        _failover_setting(cluster, fenceAgent="embedded", fenceJob="")
+        raise
+    try:
+        annotations = _node(cluster, node)["metadata"]["annotations"]
+        assert annotations["kvtool.io/fence-state"] == "Fenced"
+        assert annotations["kvtool.io/fence-message"] == f"fence Job kvtool-fence-{node} completed"
+        wait_for(lambda: cluster.kubectl("-n", "kvtool-system", "get", "job", f"kvtool-fence-{node}",
+                                         check=False).returncode != 0, timeout=30,
+                 what="the finished fence Job removed")
+    finally:
+        _failover_setting(cluster, fenceAgent="embedded", fenceJob="")
+        _back_in_service(cluster, node)
+    cluster.kubectl("delete", "vm", name, "--wait=false")
+
+
+def test_node_switches_name_the_nodes_they_know(cluster: Cluster) -> None:
+    result = kvtool("cluster", "node", "stop", "kvtool-node-9")
+    assert result.returncode == 1
+    assert "no node named 'kvtool-node-9'; have ['kvtool-node-1', 'kvtool-node-2']" in result.stderr
+    status = kvtool("cluster", "node", "status", NODES[0], check=True)
+    assert status.stdout.strip() == f"{NODES[0]}: power on, network connected"

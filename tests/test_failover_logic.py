@@ -33,12 +33,12 @@ def lease(seconds_ago: float) -> dict[str, Any]:
 
 def test_the_setting_parses_and_a_bad_one_turns_failover_off_with_the_reason() -> None:
     assert failover.Config.from_data(None) == failover.Config(enabled=True, grace=40.0, fence_agent="none")
-    cfg = failover.Config.from_data({"enabled": "true", "nodeLostGraceSeconds": "8", "fenceAgent": "embedded"})
-    assert cfg.fences and cfg.grace == 8
+    cfg = failover.Config.from_data({"enabled": "true", "nodeLostGraceSeconds": "12", "fenceAgent": "embedded"})
+    assert cfg.fences and cfg.grace == 12
     assert not failover.Config.from_data({"enabled": "false", "fenceAgent": "embedded"}).fences
     for data, expected in (({"nodeLostGraceSeconds": "soon"}, "must be a number of seconds, got 'soon'"),
-                           ({"nodeLostGraceSeconds": "1"}, "between 5 and 3600, got 1"),
-                           ({"fenceAgent": "ipmi"}, "fenceAgent must be one of none, embedded, got 'ipmi'"),
+                           ({"nodeLostGraceSeconds": "1"}, "between 12 and 3600, got 1"),
+                           ({"fenceAgent": "ipmi"}, "fenceAgent must be one of none, embedded, job, got 'ipmi'"),
                            ({"enabled": "yes"}, "enabled must be true or false")):
         cfg = failover.Config.from_data(data)
         assert not cfg.enabled and expected in cfg.error
@@ -56,15 +56,15 @@ def test_a_node_is_lost_only_when_both_heartbeats_are_stale() -> None:
 
 def test_the_node_lost_condition_says_what_happens_next() -> None:
     agent = failover.Config(fence_agent="embedded", grace=40)
-    cases = {
-        (failover.Config(), "", False): ("NoFenceAgent", "no fence agent is configured"),
-        (failover.Config(enabled=False, fence_agent="embedded"), "", False): ("FailoverDisabled", "enabled=false"),
-        (agent, "", True): ("FailoverOptedOut", "kvtool.io/failover=disabled"),
-        (agent, "Fencing", False): ("Fencing", "fencing it with agent embedded"),
-        (agent, "FenceFailed", False): ("FenceFailed", "failed, retrying: boom"),
-        (agent, "Fenced", False): ("NodeFenced", "fenced by agent embedded: boom"),
-    }
-    for (cfg, state, opted), (reason, text) in cases.items():
+    cases = [
+        ((failover.Config(), "", False), ("NoFenceAgent", "no fence agent is configured")),
+        ((failover.Config(enabled=False, fence_agent="embedded"), "", False), ("FailoverDisabled", "enabled=false")),
+        ((agent, "", True), ("FailoverOptedOut", "kvtool.io/failover=disabled")),
+        ((agent, "Fencing", False), ("Fencing", "fencing it with agent embedded")),
+        ((agent, "FenceFailed", False), ("FenceFailed", "failed, retrying: boom")),
+        ((agent, "Fenced", False), ("NodeFenced", "fenced by agent embedded: boom")),
+    ]
+    for (cfg, state, opted), (reason, text) in cases:
         cond = failover.lost_condition(NODE, NOW, cfg, state, "boom", opted)
         assert cond["type"] == "NodeLost" and cond["status"] == "True"
         assert cond["reason"] == reason and text in cond["message"], cond
@@ -141,7 +141,7 @@ def test_the_controller_leaves_a_lost_node_quickly_and_may_only_read_its_own_sec
     ctl = manifests.controller_deployment("img")[0]["spec"]["template"]["spec"]
     tolerated = {t["key"]: t["tolerationSeconds"] for t in ctl["tolerations"]}
     assert tolerated == {"node.kubernetes.io/unreachable": 5, "node.kubernetes.io/not-ready": 5}
-    role = next(d for d in manifests.rbac() if d["kind"] == "Role" and d["metadata"]["name"].endswith("election"))
+    role = next(d for d in manifests.rbac() if d["kind"] == "Role" and d["metadata"]["name"].endswith("failover"))
     secrets = next(r for r in role["rules"] if r["resources"] == ["secrets"])
     assert secrets["resourceNames"] == [manifests.FENCE_SECRET] and secrets["verbs"] == ["get"]
     assert manifests.failover_config()["data"]["fenceAgent"] == "none", "real installs never fence by default"
@@ -211,3 +211,32 @@ def test_the_switch_refuses_a_wrong_token_and_an_unknown_node(switch) -> None:
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{endpoint}/v1/nodes/{NODE}", context=context, timeout=5)
     assert [r["node"] for r in seen] == ["x"], "a refused token never reaches the supervisor"
+
+
+def test_a_fence_job_is_the_admins_spec_for_this_node_kept_off_it() -> None:
+    spec = {"template": {"spec": {"containers": [{"name": "ipmi", "image": "fence-agents",
+                                                  "command": ["fence_ipmilan", "--plug", "$(NODE_NAME)"]}]}}}
+    job = fence.job_manifest("Node_A.example", spec, "kvtool-system")
+    assert job["metadata"]["name"] == "kvtool-fence-node-a-example"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert pod["containers"][0]["env"] == [{"name": "NODE_NAME", "value": "Node_A.example"}]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn",
+                                            "values": ["Node_A.example"]}]}]
+    assert "env" not in spec["template"]["spec"]["containers"][0], "the ConfigMap's spec is not changed"
+    assert fence.job_outcome(job) is None
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    assert fence.job_outcome(job) == (False, "fence Job kvtool-fence-node-a-example failed: BackoffLimitExceeded")
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert fence.job_outcome(job) == (True, "fence Job kvtool-fence-node-a-example completed")
+
+
+def test_the_job_agent_needs_a_job_spec_with_a_container() -> None:
+    for data, expected in (({"fenceAgent": "job"}, "fenceAgent job needs fenceJob"),
+                           ({"fenceAgent": "job", "fenceJob": "template: ["}, "fenceJob is not YAML"),
+                           ({"fenceAgent": "job", "fenceJob": "template: {spec: {}}"}, "template.spec.containers")):
+        cfg = failover.Config.from_data(data)
+        assert not cfg.enabled and expected in cfg.error, cfg
+    cfg = failover.Config.from_data({"fenceAgent": "job", "fenceJob": "template:\n  spec:\n    containers: [{}]\n"})
+    assert cfg.fences and cfg.fence_job == {"template": {"spec": {"containers": [{}]}}}

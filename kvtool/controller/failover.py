@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from kvtool.controller import conditions, timeutil
 from kvtool.deploy import manifests
@@ -29,7 +31,10 @@ FENCE_MESSAGE_ANNOTATION = "kvtool.io/fence-message"
 FENCED_AT_ANNOTATION = "kvtool.io/fenced-at"
 FENCE_ANNOTATIONS = (FENCE_STATE_ANNOTATION, FENCE_MESSAGE_ANNOTATION, FENCED_AT_ANNOTATION)
 OUT_OF_SERVICE = {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}
-AGENTS = ("none", "embedded")
+# Above the kubelet's Node Lease renew interval (10 s): a shorter grace would judge a node whose handler merely
+# restarted lost between two kubelet renewals.
+MIN_GRACE = 12
+AGENTS = ("none", "embedded", "job")
 NODE_LOST, BLOCKED = "NodeLost", "FailoverBlocked"
 REASON_FENCED = "NodeFenced"
 
@@ -41,6 +46,7 @@ class Config:
     enabled: bool = True
     grace: float = 40.0
     fence_agent: str = "none"
+    fence_job: dict[str, Any] = field(default_factory=dict)  # agent "job": the Job spec (batch/v1 JobSpec)
     error: str = ""  # a ConfigMap that does not parse: failover is off, and the VMs say why
 
     @classmethod
@@ -57,9 +63,21 @@ class Config:
             return cls(enabled=False, error=f"enabled must be true or false, got {data.get('enabled')!r}")
         if agent not in AGENTS:
             return cls(enabled=False, error=f"fenceAgent must be one of {', '.join(AGENTS)}, got {agent!r}")
-        if not 5 <= grace <= 3600:
-            return cls(enabled=False, error=f"nodeLostGraceSeconds must be between 5 and 3600, got {grace:g}")
-        return cls(enabled=enabled == "true", grace=grace, fence_agent=agent)
+        if not MIN_GRACE <= grace <= 3600:
+            return cls(enabled=False, error=f"nodeLostGraceSeconds must be between {MIN_GRACE} and 3600, got "
+                                            f"{grace:g}")
+        job: dict[str, Any] = {}
+        if agent == "job":
+            try:
+                job = yaml.safe_load(data.get("fenceJob") or "") or {}
+            except yaml.YAMLError as exc:
+                return cls(enabled=False, error=f"fenceJob is not YAML: {str(exc).splitlines()[0]}")
+            containers = (((job.get("template") if isinstance(job, dict) else None) or {}).get("spec") or {}).get(
+                "containers") if isinstance(job, dict) else None
+            if not isinstance(containers, list) or not containers:
+                return cls(enabled=False, error="fenceAgent job needs fenceJob: a Job spec with template.spec."
+                                                "containers (the fence command; $NODE_NAME names the node)")
+        return cls(enabled=enabled == "true", grace=grace, fence_agent=agent, fence_job=job)
 
     @property
     def fences(self) -> bool:

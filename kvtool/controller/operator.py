@@ -40,6 +40,7 @@ FIELD_MANAGER = "kvtool-controller"
 POD = Kind("v1", "Pod", "pods")
 NODE = Kind("v1", "Node", "nodes")
 PV = Kind("v1", "PersistentVolume", "persistentvolumes")
+JOB = Kind("batch/v1", "Job", "jobs")
 # How often node heartbeats are checked (the grace itself is the cluster's failover setting).
 NODE_CHECK_PERIOD = 2.0
 CONFIG_TTL = 5.0
@@ -212,23 +213,25 @@ class Controller:
     async def check_nodes(self) -> None:
         """One pass over every node; a node whose check fails is checked again next pass."""
         cfg = await self.failover_config()
+        by_node: dict[str, list[dict[str, Any]]] = {}
+        for store in self.indexes.get("vmi_index", {}).values():
+            for body in store:
+                if node := (body.get("status") or {}).get("nodeName"):
+                    by_node.setdefault(node, []).append(plain(body))
         for name in list(self.indexes.get("node_body_index", {})):
             node = self._one("node_body_index", name)
             try:
-                await self.check_node(name, node, cfg, timeutil.now())
+                await self.check_node(name, node, by_node.get(name, []), cfg, timeutil.now())
             except Exception as exc:  # a resync: the next pass retries
                 log.warning("node=%s event=check-failed error=%r", name, str(exc))
 
-    def _vmis_on(self, node: str) -> list[dict[str, Any]]:
-        return [plain(b) for store in self.indexes.get("vmi_index", {}).values() for b in store
-                if (b.get("status") or {}).get("nodeName") == node]
-
-    async def check_node(self, name: str, node: dict[str, Any] | None, cfg: failover.Config, now: Any) -> None:
+    async def check_node(self, name: str, node: dict[str, Any] | None, on_node: list[dict[str, Any]],
+                         cfg: failover.Config, now: Any) -> None:
+        """Judge one node by its heartbeats; fence it and fail its VMIs over when it is lost."""
         heartbeat = failover.last_heartbeat([self._one("lease_index", (failover.NODE_LEASE_NAMESPACE, name)),
                                              self._one("lease_index", (self.namespace,
                                                                        failover.HANDLER_LEASE_PREFIX + name))])
         state = failover.fence_state(node)
-        on_node = self._vmis_on(name)
         live = [v for v in on_node if (v.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
                 and not v["metadata"].get("deletionTimestamp")]
         if not failover.is_lost(heartbeat, cfg.grace, now):
@@ -236,10 +239,8 @@ class Controller:
                 await self._lift_fence(name, node or {}, on_node)
             for vmi in live:
                 if conditions.is_true(vmi, failover.NODE_LOST):
-                    back = conditions.condition(failover.NODE_LOST, False, "HeartbeatResumed",
-                                                f"node {name} is reporting again")
-                    if (conds := failover.with_condition(vmi, back)) is not None:
-                        await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+                    await self._set_condition(vmi, conditions.condition(
+                        failover.NODE_LOST, False, "HeartbeatResumed", f"node {name} is reporting again"))
             return
         if not live and not state:
             return  # nothing runs there: nothing to fence, nothing to tell
@@ -262,8 +263,7 @@ class Controller:
                     # The node is off: nothing will ever finish this pod, and it holds the VMI's deletion.
                     await self._call(self.res.delete, POD, pod["metadata"]["namespace"], pod["metadata"]["name"],
                                      grace_period=0)
-            elif (conds := failover.with_condition(vmi, lost)) is not None:
-                await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+            elif await self._set_condition(vmi, lost):
                 log.warning("vmi=%s/%s event=node-lost node=%s reason=%s", vmi["metadata"]["namespace"],
                             vmi["metadata"]["name"], name, lost["reason"])
 
@@ -290,24 +290,57 @@ class Controller:
         await self._call(self.res.merge_patch, NODE, None, name, patch, field_manager=FIELD_MANAGER)
 
     async def _fence(self, name: str, node: dict[str, Any], cfg: failover.Config) -> str:
-        """Run the fence agent on a lost node: "Fenced" once it proved the node off, else "FenceFailed"."""
-        next_try, backoff = self.fence_retry.get(name, (0.0, NODE_CHECK_PERIOD))
+        """One step of fencing a lost node: "Fenced" once the agent proved it off, "Fencing" while a fence
+        Job runs, "FenceFailed" (retried with backoff) when the agent could not."""
+        state = failover.fence_state(node)
+        if cfg.fence_agent == "job" and state == "Fencing":
+            return await self._follow_fence_job(name, node, cfg)
+        next_try, _backoff = self.fence_retry.get(name, (0.0, NODE_CHECK_PERIOD))
         if time.monotonic() < next_try:
-            return failover.fence_state(node) or "Fencing"
-        started = time.monotonic()
+            return state or "Fencing"
         await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "Fencing",
                                          failover.FENCE_MESSAGE_ANNOTATION: f"agent {cfg.fence_agent} started"})
         log.warning("node=%s event=fencing agent=%s", name, cfg.fence_agent)
+        if cfg.fence_agent == "job":
+            job = fence.job_manifest(name, cfg.fence_job, self.namespace)
+            try:
+                await self._call(self.res.create, JOB, job, FIELD_MANAGER)
+            except KubeError as exc:
+                if exc.status != 409:
+                    return await self._fence_failed(name, cfg, f"could not create the fence Job: {exc.message}")
+            return "Fencing"
         try:
             secret = await self._call(self.res.get, SECRET, self.namespace, failover.EMBEDDED_SECRET)
             message = await asyncio.to_thread(fence.embedded, name, secret)
         except fence.FenceError as exc:
-            self.fence_retry[name] = (time.monotonic() + backoff, min(backoff * 2, FENCE_RETRY_MAX))
+            return await self._fence_failed(name, cfg, str(exc))
+        return await self._fenced(name, node, cfg, message)
+
+    async def _follow_fence_job(self, name: str, node: dict[str, Any], cfg: failover.Config) -> str:
+        job = await self._call(self.res.get, JOB, self.namespace, fence.job_name(name))
+        if job is None:  # deleted meanwhile: start again
             await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "FenceFailed",
-                                             failover.FENCE_MESSAGE_ANNOTATION: str(exc)[:1000]})
-            log.error("node=%s event=fence-failed agent=%s error=%r retry_in=%.0fs", name, cfg.fence_agent,
-                      str(exc), backoff)
+                                             failover.FENCE_MESSAGE_ANNOTATION: "the fence Job disappeared"})
             return "FenceFailed"
+        outcome = fence.job_outcome(job)
+        if outcome is None:
+            return "Fencing"
+        await self._call(self.res.delete, JOB, self.namespace, fence.job_name(name))
+        fenced, message = outcome
+        if not fenced:
+            return await self._fence_failed(name, cfg, message)
+        return await self._fenced(name, node, cfg, message)
+
+    async def _fence_failed(self, name: str, cfg: failover.Config, error: str) -> str:
+        _, backoff = self.fence_retry.get(name, (0.0, NODE_CHECK_PERIOD))
+        self.fence_retry[name] = (time.monotonic() + backoff, min(backoff * 2, FENCE_RETRY_MAX))
+        await self._annotate_node(name, {failover.FENCE_STATE_ANNOTATION: "FenceFailed",
+                                         failover.FENCE_MESSAGE_ANNOTATION: error[:1000]})
+        log.error("node=%s event=fence-failed agent=%s error=%r retry_in=%.0fs", name, cfg.fence_agent, error,
+                  backoff)
+        return "FenceFailed"
+
+    async def _fenced(self, name: str, node: dict[str, Any], cfg: failover.Config, message: str) -> str:
         self.fence_retry.pop(name, None)
         taints = failover.without_out_of_service(node)
         # Kubernetes' own signal that the node is off: it force-deletes the node's other pods and detaches volumes.
@@ -315,21 +348,29 @@ class Controller:
                                          failover.FENCE_MESSAGE_ANNOTATION: message,
                                          failover.FENCED_AT_ANNOTATION: timeutil.stamp_precise()},
                                   taints=[*taints, failover.OUT_OF_SERVICE])
-        log.warning("node=%s event=fenced agent=%s seconds=%.2f detail=%r", name, cfg.fence_agent,
-                    time.monotonic() - started, message)
+        log.warning("node=%s event=fenced agent=%s detail=%r", name, cfg.fence_agent, message)
+        if node.get("metadata"):
+            kopf.event(node, type="Warning", reason="NodeFenced",
+                       message=f"fenced by agent {cfg.fence_agent}: {message}")
         return "Fenced"
 
     async def _lift_fence(self, name: str, node: dict[str, Any], on_node: list[dict[str, Any]]) -> None:
         """The node is back (heartbeats and Ready): it takes pods again, and VMs held for its disks start."""
         taints = failover.without_out_of_service(node)
         await self._annotate_node(name, dict.fromkeys(failover.FENCE_ANNOTATIONS), taints=taints)
+        self.fence_retry.pop(name, None)
         log.info("node=%s event=fence-lifted", name)
         for vmi in on_node:
             if conditions.is_true(vmi, failover.BLOCKED):
-                back = conditions.condition(failover.BLOCKED, False, "NodeReturned",
-                                            f"node {name} is back: the VM can start again with its disk")
-                if (conds := failover.with_condition(vmi, back)) is not None:
-                    await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+                await self._set_condition(vmi, conditions.condition(
+                    failover.BLOCKED, False, "NodeReturned", f"node {name} is back: the VM starts again with its disk"))
+
+    async def _set_condition(self, vmi: dict[str, Any], cond: dict[str, Any]) -> bool:
+        """Write one condition of a VMI's status unless it already says exactly that; whether it wrote."""
+        if (conds := failover.with_condition(vmi, cond)) is None:
+            return False
+        await self._patch(vmi, {"status": {"conditions": conds}}, subresource="status")
+        return True
 
 
 def _owned_by(vmi: dict[str, Any], vm: dict[str, Any]) -> bool:

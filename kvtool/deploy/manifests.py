@@ -95,15 +95,19 @@ def rbac(ns: str = NAMESPACE) -> list[Manifest]:
     # Leader election: only its own Lease, only in kvtool's namespace.
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{CONTROLLER}-leader-election", ns, CONTROLLER),
-                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"]),
-                          # The failover setting and the embedded fence agent's credentials: these two only.
-                          {**_rule([""], ["configmaps"], ["get"]), "resourceNames": [FAILOVER_CONFIG]},
-                          {**_rule([""], ["secrets"], ["get"]), "resourceNames": [FENCE_SECRET]}]})
+                "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]})
+    # Failover: its setting and the embedded fence agent's credentials (these two only), fence Jobs.
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": _meta(f"{CONTROLLER}-failover", ns, CONTROLLER),
+                "rules": [{**_rule([""], ["configmaps"], ["get"]), "resourceNames": [FAILOVER_CONFIG]},
+                          {**_rule([""], ["secrets"], ["get"]), "resourceNames": [FENCE_SECRET]},
+                          _rule(["batch"], ["jobs"], ["get", "create", "delete"])]})
     # Heartbeats: each handler renews its own Lease (kvtool-handler-<node>) in kvtool's namespace.
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{HANDLER}-heartbeat", ns, HANDLER),
                 "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "patch", "update"])]})
-    for name, account in ((f"{CONTROLLER}-leader-election", CONTROLLER), (f"{HANDLER}-heartbeat", HANDLER)):
+    for name, account in ((f"{CONTROLLER}-leader-election", CONTROLLER), (f"{CONTROLLER}-failover", CONTROLLER),
+                          (f"{HANDLER}-heartbeat", HANDLER)):
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                     "metadata": _meta(name, ns, account),
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -114,7 +118,9 @@ def rbac(ns: str = NAMESPACE) -> list[Manifest]:
 def failover_config(fence_agent: str = "none", grace_seconds: int = 40, enabled: bool = True,
                     ns: str = NAMESPACE) -> Manifest:
     """The cluster's failover setting. Real installs start with no fence agent: kvtool then never moves the
-    VMs of a lost node and says why; `kvtool cluster up` sets its own power switch (fenceAgent: embedded)."""
+    VMs of a lost node and says why. An admin sets fenceAgent: job and fenceJob (a batch/v1 Job spec whose
+    container powers $NODE_NAME off, e.g. with fence_ipmilan); `kvtool cluster up` uses its own power switch
+    (fenceAgent: embedded)."""
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(FAILOVER_CONFIG, ns, CONTROLLER),
             "data": {"enabled": "true" if enabled else "false", "nodeLostGraceSeconds": str(grace_seconds),
                      "fenceAgent": fence_agent}}
