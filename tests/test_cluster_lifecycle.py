@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import socket
-import time
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from kvtool import paths
 from kvtool.local import cluster as local_cluster
 from tests.conftest import kvtool
+from tests.waiting import wait_for
 
 
 def _pid(home: Path, component: str) -> int:
@@ -35,18 +36,19 @@ def test_lifecycle_kill_stale_restart_and_down(home: Path) -> None:
 
     # A killed apiserver is reported by status (and restarted by the supervisor).
     os.kill(_pid(home, "apiserver"), signal.SIGKILL)
-    time.sleep(0.3)
-    status = kvtool("cluster", "status", env=env)
-    line = next(ln for ln in status.stdout.splitlines() if ln.startswith("apiserver"))
-    assert "killed by SIGKILL" in line, status.stdout
+
+    def reported() -> subprocess.CompletedProcess[str] | None:
+        status = kvtool("cluster", "status", env=env)
+        line = next(ln for ln in status.stdout.splitlines() if ln.startswith("apiserver"))
+        return status if "killed by SIGKILL" in line else None
+
+    status = wait_for(reported, timeout=10, what="status reporting the killed apiserver")
     assert status.returncode == 1, "status must fail while the apiserver is down"
 
     # A crashed supervisor leaves a stale cluster; `up` cleans it up and starts afresh.
     sup = json.loads((home / "cluster.json").read_text())["supervisor_pid"]
     os.kill(sup, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while local_cluster.lock_held(home) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not local_cluster.lock_held(home), timeout=10, what="the dead supervisor's lock released")
     assert "stale" in kvtool("cluster", "status", env=env).stdout
     up = kvtool("cluster", "up", "--nodes", "0", env=env, check=True)
     assert "Cleaning up a stale cluster" in up.stderr

@@ -102,8 +102,8 @@ def _handler_pod(cluster: Cluster, node: str) -> str:
 
 def _token_kubeconfig(cluster: Cluster, path: Path, token: str) -> str:
     """A kubeconfig with only this token: what a handler pod itself authenticates with."""
+    from kvtool.clusterstate import read_state
     from kvtool.local import pki
-    from kvtool.local.state import read_state
 
     state = read_state(cluster.home)
     assert state is not None

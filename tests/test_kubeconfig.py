@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kvtool.clusterstate import STATE_VERSION
 from kvtool.errors import ConfigError
 from kvtool.kube import config
-from kvtool.local.state import STATE_VERSION
 
 
 @pytest.fixture

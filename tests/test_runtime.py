@@ -154,8 +154,40 @@ def test_libvirt_rejecting_the_domain_is_a_failure_with_its_message(cluster: Clu
     v = wait_for(failed_with_reason, timeout=120, what="a Failure condition carrying libvirt's message",
                  describe=describe_vm(cluster, name))
     assert v["status"]["printableStatus"] in ("CrashLoopBackOff", "Starting"), v["status"]
-    wait_for(lambda: vm_status(cluster, name) == "CrashLoopBackOff", timeout=120, what="CrashLoopBackOff",
-             describe=describe_vm(cluster, name))
+    # Backing off between VMIs, the VM still says what went wrong last.
+    wait_for(lambda: vm_status(cluster, name) == "CrashLoopBackOff" and "last failure: DomainStartFailed" in
+             condition(get(cluster, "vm", name), "Failure").get("message", "") and "no-such-cpu-model" in
+             condition(get(cluster, "vm", name), "Failure").get("message", ""), timeout=120,
+             what="CrashLoopBackOff naming the last failure", describe=describe_vm(cluster, name))
+    delete_vm(cluster, name)
+
+
+def test_a_failure_no_retry_can_fix_stops_the_vm_with_its_reason(cluster: Cluster, tiny_image: str, name: str,
+                                                                 tmp_path: Path) -> None:
+    doc = vm(name, run_strategy="Always")
+    spec = doc["spec"]["template"]["spec"]
+    spec["domain"]["devices"]["disks"].append({"name": "root", "disk": {"bus": "virtio"}})
+    spec["volumes"] = [{"name": "root", "containerDisk": {"image": tiny_image}}]  # a kernel image, not a disk
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    refused = kvtool("validate", str(path))
+    assert refused.returncode == 1 and "containerDisk.image: image 'tiny-linux' is a kernel image" in refused.stderr
+    cluster.kubectl("apply", "-f", str(path))  # kubectl knows no image store: the runtime must say it
+
+    def stopped() -> dict | None:
+        v = get(cluster, "vm", name)
+        failure = condition(v, "Failure")
+        return v if vm_status(cluster, name) == "Stopped" and failure.get("reason") == "InvalidVMI" else None
+
+    v = wait_for(stopped, timeout=120, what="the VM Stopped with reason InvalidVMI",
+                 describe=describe_vm(cluster, name))
+    message = condition(v, "Failure")["message"]
+    assert "is a kernel image" in message and "not restarted" in message, message
+    failed = get(cluster, "vmi", name)
+    assert failed is not None and failed["status"]["phase"] == "Failed"
+    assert v["status"].get("startFailure", {}).get("consecutiveFailCount") == 1, "no crash loop"
+    detail = kvtool("status", name, check=True).stdout
+    assert "Status:" in detail and "Stopped" in detail and "InvalidVMI" in detail and "not restarted" in detail, detail
     delete_vm(cluster, name)
 
 

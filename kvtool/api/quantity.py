@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 _RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|(?:[eE][+-]?[0-9]+))?$")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal(10**3),
             "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
             "E": Decimal(10**18)}
+
+
+MAX_DIGITS = 40  # far beyond anything Kubernetes stores; ceil() of 1e999999 would not finish
 
 
 class QuantityError(ValueError):
@@ -29,15 +32,23 @@ def parse(value: str | int | float) -> Decimal:
     if not m:
         raise QuantityError(f"{value!r} is not a quantity (examples: 128Mi, 1Gi, 500m, 2)")
     number, suffix = m.group(1), m.group(2) or ""
-    try:
-        n = Decimal(number)
-    except InvalidOperation as exc:
-        raise QuantityError(f"{value!r} is not a quantity") from exc
-    if suffix in _BINARY:
-        return n * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return n * _DECIMAL[suffix]
-    return n * Decimal(10) ** int(suffix[1:])
+    with localcontext(prec=80):  # exact: the default 28 digits would round e.g. 13195369049Ei
+        try:
+            n = Decimal(number)
+        except InvalidOperation as exc:
+            raise QuantityError(f"{value!r} is not a quantity") from exc
+        try:
+            if suffix in _BINARY:
+                result = n * _BINARY[suffix]
+            elif suffix in _DECIMAL:
+                result = n * _DECIMAL[suffix]
+            else:
+                result = n * Decimal(10) ** int(suffix[1:])
+        except ArithmeticError as exc:
+            raise QuantityError(f"{value!r} is too large for a quantity") from exc
+    if result and result.adjusted() > MAX_DIGITS:
+        raise QuantityError(f"{value!r} is too large for a quantity")
+    return result
 
 
 def is_quantity(value: object) -> bool:
@@ -49,7 +60,8 @@ def is_quantity(value: object) -> bool:
 
 
 def to_bytes(value: str | int) -> int:
-    return math.ceil(parse(value))
+    with localcontext(prec=80):
+        return math.ceil(parse(value))
 
 
 def to_millicores(value: str | int) -> int:

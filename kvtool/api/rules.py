@@ -123,6 +123,8 @@ def check(doc: Any, tree: RuleNode | None) -> Iterator[tuple[str, str]]:
                 for i, item in enumerate(node):
                     if isinstance(item, Mapping):
                         k = tuple(item.get(x) for x in rn.list_keys)
+                        if not all(isinstance(v, str | int | bool | float | None) for v in k):
+                            continue  # a key of the wrong type: the schema reports it
                         if k in seen:
                             shown = ", ".join(f"{x}={v!r}" for x, v in zip(rn.list_keys, k, strict=True))
                             yield format_path([*path, i]), f"duplicate entry with {shown}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kvtool import paths
 from kvtool.cli import common
+from kvtool.images import usage
 from kvtool.plan import desired, planner, render
 from kvtool.plan.desired import DesiredState
 from kvtool.plan.model import Plan
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> DesiredState:
     """Read and validate every input file before connecting: input problems never wait for the cluster."""
-    return desired.load(args.files, stack=args.stack, namespace=args.namespace)
+    return desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
 
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:

@@ -1,4 +1,5 @@
-"""`kvtool status [--stack S] [-o table|wide|json|csv|yaml]`: the stack's VMs in a table."""
+"""`kvtool status [NAME] [--stack S] [-o table|wide|json|csv|yaml]`: the stack's VMs in a table, or one VM
+in detail (its row, then every condition with its reason and message: what is wrong and what to do)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import json
 import yaml
 
 from kvtool import inventory
+from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.cli import common
+from kvtool.errors import KvtoolError
+from kvtool.kube.resources import Resources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="one VM, in detail")
     parser.add_argument("--stack", help="only this stack (default: every kvtool-managed VM)")
     parser.add_argument("-n", "--namespace", help="only this namespace")
     parser.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
@@ -20,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     conn = common.connect(args)
+    if args.name:
+        return _one(conn.res, args.name, args.namespace or "default", args.output)
     labels = dict(s.split("=", 1) for s in args.selector if "=" in s)
     rows = inventory.vm_rows(conn.res, args.stack, args.namespace, labels)
     if args.output in ("json", "yaml"):
@@ -55,3 +62,26 @@ def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     return "" if value is None else str(value)
+
+
+def _one(res: Resources, name: str, namespace: str, output: str) -> int:
+    vm = res.get(VIRTUAL_MACHINE, namespace, name)
+    if vm is None:
+        raise KvtoolError(f"no VirtualMachine {namespace}/{name}", hint="`kvtool status` lists the VMs")
+    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    row = inventory.vm_row(vm, vmi)
+    conds = [{k: c.get(k, "") for k in ("type", "status", "reason", "message")}
+             for c in (vm.get("status") or {}).get("conditions") or []]
+    if output in ("json", "yaml"):
+        doc = {**{k: v for k, v in row.items() if k != "created"}, "conditions": conds}
+        print(json.dumps(doc, indent=2) + "\n" if output == "json" else yaml.safe_dump(doc, sort_keys=False), end="")
+        return 0
+    width = max(len(k) for k in inventory.WIDE_COLUMNS) + 2
+    for key in inventory.WIDE_COLUMNS:
+        print(f"{key.replace('_', ' ').capitalize() + ':':<{width}} {_cell(row.get(key))}")
+    if conds:
+        import pandas as pd
+
+        print("\nConditions:")
+        print(table(pd.DataFrame(conds)))
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kvtool.images import usage
 from kvtool.plan import desired
 
 
@@ -14,6 +15,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state = desired.load(args.paths, stack=args.stack, namespace=args.namespace)
+    state = desired.load(args.paths, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
     print(f"Valid: {len(state.objects)} object(s) in {len(args.paths)} path(s).")
     return 0

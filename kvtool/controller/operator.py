@@ -1,10 +1,11 @@
 """The controller as a kopf operator: watches feed pure decisions (vm.py, vmi.py), results go to the API.
 
-kopf does the watching, retries and per-object serialisation; its indexes are
-the informer caches. A VM is synced whenever it, its VMI or its launcher pod
-changes; a per-VM lock keeps those syncs from overlapping, and a delayed
-requeue drives crash-loop backoff. Writes that lose a race (409) are dropped:
-the next watch event brings fresh state and another sync.
+kopf does the watching; its indexes are the informer caches. Watch events only add keys
+("vm"|"vmi", namespace, name) to a rate-limited work queue (kvtool.kube.workqueue, client-go's
+design): one key is synced at a time, a sync that fails is retried with backoff and logged, a
+delayed re-add drives crash-loop backoff, and a periodic resync re-adds every key, so no work is
+ever dropped. Writes that lose a race (409) need no retry: the watch event of the winning write
+adds the key again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.kube import kopfbase
 from kvtool.kube.resources import KubeError, Resources
+from kvtool.kube.workqueue import WorkQueue
 
 log = logging.getLogger("kvtool.controller")
 
@@ -44,6 +46,7 @@ JOB = Kind("batch/v1", "Job", "jobs")
 # How often node heartbeats are checked (the grace itself is the cluster's failover setting).
 NODE_CHECK_PERIOD = 2.0
 CONFIG_TTL = 5.0
+RESYNC = 300.0  # seconds between re-adds of every key (client-go controllers: 30 s to 10 min)
 FENCE_RETRY_MAX = 60.0
 VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
@@ -55,7 +58,7 @@ def plain(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Controller:
-    """State shared by the handlers: the API client, locks, pending requeues."""
+    """State shared by the handlers: the API client, the caches, the work queue."""
 
     def __init__(self, res: Resources, config: template.LauncherConfig, namespace: str = "kvtool-system") -> None:
         self.res = res
@@ -64,8 +67,8 @@ class Controller:
         self.failover_cache: tuple[float, failover.Config] | None = None
         self.fence_retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt, backoff)
         self.monitor: asyncio.Task[None] | None = None
-        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.requeues: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.queue: WorkQueue[tuple[str, str, str]] = WorkQueue("controller", self.process, workers=4,
+                                                                resync=RESYNC, keys=self.all_keys)
         self.indexes: Mapping[str, Any] = {}
 
     # -- cache reads ---------------------------------------------------------
@@ -81,41 +84,45 @@ class Controller:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     # -- VM ------------------------------------------------------------------
-    async def sync_vm(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        async with self.locks.setdefault(key, asyncio.Lock()):
-            vm = self._one("vm_index", key)
-            if vm is None:
-                return
-            vmi = self._one("vmi_index", key)
-            if vmi is not None and not _owned_by(vmi, vm):
-                log.warning("vm=%s/%s event=foreign-vmi uid=%s", namespace, name, vmi["metadata"]["uid"])
-                vmi = None
-            decision = vm_logic.decide(vm, vmi)
-            if decision.create_vmi:
-                try:
-                    created = await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE, vm_logic.vmi_for(vm),
-                                               FIELD_MANAGER)
-                    log.info("vm=%s/%s event=vmi-created uid=%s", namespace, name, created["metadata"]["uid"])
-                    metrics.VMIS_CREATED.inc()
-                    decision.status.update(created=True, printableStatus="Starting")
-                except KubeError as exc:
-                    if exc.status != 409:
-                        raise
-            if decision.delete_vmi:
-                try:
-                    await self._call(self.res.delete, VIRTUAL_MACHINE_INSTANCE, namespace, name,
-                                     propagation="Foreground", uid=decision.delete_vmi)
-                    log.info("vm=%s/%s event=vmi-deleted uid=%s", namespace, name, decision.delete_vmi)
-                except KubeError as exc:
-                    if exc.status not in (404, 409):
-                        raise
-            await self._write_vm_status(vm, decision.status)
-            for etype, reason, message in decision.events:
-                kopf.event(vm, type=etype, reason=reason, message=message)
-            if decision.requeue_after is not None:
-                self.requeue(namespace, name, decision.requeue_after)
-            metrics.SYNCS.labels(kind="vm", result="ok").inc()
+    async def sync_vm(self, namespace: str, name: str) -> float | None:
+        """One VM from the caches; seconds after which it wants another sync (crash-loop backoff), or None."""
+        vm = self._one("vm_index", (namespace, name))
+        if vm is None:
+            return None
+        vmi = self._one("vmi_index", (namespace, name))
+        if vmi is not None and not _owned_by(vmi, vm):
+            log.warning("vm=%s/%s event=foreign-vmi uid=%s", namespace, name, vmi["metadata"]["uid"])
+            vmi = None
+        decision = vm_logic.decide(vm, vmi)
+        if decision.create_vmi:
+            try:
+                created = await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE, vm_logic.vmi_for(vm),
+                                           FIELD_MANAGER)
+                log.info("vm=%s/%s event=vmi-created uid=%s", namespace, name, created["metadata"]["uid"])
+                metrics.VMIS_CREATED.inc()
+                decision.status.update(created=True, printableStatus="Starting")
+            except KubeError as exc:
+                if exc.status != 409:
+                    # Say it where the user looks, then let the work queue retry with backoff.
+                    failed = conditions.condition("Failure", True, "FailedCreate",
+                                                  f"could not create the VirtualMachineInstance (retrying): "
+                                                  f"{exc.message}")
+                    await self._write_vm_status(vm, {**decision.status, "conditions": [
+                        *[c for c in decision.status["conditions"] if c["type"] != "Failure"], failed]})
+                    raise
+        if decision.delete_vmi:
+            try:
+                await self._call(self.res.delete, VIRTUAL_MACHINE_INSTANCE, namespace, name,
+                                 propagation="Foreground", uid=decision.delete_vmi)
+                log.info("vm=%s/%s event=vmi-deleted uid=%s", namespace, name, decision.delete_vmi)
+            except KubeError as exc:
+                if exc.status not in (404, 409):
+                    raise
+        await self._write_vm_status(vm, decision.status)
+        for etype, reason, message in decision.events:
+            kopf.event(vm, type=etype, reason=reason, message=message)
+        metrics.SYNCS.labels(kind="vm", result="ok").inc()
+        return decision.requeue_after
 
     async def _write_vm_status(self, vm: dict[str, Any], status: dict[str, Any]) -> None:
         current = vm.get("status") or {}
@@ -137,12 +144,22 @@ class Controller:
             if exc.status not in (404, 409):
                 raise
 
-    def requeue(self, namespace: str, name: str, delay: float) -> None:
-        key = (namespace, name)
-        if (old := self.requeues.get(key)) is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        self.requeues[key] = loop.call_later(delay, lambda: loop.create_task(self.sync_vm(namespace, name)))
+    # -- the work queue -------------------------------------------------------------
+    async def process(self, key: tuple[str, str, str]) -> float | None:
+        kind, namespace, name = key
+        if kind == "vm":
+            return await self.sync_vm(namespace, name)
+        await self.sync_vmi(namespace, name)
+        return None
+
+    def all_keys(self) -> list[tuple[str, str, str]]:
+        keys = [("vm", ns, name) for ns, name in self.indexes.get("vm_index", {})]
+        return keys + [("vmi", ns, name) for ns, name in self.indexes.get("vmi_index", {})]
+
+    def enqueue_vm(self, namespace: str, name: str) -> None:
+        """A VM and its VMI (same name) to sync: what any event about either of them calls for."""
+        self.queue.add(("vmi", namespace, name))
+        self.queue.add(("vm", namespace, name))
 
     # -- VMI -----------------------------------------------------------------
     async def sync_vmi(self, namespace: str, name: str) -> None:
@@ -189,7 +206,6 @@ class Controller:
             if exc.status not in (404, 409):
                 raise
             log.debug("vmi=%s/%s event=stale-write status=%d", meta["namespace"], meta["name"], exc.status)
-
 
     # -- node loss: detect, fence, fail over (decisions in failover.py) ----------------
     async def failover_config(self) -> failover.Config:
@@ -420,42 +436,42 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         ctl.indexes = {k: kwargs[k] for k in indexes}
 
     @kopf.on.startup(registry=registry)
-    async def start_node_monitor(**_: Any) -> None:
+    async def start_workers(**_: Any) -> None:
+        ctl.queue.start()
         ctl.monitor = asyncio.get_running_loop().create_task(ctl.monitor_nodes(), name="node-monitor")
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_node_monitor(**_: Any) -> None:
+    async def stop_workers(**_: Any) -> None:
         if ctl.monitor is not None:
             ctl.monitor.cancel()
+        await ctl.queue.stop()
 
     @kopf.on.event(*VM_R, registry=registry)
     async def on_vm(namespace: str, name: str, **kwargs: Any) -> None:
         remember(kwargs)
-        await ctl.sync_vm(namespace, name)
+        ctl.queue.add(("vm", namespace, name))
 
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
-        await ctl.sync_vmi(namespace, name)
+        ctl.queue.add(("vmi", namespace, name))
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("kind") == "VirtualMachine":
-                await ctl.sync_vm(namespace, ref["name"])
+                ctl.queue.add(("vm", namespace, ref["name"]))
 
     @kopf.on.event("v1", "pods", labels=LAUNCHER, registry=registry)
     async def on_pod(namespace: str, labels: Mapping[str, str], **kwargs: Any) -> None:
         remember(kwargs)
         vmi_name = labels.get("kvtool.io/vmi")
         if vmi_name:
-            await ctl.sync_vmi(namespace, vmi_name)
-            await ctl.sync_vm(namespace, vmi_name)
+            ctl.enqueue_vm(namespace, vmi_name)
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def on_node(name: str, **kwargs: Any) -> None:
         remember(kwargs)
         for (ns, vmi_name), store in list(kwargs["vmi_index"].items()):
             if any((b.get("status") or {}).get("nodeName") == name for b in store):
-                await ctl.sync_vmi(ns, vmi_name)
-                await ctl.sync_vm(ns, vmi_name)
+                ctl.enqueue_vm(ns, vmi_name)
 
     kopf.on.login(registry=registry)(kopfbase.login)
     return registry

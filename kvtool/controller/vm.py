@@ -18,6 +18,9 @@ from typing import Any
 from kvtool.controller import conditions, failover, timeutil
 
 FINAL = ("Succeeded", "Failed")
+# Failures no retry can fix: the spec (or an image it names) cannot become a domain, or the API refused the pod.
+# The VM stops with the reason instead of crash-looping; a template change or `kvtool restart` tries again.
+PERMANENT_FAILURES = ("InvalidVMI", "PodRejected")
 BACKOFF_MAX = 300.0
 # A VMI that ran this long resets the crash-loop count.
 STABLE_RUN = dt.timedelta(seconds=30)
@@ -50,6 +53,13 @@ def _running_since(vmi: dict[str, Any]) -> dt.datetime | None:
         if t.get("phase") == "Running":
             return timeutil.parse(t.get("phaseTransitionTimestamp"))
     return None
+
+
+def permanent_failure(vm: dict[str, Any], vmi: dict[str, Any] | None) -> bool:
+    """The VMI failed for a reason no restart of the same template can fix."""
+    status = (vmi or {}).get("status") or {}
+    return bool(vmi and status.get("phase") == "Failed" and status.get("reason") in PERMANENT_FAILURES
+                and vm.get("spec", {}).get("template", {}).get("spec") == vmi.get("spec"))
 
 
 def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | None = None) -> VMDecision:
@@ -109,8 +119,8 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
     elif strategy in ("Always", "RerunOnFailure"):
         if vmi is None:
             start_vmi()
-        elif failover.held(vm, vmi):
-            pass  # fenced, but it may not move (opted out, or its disk lives on the lost node): it says why
+        elif failover.held(vm, vmi) or permanent_failure(vm, vmi):
+            pass  # fenced but may not move, or failed for good: it says why, and waits for the user
         elif not vmi_deleting and (phase == "Failed" or (phase == "Succeeded" and strategy == "Always")):
             d.delete_vmi = vmi_uid
     elif strategy == "Once":
@@ -135,12 +145,16 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
     if printable == "ErrorUnschedulable" and scheduled:
         failure_cond = conditions.condition("Failure", True, "Unschedulable", scheduled.get("message", ""))
     elif vmi_failure and vmi_failure.get("status") == "True":
-        failure_cond = conditions.condition("Failure", True, vmi_failure.get("reason", ""),
-                                            vmi_failure.get("message", ""))
+        message = vmi_failure.get("message", "")
+        if permanent_failure(vm, vmi):
+            message += (f" (not restarted: no retry can fix this; change the VM's spec, or fix what it names and run "
+                        f"`kvtool restart {vm['metadata']['name']}`)")
+        failure_cond = conditions.condition("Failure", True, vmi_failure.get("reason", ""), message)
     elif printable == "CrashLoopBackOff":
         failure_cond = conditions.condition("Failure", True, "CrashLoopBackOff",
                                             f"{failure.get('consecutiveFailCount')} consecutive failures; "
-                                            f"next start after {failure.get('retryAfterTimestamp')}")
+                                            f"next start after {failure.get('retryAfterTimestamp')}"
+                                            + _last_failure(vm))
     else:
         failure_cond = conditions.condition("Failure", False)
     restart = bool(vmi and phase not in FINAL and
@@ -170,6 +184,20 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
     }
 
 
+LAST = "; last failure: "
+
+
+def _last_failure(vm: dict[str, Any]) -> str:
+    """The last VMI failure as the VM's Failure condition recorded it (its VMI is gone by now)."""
+    previous = conditions.get(vm, "Failure") or {}
+    if previous.get("status") != "True":
+        return ""
+    if previous.get("reason") == "CrashLoopBackOff":
+        message = previous.get("message", "")
+        return message[message.index(LAST):] if LAST in message else ""
+    return f"{LAST}{previous.get('reason', '')}: {previous.get('message', '')}"
+
+
 def _printable(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failure: dict[str, Any],
                waiting: bool) -> str:
     if vm["metadata"].get("deletionTimestamp"):
@@ -178,7 +206,7 @@ def _printable(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, fa
         return "CrashLoopBackOff" if waiting and strategy in ("Always", "RerunOnFailure") else "Stopped"
     phase = _phase(vmi)
     restarts = strategy in ("Always", "RerunOnFailure")
-    if failover.held(vm, vmi):
+    if failover.held(vm, vmi) or (restarts and permanent_failure(vm, vmi)):
         return "Stopped"
     if phase not in FINAL and conditions.is_true(vmi, failover.NODE_LOST):
         return "Unknown"

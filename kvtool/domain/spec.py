@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from fractions import Fraction
 from typing import Any
 
 from kvtool import errors
+from kvtool.api import quantity
 
 _MISSING: Any = object()
 
@@ -121,28 +121,15 @@ def one_of(obj: Mapping[str, Any], path: str, *, supported: Sequence[str], known
     return present[0]
 
 
-# --- Kubernetes quantities -------------------------------------------------------------------------------------
-_QUANTITY = re.compile(r"\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
-                       r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPE]|[eE][+-]?[0-9]{1,3})?")
-_SUFFIX = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
-           "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1}
-
-
+# --- Kubernetes quantities: kvtool.api.quantity is the one parser ---------------------------------------------
 def quantity_bytes(value: Any, path: str) -> int:
-    """A Kubernetes quantity ("1Gi", "512M", "134217728", 1.5Gi) as whole bytes, rounded up like Kubernetes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ConversionError(path, f"{value} is negative")
-        return value
-    if not isinstance(value, str):
+    """A Kubernetes quantity ("1Gi", "512M", "134217728", "1.5Gi") as whole bytes, rounded up like Kubernetes."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConversionError(path, f"{show(value)} is not a quantity", hint="write e.g. 256Mi or 1Gi")
-    match = _QUANTITY.fullmatch(value.strip())
-    if match is None:
-        raise ConversionError(path, f"{show(value)} is not a quantity", hint="write e.g. 256Mi or 1Gi")
-    number = Fraction(match["number"])
-    suffix = match["suffix"] or ""
-    if suffix[:1] in ("e", "E") and suffix not in _SUFFIX:
-        number *= Fraction(10) ** int(suffix[1:])
-    else:
-        number *= _SUFFIX[suffix]
-    return -(-number.numerator // number.denominator)
+    try:
+        size = quantity.to_bytes(value)
+    except quantity.QuantityError as exc:
+        raise ConversionError(path, f"{show(value)} is not a quantity", hint="write e.g. 256Mi or 1Gi") from exc
+    if size < 0:
+        raise ConversionError(path, f"{show(value)} is negative")
+    return size

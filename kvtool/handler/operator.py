@@ -114,6 +114,11 @@ class Handler:
                     if fresh is None:
                         return
                     self.cache[key] = fresh
+            # Three writers in a row were faster. Not dropped: the worker ends, and its restart (_worker_done)
+            # syncs the launcher again and reports afresh.
+            log.warning("vmi=%s/%s event=status-write-retry reason=conflicts attempts=3 phase=%s", key[0], key[1],
+                        domain.get("phase"))
+            raise RuntimeError(f"status of {key[0]}/{key[1]} lost three write conflicts in a row")
 
 
 def build_registry(handler: Handler) -> kopf.OperatorRegistry:

@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvtool import paths
+from kvtool import clusterstate, paths
 from kvtool.errors import ConfigError
-from kvtool.local import state
 
 NO_KUBECONFIG = ("no kubeconfig found: run `kvtool cluster up` to start the embedded cluster, "
                  "or pass --kubeconfig PATH")
@@ -31,7 +30,7 @@ class ResolvedKubeconfig:
 
 
 def embedded_cluster_up(home: Path | None = None) -> bool:
-    return state.cluster_running(home or paths.kvtool_home())
+    return clusterstate.cluster_running(home or paths.kvtool_home())
 
 
 def resolve(flag: str | None = None, context: str | None = None) -> ResolvedKubeconfig:

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvtool.clusterstate import ClusterState, cluster_running, lock_held, pid_alive, read_state
 from kvtool.errors import ClusterError, ConfigError
 from kvtool.local import build, components, nodehost, supervisor
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
-from kvtool.local.state import ClusterState, cluster_running, lock_held, pid_alive, read_state
 
 UP_TIMEOUT = 300.0
 DOWN_TIMEOUT = 60.0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvtool import paths
-from kvtool.local.state import lock_path
+from kvtool.clusterstate import lock_path
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from kvtool import paths
+from kvtool.clusterstate import ClusterState
 from kvtool.errors import ClusterError
 from kvtool.local import bootstrap, components, nodeconf, nodehost, nodeimages, nodenet, powerapi
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
-from kvtool.local.state import ClusterState
 from kvtool.local.supervisor import NodeHost, Step
 
 

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvtool.clusterstate import ClusterState, ComponentState, write_state
 from kvtool.local import nodehost, nodenet
 from kvtool.local.components import ComponentSpec
 from kvtool.local.layout import Layout
-from kvtool.local.state import ClusterState, ComponentState, write_state
 
 log = logging.getLogger("kvtool.supervisor")
 

@@ -19,6 +19,7 @@ import yaml
 
 from kvtool.api.types import VIRTUAL_MACHINE
 from kvtool.errors import KvtoolError
+from kvtool.images import usage
 from kvtool.notebook import forms
 from kvtool.notebook import manifest as mf
 from kvtool.notebook.planview import PlanView
@@ -73,7 +74,8 @@ class Lab:
 
     def desired(self) -> desired.DesiredState:
         """Validated like `kvtool plan` validates files (InvalidInput lists every problem)."""
-        return desired.load(objects=self.documents, stack=self.stack, namespace=self.namespace)
+        return desired.load(objects=self.documents, stack=self.stack, namespace=self.namespace,
+                            checks=[usage.checker()])
 
     def load(self, path: str | Path) -> None:
         """Replace the lab with a YAML file's documents, after checking them as the CLI would."""

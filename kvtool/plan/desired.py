@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,11 @@ def _names_a_string(path: tuple[str | int, ...]) -> bool:
             or (len(path) >= 3 and path[-3] == "metadata" and path[-2] in ("labels", "annotations")))
 
 
+# Far beyond any manifest; what lies past them (an alias bomb, a structure without end) is refused, not expanded.
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
 class InputLoader(_BaseLoader):
     """PyYAML's safe loader that also reports, with line numbers, what it would silently accept: duplicate
     keys (the last one wins) and YAML 1.1 values in names (`name: no` is False, `0123` is 83).
@@ -159,32 +164,56 @@ class InputLoader(_BaseLoader):
 
     def construct_document(self, node: yaml.Node) -> Any:
         self.problems = []
-        self._check(node)
+        self.unusable = False
+        self._sizes: dict[int, int] = {}
+        if self._check(node, (), set()) > MAX_NODES and not self.unusable:
+            self.unusable = True
+            self.problems.append((node.start_mark.line + 1, "", f"the document expands to more than {MAX_NODES} "
+                                                                "values through YAML aliases", False))
+        self.problems.sort()
+        if self.unusable:  # constructing it would recurse forever, or blow up: it is reported instead
+            super().construct_document(yaml.ScalarNode(_STR_TAG, ""))
+            return None
         return super().construct_document(node)
 
-    def _check(self, root: yaml.Node) -> None:
-        todo: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
-        while todo:
-            node, path = todo.pop()
-            if isinstance(node, yaml.MappingNode):
-                seen: set[tuple[str, str]] = set()
-                for key, value in node.value:
-                    if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
-                        continue
-                    if (key.tag, key.value) in seen:
-                        self.problems.append((key.start_mark.line + 1, schema.format_path(path),
-                                              f"duplicate key {key.value!r}", False))
-                    seen.add((key.tag, key.value))
-                    todo.append((value, (*path, key.value)))
-            elif isinstance(node, yaml.SequenceNode):
-                todo.extend((item, (*path, i)) for i, item in enumerate(node.value))
-            elif not node.style and _names_a_string(path):  # a plain scalar: no quotes
-                what = self._surprise(node)
-                if what:
-                    field_path = schema.format_path(path)
-                    self.problems.append((node.start_mark.line + 1, field_path,
-                                          f"{field_path} is {what}: quote it ('{node.value}')", True))
-        self.problems.sort()
+    def _check(self, node: yaml.Node, path: tuple[str | int, ...], active: set[int]) -> int:
+        """Check a node and what it holds; how many values it expands to (aliases counted each time)."""
+        if id(node) in active:
+            self.unusable = True
+            self.problems.append((node.start_mark.line + 1, schema.format_path(path),
+                                  "a YAML alias refers to a node that contains it (a structure without end)", False))
+            return 1
+        if id(node) in self._sizes:
+            return self._sizes[id(node)]  # an alias of a node already checked
+        if len(path) > MAX_DEPTH:
+            self.unusable = True
+            self.problems.append((node.start_mark.line + 1, schema.format_path(path[:MAX_DEPTH]),
+                                  f"the document is nested deeper than {MAX_DEPTH} levels", False))
+            return 1
+        size = 1
+        active.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                    continue
+                if (key.tag, key.value) in seen:
+                    self.problems.append((key.start_mark.line + 1, schema.format_path(path),
+                                          f"duplicate key {key.value!r}", False))
+                seen.add((key.tag, key.value))
+                size += self._check(value, (*path, key.value), active)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                size += self._check(item, (*path, i), active)
+        elif not node.style and _names_a_string(path):  # a plain scalar: no quotes
+            what = self._surprise(node)
+            if what:
+                field_path = schema.format_path(path)
+                self.problems.append((node.start_mark.line + 1, field_path,
+                                      f"{field_path} is {what}: quote it ('{node.value}')", True))
+        active.discard(id(node))
+        self._sizes[id(node)] = size
+        return size
 
     def _surprise(self, node: yaml.ScalarNode) -> str | None:
         """What a plain scalar turns into when that is not the string it looks like, or None."""
@@ -225,8 +254,12 @@ def read_documents(path: Path, text: str | None = None) -> tuple[list[tuple[int,
     return docs, issues
 
 
+# A check beyond the schemas that a front end adds (e.g. kvtool.images.usage): manifest -> [(field, message)].
+Check = Callable[[dict[str, Any]], list[tuple[str, str]]]
+
+
 def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] = (), *,
-         stack: str = DEFAULT_STACK, namespace: str = "default") -> DesiredState:
+         stack: str = DEFAULT_STACK, namespace: str = "default", checks: Sequence[Check] = ()) -> DesiredState:
     """Read, normalise and validate the desired state; raise InvalidInput listing every problem."""
     validate_stack(stack)
     issues: list[InputIssue] = []
@@ -254,6 +287,8 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
                 seen[key] = item_loc
             if obj is not None:
                 state.objects.append(obj)
+                issues += [InputIssue(item_loc, field, message) for check in checks
+                           for field, message in check(obj.manifest)]
     if issues:
         raise InvalidInput(issues)
     return state
@@ -274,6 +309,8 @@ def _identity(doc: Any, namespace: str) -> tuple[str, str, str | None, str] | No
     if kind is None or not isinstance(name, str):
         return None
     ns = doc["metadata"].get("namespace", namespace) if kind.namespaced else None
+    if ns is not None and not isinstance(ns, str):
+        return None  # normalise reports the namespace
     return (kind.api_version, kind.label, ns, name)
 
 

@@ -1,0 +1,77 @@
+"""The controller never drops work: API errors injected by an admission policy (the apiserver refuses the
+controller's writes for one VM), and the VM still converges once they stop, with no further event about it."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from kvtool.controller import vm as vm_logic
+from tests.conftest import Cluster, kvtool
+from tests.runtime_helpers import condition, get, wait_running
+from tests.vmfactory import vm
+from tests.waiting import wait_for
+
+CONTROLLER = "system:serviceaccount:kvtool-system:kvtool-controller"
+DENIALS = re.compile(r'^apiserver_validating_admission_policy_check_total\{(?P<labels>[^}]*)\} (?P<n>[0-9.e+]+)$',
+                     re.MULTILINE)
+
+
+def _refusals(cluster: Cluster, policy: str) -> float:
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(m["n"]) for m in DENIALS.finditer(text)
+               if f'policy="{policy}"' in m["labels"] and 'enforcement_action="deny"' in m["labels"])
+
+
+def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp_path: Path) -> None:
+    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
+    name = f"refused-{uuid.uuid4().hex[:5]}"
+    policy = f"test-refuse-{name}"
+    fault = [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": ["kvtool.io"], "apiVersions": ["*"],
+                                                          "operations": ["CREATE"],
+                                                          "resources": ["virtualmachineinstances"]}]},
+                  "matchConditions": [{"name": "controller",
+                                       "expression": f"request.userInfo.username == '{CONTROLLER}'"}],
+                  "validations": [{"expression": f"object.metadata.name != '{name}'",
+                                   "message": "injected fault: the VMI create is refused"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": policy}, "spec": {"policyName": policy, "validationActions": ["Deny"]}},
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(fault))
+    doc = vm(name, run_strategy="Always")
+    try:
+        # The policy is in force once a dry run of the controller's own create is refused.
+        probe = copy.deepcopy(doc)
+        probe["metadata"].update(namespace="default", uid=str(uuid.uuid4()))
+        vmi = vm_logic.vmi_for(probe)
+        vmi["metadata"].pop("ownerReferences")
+        wait_for(lambda: "injected fault" in cluster.kubectl(
+            "create", "--dry-run=server", f"--as={CONTROLLER}", "-f", "-", input=yaml.safe_dump(vmi),
+            check=False).stderr, timeout=30, what="the admission policy in force")
+        path = tmp_path / "vm.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
+        wait_for(lambda: _refusals(cluster, policy) >= 3, timeout=60,
+                 what="the controller retrying its refused create (3 refusals)")
+        assert get(cluster, "vmi", name) is None
+        failure = condition(get(cluster, "vm", name), "Failure")
+        assert failure.get("reason") == "FailedCreate" and "injected fault" in failure.get("message", ""), failure
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                        check=False)
+    faults_stopped = time.monotonic()
+    # Nothing about the VM changes from here on: only the controller's own retry can start it.
+    wait_running(cluster, name, timeout=120)
+    print(f"refusals injected: {_refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
+          f"{time.monotonic() - faults_stopped:.1f} s")
+    assert condition(get(cluster, "vm", name), "Failure").get("status") == "False", "the failure cleared"
+    cluster.kubectl("delete", "vm", name, "--wait=false")
