@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz_cases import check_tf, check_yaml, mutated, tf_states  # noqa: E402
+from tests.fuzz_cases import check_tf, check_yaml, mutated, tf_states
 
 
 def run(name: str, strategy, check, cases: int) -> tuple[Counter[str], list[str]]:
