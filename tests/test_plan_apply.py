@@ -120,6 +120,26 @@ def test_bad_input_sends_nothing(cluster: Cluster, stack: str, tmp_path: Path) -
     assert names(cluster, stack) == []
 
 
+def test_built_in_kinds_the_server_would_refuse_are_caught_by_plan(cluster: Cluster, stack: str,
+                                                                    tmp_path: Path) -> None:
+    """Services, ConfigMaps and Secrets have no client-side schema: plan asks the server (a dry run), so an apply
+    never stops half-way with some objects created."""
+    good = vm(f"{stack}-good")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"{stack}-svc"},
+               "spec": {"selector": {"kvtool.io/vm": f"{stack}-good"}, "ports": [{"port": 70000}]}}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{stack}-cm"}, "data": {"bad key!": "x"}}
+    f = write(tmp_path / "mixed.yaml", good, service, config)
+    for verb in (["plan", "-f", str(f)], ["apply", "-f", str(f), "--auto-approve"]):
+        result = kvtool(*verb, "--stack", stack)
+        assert result.returncode == 1, result.stdout
+        assert "the API server refuses objects of this plan (a dry run; nothing was sent)" in result.stderr
+        assert f"Service default/{stack}-svc (" in result.stderr and "mixed.yaml, document 2" in result.stderr
+        assert "70000" in result.stderr and "bad key!" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert names(cluster, stack) == []
+    assert cluster.kubectl("get", "service", f"{stack}-svc", check=False).returncode != 0
+
+
 def test_api_server_refuses_a_bad_vm_itself(cluster: Cluster, stack: str, tmp_path: Path) -> None:
     bad = vm(f"{stack}-bad")
     bad["spec"]["running"] = True

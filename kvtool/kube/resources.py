@@ -9,7 +9,7 @@ KubeError carrying the server's Status (reason, message, causes).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -197,3 +197,32 @@ class Resources:
                         yield json.loads(line)
         finally:
             stream.release_conn()
+
+
+def list_watch(res: Resources, kind: Kind, namespace: str | None = None, label_selector: str | None = None, *,
+               watch_seconds: Callable[[], int] = lambda: 300) -> Iterator[tuple[str, Any]]:
+    """An informer's loop, in one place: ("SYNC", [objects]) after every LIST, then (type, object) for each
+    ADDED/MODIFIED/DELETED event, and ("IDLE", None) whenever a watch request ends (so a caller can check
+    its deadline). A watch that ends is resumed from the last resourceVersion seen; an expired one
+    (410 Gone, or an ERROR event) lists again. Other errors reach the caller, who decides whether to
+    back off and call again."""
+    rv: str | None = None
+    while True:
+        if rv is None:
+            items, rv = res.list(kind, namespace, label_selector=label_selector)
+            yield "SYNC", items
+        try:
+            for event in res.watch(kind, namespace, label_selector, resource_version=rv,
+                                   timeout=max(1, watch_seconds())):
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    rv = None
+                    break
+                rv = obj.get("metadata", {}).get("resourceVersion") or rv
+                if event.get("type") != "BOOKMARK":
+                    yield event.get("type", ""), obj
+        except KubeError as exc:
+            if exc.status != 410:
+                raise
+            rv = None
+        yield "IDLE", None

@@ -27,7 +27,7 @@ from kvtool import inventory
 from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
 from kvtool.errors import KvtoolError
 from kvtool.kube import clients
-from kvtool.kube.resources import Resources
+from kvtool.kube.resources import Resources, list_watch
 from kvtool.notebook import manifest as mf
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 
@@ -146,28 +146,20 @@ class LiveTable(w.VBox):
     def _watch(self, kind: Kind, selector: str, gen: int) -> None:
         res = self._watch_res
         assert res is not None
-        rv: str | None = None
         backoff = 0.5
         while self._active(gen):
             try:
-                if rv is None:
-                    items, rv = res.list(kind, self.namespace, label_selector=selector)
-                    self._apply(kind, gen, replace=items)
-                for event in res.watch(kind, self.namespace, selector, resource_version=rv, timeout=WATCH_SECONDS):
+                for etype, obj in list_watch(res, kind, self.namespace, selector, watch_seconds=lambda: WATCH_SECONDS):
                     if not self._active(gen):
                         return
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        rv = None  # 410 Gone (the version is compacted away): list again
-                        break
-                    rv = obj.get("metadata", {}).get("resourceVersion") or rv
-                    if event.get("type") != "BOOKMARK":
-                        self._apply(kind, gen, event=(event.get("type", ""), obj))
-                backoff = 0.5
-                self._error = ""
+                    if etype == "SYNC":
+                        self._apply(kind, gen, replace=obj)
+                    elif etype != "IDLE":
+                        self._apply(kind, gen, event=(etype, obj))
+                    backoff = 0.5
+                    self._error = ""
             except (KvtoolError, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
                 self._error = str(exc).splitlines()[0]
-                rv = None
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 10)
                 self._schedule_render()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from kvtool.api.types import FIELD_MANAGER, PLANNABLE, STACK_LABEL, VIRTUAL_MACHINE, Kind, kind_for
 from kvtool.errors import KvtoolError
-from kvtool.kube.resources import KubeError, Resources
+from kvtool.kube.resources import KubeError, Resources, list_watch
 from kvtool.plan import planner
 from kvtool.plan.desired import Desired, Location
 from kvtool.plan.model import Action, Plan, ResourceChange
@@ -217,23 +217,13 @@ def wait_for_vms(res: Resources, names: Iterable[tuple[str, str]], timeout: floa
             bar.update(1)
 
     try:
-        while pending and time.monotonic() < deadline:
-            items, rv = res.list(VIRTUAL_MACHINE, label_selector=selector)
-            for vm in items:
+        events = list_watch(res, VIRTUAL_MACHINE, label_selector=selector,
+                            watch_seconds=lambda: int(deadline - time.monotonic()))
+        for etype, obj in events:
+            for vm in obj if etype == "SYNC" else [obj] if etype in ("ADDED", "MODIFIED") else []:
                 see(vm)
-            remaining = int(deadline - time.monotonic())
-            if not pending or remaining <= 0:
+            if not pending or time.monotonic() > deadline:
                 break
-            try:
-                for event in res.watch(VIRTUAL_MACHINE, label_selector=selector, resource_version=rv,
-                                       timeout=max(1, remaining)):
-                    if event.get("type") in ("ADDED", "MODIFIED"):
-                        see(event["object"])
-                    if not pending or time.monotonic() > deadline:
-                        break
-            except KubeError as exc:
-                if exc.status != 410:  # an expired resourceVersion: list again
-                    raise
     finally:
         bar.close()
     return sorted(f"{ns}/{n}" for ns, n in pending)

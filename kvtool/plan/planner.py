@@ -134,8 +134,46 @@ def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: C
 
 
 def plan(res: Resources, desired: DesiredState, server: str, *, replace: Collection[str] = (),
-         adopt: bool = False) -> Plan:
-    return make_plan(desired, fetch(res, desired.stack, desired.objects), server, replace=replace, adopt=adopt)
+         adopt: bool = False, server_check: bool = True) -> Plan:
+    result = make_plan(desired, fetch(res, desired.stack, desired.objects), server, replace=replace, adopt=adopt)
+    if server_check:
+        check_with_server(res, result)
+    return result
+
+
+class ServerRejected(KvtoolError):
+    """The API server refused objects of the plan in a dry run: applying would have stopped half-way."""
+
+
+def check_with_server(res: Resources, planned: Plan) -> None:
+    """Server-side dry runs of the built-in kinds the plan creates or changes.
+
+    kvtool's own kinds are checked client-side against the same schemas the CRDs carry; Secrets,
+    ConfigMaps, Services and PVCs are not, so the server (its OpenAPI validation and admission) says
+    now what it would otherwise say in the middle of an apply. Nothing is stored.
+    """
+    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
+    todo = [c for c in planned.changes if c.manifest is not None and not c.api_version.startswith("kvtool.io/")
+            and c.action in (Action.CREATE, Action.UPDATE, Action.REPLACE)]
+
+    def one(change: Any) -> str | None:
+        try:
+            res.apply(kinds[(change.api_version, change.kind)], change.manifest, force=True, dry_run=True,
+                      parse=False)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None  # its namespace does not exist yet (the same apply may create it)
+            if exc.status in (400, 403, 409, 422):
+                return f"{change.kind} {change.namespace or ''}/{change.name} ({change.source}): {exc.message}"
+            raise
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        refused = [r for r in pool.map(one, todo) if r]
+    if refused:
+        raise ServerRejected("the API server refuses objects of this plan (a dry run; nothing was sent):\n"
+                             + "\n".join(f"  - {r}" for r in refused),
+                             hint="fix them in the desired state and plan again")
 
 
 def destroy_plan(res: Resources, stack: str, server: str, only: DesiredState | None = None) -> Plan:
