@@ -8,12 +8,11 @@ CRDs' CEL rules.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
-import marshal
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -99,21 +98,27 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 def fast_check(name: str) -> Callable[[Any], Any]:
     """A compiled validator: ~20x faster than jsonschema, but with terse errors. Valid documents
     (nearly all of them) pass here alone; the rest go through jsonschema for good messages.
-    Generating and compiling its code costs ~0.3 s, so the bytecode is cached by schema hash."""
+    Generating its code costs ~0.3 s, so the generated module is kept in the cache dir by schema hash
+    and imported like any module (Python caches its bytecode in __pycache__, checked against the source)."""
     definition = {**inlined(name), "$schema": "http://json-schema.org/draft-07/schema#"}
     formats = {"date-time": _DATE_TIME}
-    key = json.dumps([definition, fastjsonschema.VERSION, sys.version], sort_keys=True)
+    key = json.dumps([definition, fastjsonschema.VERSION], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cached = paths.cache_dir() / "schemas" / f"{name.removesuffix('.json')}-{digest}.marshal"
-    try:
-        code = marshal.loads(cached.read_bytes())
-    except (OSError, ValueError, EOFError, TypeError):
-        code = compile(fastjsonschema.compile_to_code(definition, formats=formats), f"<{name} validator>", "exec")
-        with contextlib.suppress(OSError):  # a read-only cache only costs time
-            paths.write_atomic(cached, marshal.dumps(code))
-    namespace: dict[str, Any] = {}
-    exec(code, namespace)
-    return functools.partial(namespace["validate"], custom_formats=formats)
+    module_name = f"kvtool_validator_{name.removesuffix('.json')}_{digest}"
+    source = paths.cache_dir() / "schemas" / f"{module_name}.py"
+    if not source.exists():
+        code = fastjsonschema.compile_to_code(definition, formats=formats)
+        try:
+            paths.write_atomic(source, code)
+        except OSError:  # a read-only cache only costs time: run the code from memory
+            namespace: dict[str, Any] = {}
+            exec(compile(code, f"<{name} validator>", "exec"), namespace)
+            return functools.partial(namespace["validate"], custom_formats=formats)
+    spec = importlib.util.spec_from_file_location(module_name, source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return functools.partial(module.validate, custom_formats=formats)
 
 
 _DATE_TIME = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
