@@ -21,7 +21,7 @@ from kvtool.kube.resources import KubeError, Resources
 log = logging.getLogger("kvtool.handler")
 
 FIELD_MANAGER = "kvtool-handler"
-RETRY_AFTER = 2.0
+RETRY_AFTER, RETRY_MAX = 2.0, 60.0  # a stopped worker's restart: 2 s, doubling per failure in a row
 NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 
@@ -42,6 +42,8 @@ class Handler:
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.workers: dict[tuple[str, str], VMIWorker] = {}
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.restarts: dict[tuple[str, str], int] = {}  # worker restarts in a row, per VMI (reset by a report)
+        self.timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def on_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
@@ -51,6 +53,10 @@ class Handler:
         mine = (meta.get("labels") or {}).get(NODE_LABEL) == self.node and status.get("nodeName") == self.node
         if event_type == "DELETED" or not mine:
             self.cache.pop(key, None)
+            self.restarts.pop(key, None)
+            self.locks.pop(key, None)
+            if (timer := self.timers.pop(key, None)) is not None:
+                timer.cancel()
             worker = self.workers.pop(key, None)
             if worker:
                 worker.stop()
@@ -81,13 +87,20 @@ class Handler:
         if self.workers.get(key) is not worker or worker.task is None or worker.task.cancelled():
             return
 
+        failures = self.restarts.get(key, 0)
+        delay = min(RETRY_MAX, RETRY_AFTER * 2 ** failures)
+        self.restarts[key] = failures + 1
+
         def again() -> None:
+            self.timers.pop(key, None)
             vmi = self.cache.get(key)
             if vmi is not None and self.workers.get(key) is worker:
-                log.info("vmi=%s/%s event=worker-restart", *key)
+                log.info("vmi=%s/%s event=worker-restart attempt=%d after=%.0fs", *key, failures + 1, delay)
                 self.on_event("MODIFIED", vmi)
 
-        asyncio.get_running_loop().call_later(RETRY_AFTER, again)
+        if (old := self.timers.pop(key, None)) is not None:
+            old.cancel()
+        self.timers[key] = asyncio.get_running_loop().call_later(delay, again)
 
     async def report(self, key: tuple[str, str], domain: dict[str, Any], version: str | None) -> None:
         async with self.locks.setdefault(key, asyncio.Lock()):
@@ -103,6 +116,7 @@ class Handler:
                     updated = await asyncio.to_thread(self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, key[0], key[1],
                                                       body, subresource="status", field_manager=FIELD_MANAGER)
                     self.cache[key] = updated
+                    self.restarts.pop(key, None)  # a worker that reports is healthy: its backoff starts over
                     log.info("vmi=%s/%s event=status phase=%s", key[0], key[1], updated.get("status", {}).get("phase"))
                     return
                 except KubeError as exc:
