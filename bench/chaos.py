@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from failover import qemu_pids
@@ -87,25 +88,27 @@ def launcher_pids(res: Resources, name: str) -> list[int]:
     return sorted(out)
 
 
-def inject(kind: str, res: Resources, layout: Layout, names: list[str], rng: random.Random) -> str:
+def inject(kind: str, res: Resources, layout: Layout, names: list[str], rng: random.Random) -> tuple[str, Any]:
+    """Inject one fault: what was done, and (VM name, its QEMU pids) when that VM's domain must come back anew."""
     if kind == "controller":
         leader = ((res.get(LEASE, "kvtool-system", "kvtool-controller") or {}).get("spec") or {}).get("holderIdentity")
         res.delete(POD, "kvtool-system", leader, grace_period=0)
-        return f"deleted the leading controller pod {leader}"
+        return f"deleted the leading controller pod {leader}", None
     if kind == "handler":
         pods, _ = res.list(POD, "kvtool-system", label_selector="app.kubernetes.io/name=kvtool-handler")
         pod = rng.choice(pods)["metadata"]["name"]
         res.delete(POD, "kvtool-system", pod)
-        return f"deleted handler pod {pod}"
+        return f"deleted handler pod {pod}", None
     if kind in ("launcher", "qemu"):
         name = rng.choice(names)
         pids = qemu_pids(f"default_{name}") if kind == "qemu" else launcher_pids(res, name)
+        before = qemu_pids(f"default_{name}")
         for pid in pids[:1]:
             os.kill(pid, signal.SIGKILL)
-        return f"SIGKILLed the {kind} of {name} ({pids[:1]})"
+        return f"SIGKILLed the {kind} of {name} ({pids[:1]})", (name, set(before)) if pids else None
     component = {"apiserver": "apiserver", "etcd": "etcd", "runtime": f"containerd-{rng.choice(NODES)}"}[kind]
     cluster.control(layout.home, "restart", component)
-    return f"restarted {component}"
+    return f"restarted {component}", None
 
 
 def orphans(res: Resources, layout: Layout, names: list[str]) -> list[str]:
@@ -156,11 +159,22 @@ def main() -> int:
         kind = rng.choice(kinds)
         started = time.time()
         try:
-            what = inject(kind, res, layout, names, rng)
+            what, renewed = inject(kind, res, layout, names, rng)
         except Exception as exc:  # the cluster was mid-recovery from the last fault: say so, go on
             print(f"  fault {kind} not injected: {exc}")
             continue
-        while not all_running(res, names):
+
+        def recovered(renewed: Any = renewed) -> bool:
+            if renewed is not None:  # the killed VM runs again: a new QEMU, the old one gone
+                now = set(qemu_pids(f"default_{renewed[0]}"))
+                if not now or now & renewed[1]:
+                    return False
+            try:
+                return all_running(res, names)
+            except Exception:  # the apiserver is restarting
+                return False
+
+        while not recovered():
             if time.time() - started > args.recovery_timeout:
                 lost.append(f"{kind}: {what}")
                 break

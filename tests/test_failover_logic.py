@@ -240,3 +240,14 @@ def test_the_job_agent_needs_a_job_spec_with_a_container() -> None:
         assert not cfg.enabled and expected in cfg.error, cfg
     cfg = failover.Config.from_data({"fenceAgent": "job", "fenceJob": "template:\n  spec:\n    containers: [{}]\n"})
     assert cfg.fences and cfg.fence_job == {"template": {"spec": {"containers": [{}]}}}
+
+
+def test_events_name_their_object_and_reporter() -> None:
+    from kvtool.kube import events
+
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": "u1"}}
+    ev = events.event_for(node, "Warning", "NodeFenced", "x" * 2000, "kvtool-controller")
+    assert ev["metadata"] == {"generateName": f"{NODE}.", "namespace": "default"}
+    assert ev["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": NODE, "namespace": None, "uid": "u1"}
+    assert ev["reason"] == "NodeFenced" and len(ev["message"]) == 1024 and ev["source"]["component"] == \
+        "kvtool-controller"

@@ -32,7 +32,7 @@ from kvtool.api.types import (
 from kvtool.controller import conditions, failover, fence, metrics, template, timeutil
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
-from kvtool.kube import kopfbase
+from kvtool.kube import events, kopfbase
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.kube.workqueue import WorkQueue
 
@@ -120,7 +120,7 @@ class Controller:
                     raise
         await self._write_vm_status(vm, decision.status)
         for etype, reason, message in decision.events:
-            kopf.event(vm, type=etype, reason=reason, message=message)
+            await events.post(self.res, vm, etype, reason, message, FIELD_MANAGER)
         metrics.SYNCS.labels(kind="vm", result="ok").inc()
         return decision.requeue_after
 
@@ -366,8 +366,8 @@ class Controller:
                                   taints=[*taints, failover.OUT_OF_SERVICE])
         log.warning("node=%s event=fenced agent=%s detail=%r", name, cfg.fence_agent, message)
         if node.get("metadata"):
-            kopf.event(node, type="Warning", reason="NodeFenced",
-                       message=f"fenced by agent {cfg.fence_agent}: {message}")
+            await events.post(self.res, {"apiVersion": "v1", "kind": "Node", **node}, "Warning", "NodeFenced",
+                              f"fenced by agent {cfg.fence_agent}: {message}", FIELD_MANAGER)
         return "Fenced"
 
     async def _lift_fence(self, name: str, node: dict[str, Any], on_node: list[dict[str, Any]]) -> None:
