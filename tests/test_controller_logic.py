@@ -182,3 +182,16 @@ def test_handler_status_from_domain() -> None:
                                                  "message": "unsupported configuration: CPU model"}, None, "t")
     assert failed and failed["phase"] == "Failed"
     assert any(c["type"] == "Failure" and "CPU model" in c["message"] for c in failed["conditions"])
+
+
+def test_a_node_back_from_a_blip_clears_the_unreachable_mark() -> None:
+    owner = vm("Always")
+    inst = vmi(owner, "Running", nodeName="n1", conditions=[{"type": "Ready", "status": "False",
+                                                             "reason": "NodeUnreachable", "message": "x"}])
+    pod = {"metadata": {"name": "p", "uid": "pu", "labels": {"kvtool.io/vmi-uid": inst["metadata"]["uid"]}},
+           "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    d = vmi_logic.decide(inst, [pod], node_ready=True)
+    ready = next(c for c in d.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "NodeReachable"
+    assert vmi_logic.decide(inst, [pod], node_ready=None).status is None or "conditions" not in (
+        vmi_logic.decide(inst, [pod], node_ready=None).status or {}), "unknown readiness changes nothing"

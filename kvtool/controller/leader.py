@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from kubernetes import client
@@ -59,6 +60,19 @@ def elect(api: client.ApiClient, settings: ElectionSettings) -> threading.Event:
 
     config = electionconfig.Config(LeaseLock(settings.name, settings.namespace, me), settings.lease_duration,
                                    settings.renew_deadline, settings.retry_period, started, stopped)
-    threading.Thread(target=leaderelection.LeaderElection(config).run, daemon=True, name="leader-election").start()
+    def campaign() -> None:
+        """The library's loop raises when the API is unreachable (its LeaseLock lets urllib3 errors through):
+        a follower campaigns again after a pause; a leader that cannot tell whether it still leads exits."""
+        while True:
+            try:
+                leaderelection.LeaderElection(config).run()
+            except Exception as exc:
+                if leading.is_set():
+                    log.error("event=leadership-unknown identity=%s error=%r; exiting", me, str(exc))
+                    os._exit(LOST_EXIT_CODE)
+                log.warning("event=campaign-retry identity=%s error=%r", me, str(exc))
+            time.sleep(settings.retry_period)
+
+    threading.Thread(target=campaign, daemon=True, name="leader-election").start()
     log.info("event=campaigning identity=%s lease=%s/%s", me, settings.namespace, settings.name)
     return leading

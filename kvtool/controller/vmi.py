@@ -105,6 +105,11 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
         if node and node_ready is False and ORDER.get(phase, 0) >= ORDER["Running"]:
             conds.append(conditions.condition("Ready", False, "NodeUnreachable",
                                               f"node {node} is not ready: its kubelet stopped reporting"))
+        elif node_ready and phase == "Running" and (conditions.get(vmi, "Ready") or {}).get("reason") == \
+                "NodeUnreachable":
+            # The node is back and the pod still runs: the mark was ours, and the domain outlived the blip
+            # (had it not, the pod's end or the handler's report would say so).
+            conds.append(conditions.condition("Ready", True, "NodeReachable", f"node {node} is ready again"))
     # Phases only move forward (Failed/Succeeded end everything).
     if "phase" in new and ORDER.get(new["phase"], 0) <= ORDER.get(phase, 0) and new["phase"] != phase:
         del new["phase"]

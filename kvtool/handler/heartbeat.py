@@ -20,7 +20,7 @@ from typing import Any
 
 from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE, Kind
 from kvtool.deploy import manifests
-from kvtool.kube.resources import KubeError, Resources
+from kvtool.kube.resources import Resources
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
 
 log = logging.getLogger("kvtool.handler")
@@ -48,7 +48,7 @@ async def beat(res: Resources, node: str, namespace: str) -> None:
             if failing:
                 log.info("node=%s event=heartbeat-resumed", node)
             failing = False
-        except (KubeError, OSError) as exc:
+        except Exception as exc:  # the API is away (urllib3 errors are not OSErrors): beat on regardless
             if not failing:
                 log.warning("node=%s event=heartbeat-failed error=%r", node, str(exc))
             failing = True

@@ -149,7 +149,8 @@ class Resources:
     def create(self, kind: Kind, manifest: Mapping[str, Any], field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         meta = manifest["metadata"]
         return self.request("POST", self.path(kind, meta.get("namespace")), query={"fieldManager": field_manager},
-                            body=manifest, what=f"create {ref(kind, meta.get('namespace'), meta['name'])}")
+                            body=manifest,
+                            what=f"create {ref(kind, meta.get('namespace'), meta.get('name') or meta['generateName'])}")
 
     def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str = "Background",
                resource_version: str | None = None, uid: str | None = None,
