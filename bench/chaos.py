@@ -92,11 +92,15 @@ def inject(kind: str, res: Resources, layout: Layout, names: list[str], rng: ran
     """Inject one fault: what was done, and (VM name, its QEMU pids) when that VM's domain must come back anew."""
     if kind == "controller":
         leader = ((res.get(LEASE, "kvtool-system", "kvtool-controller") or {}).get("spec") or {}).get("holderIdentity")
-        res.delete(POD, "kvtool-system", leader, grace_period=0)
+        if not res.delete(POD, "kvtool-system", leader, grace_period=0):
+            raise RuntimeError(f"the Lease still names {leader}, whose pod is gone: no leader yet")
         return f"deleted the leading controller pod {leader}", None
     if kind == "handler":
         pods, _ = res.list(POD, "kvtool-system", label_selector="app.kubernetes.io/name=kvtool-handler")
-        pod = rng.choice(pods)["metadata"]["name"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        if not live:
+            raise RuntimeError("every handler pod is terminating")
+        pod = rng.choice(live)["metadata"]["name"]
         res.delete(POD, "kvtool-system", pod)
         return f"deleted handler pod {pod}", None
     if kind in ("launcher", "qemu"):
