@@ -113,17 +113,23 @@ def opted_out(vm: Mapping[str, Any] | None) -> bool:
     return ((vm or {}).get("metadata", {}).get("annotations") or {}).get(OPT_OUT_ANNOTATION) == "disabled"
 
 
+def claim_names(vmi: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(volume, PVC name) of each of the VMI's persistentVolumeClaim and dataVolume volumes."""
+    out = []
+    for vol in (vmi.get("spec") or {}).get("volumes") or []:
+        claim = vol.get("persistentVolumeClaim") or vol.get("dataVolume") or {}
+        if name := claim.get("claimName") or claim.get("name"):
+            out.append((vol.get("name", ""), name))
+    return out
+
+
 def node_local_disk(vmi: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
                     volumes: Mapping[str, Mapping[str, Any]], node: str) -> str | None:
     """Why this VMI's disk cannot follow it off `node` (a PV that lives only there), or None.
 
     claims: PVC name -> PVC in the VMI's namespace; volumes: PV name -> PV.
     """
-    for vol in (vmi.get("spec") or {}).get("volumes") or []:
-        claim_name = (vol.get("persistentVolumeClaim") or vol.get("dataVolume") or {}).get("claimName") \
-            or (vol.get("dataVolume") or {}).get("name")
-        if not claim_name:
-            continue
+    for volume, claim_name in claim_names(vmi):
         pv_name = ((claims.get(claim_name) or {}).get("spec") or {}).get("volumeName")
         pv = volumes.get(pv_name or "")
         if pv is None:
@@ -133,7 +139,7 @@ def node_local_disk(vmi: Mapping[str, Any], claims: Mapping[str, Mapping[str, An
         if kind is None and _pinned_to(spec, node):
             kind = "pinned by nodeAffinity"
         if kind:
-            return (f"disk {vol['name']!r} is on PersistentVolume {pv_name} ({kind}), which lives only on node "
+            return (f"disk {volume!r} is on PersistentVolume {pv_name} ({kind}), which lives only on node "
                     f"{node}: kvtool will not start the VM elsewhere on an empty disk. Bring {node} back and the "
                     f"VM starts again, or restore the disk to shared storage and restart the VM.")
     return None

@@ -286,11 +286,7 @@ class Controller:
     async def _node_local_disk(self, vmi: dict[str, Any], node: str) -> str | None:
         ns = vmi["metadata"]["namespace"]
         claims, volumes = {}, {}
-        for vol in (vmi.get("spec") or {}).get("volumes") or []:
-            claim = (vol.get("persistentVolumeClaim") or vol.get("dataVolume") or {})
-            claim_name = claim.get("claimName") or claim.get("name")
-            if not claim_name:
-                continue
+        for _volume, claim_name in failover.claim_names(vmi):
             pvc = await self._call(self.res.get, PVC, ns, claim_name)
             if pvc and (pv_name := (pvc.get("spec") or {}).get("volumeName")):
                 claims[claim_name] = pvc
