@@ -1,5 +1,6 @@
-"""The controller never drops work: API errors injected by an admission policy (the apiserver refuses the
-controller's writes for one VM), and the VM still converges once they stop, with no further event about it."""
+"""The controller and the handler never drop work: API errors injected by an admission policy (the apiserver
+refuses the component's writes for one VM), and the VM still converges once they stop, with no further event
+about it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,6 +20,7 @@ from tests.vmfactory import vm
 from tests.waiting import wait_for
 
 CONTROLLER = "system:serviceaccount:kvtool-system:kvtool-controller"
+HANDLER = "system:serviceaccount:kvtool-system:kvtool-handler"
 DENIALS = re.compile(r'^apiserver_validating_admission_policy_check_total\{(?P<labels>[^}]*)\} (?P<n>[0-9.e+]+)$',
                      re.MULTILINE)
 
@@ -28,24 +31,27 @@ def _refusals(cluster: Cluster, policy: str) -> float:
                if f'policy="{policy}"' in m["labels"] and 'enforcement_action="deny"' in m["labels"])
 
 
-def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp_path: Path) -> None:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
-    name = f"refused-{uuid.uuid4().hex[:5]}"
-    policy = f"test-refuse-{name}"
-    fault = [
+def _policy(policy: str, user: str, operation: str, resource: str, name: str, message: str) -> list[dict[str, Any]]:
+    """An admission policy that refuses `user`'s `operation` on `resource` for the object called `name`."""
+    return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
          "metadata": {"name": policy},
          "spec": {"failurePolicy": "Fail",
                   "matchConstraints": {"resourceRules": [{"apiGroups": ["kvtool.io"], "apiVersions": ["*"],
-                                                          "operations": ["CREATE"],
-                                                          "resources": ["virtualmachineinstances"]}]},
-                  "matchConditions": [{"name": "controller",
-                                       "expression": f"request.userInfo.username == '{CONTROLLER}'"}],
-                  "validations": [{"expression": f"object.metadata.name != '{name}'",
-                                   "message": "injected fault: the VMI create is refused"}]}},
+                                                          "operations": [operation], "resources": [resource]}]},
+                  "matchConditions": [{"name": "component", "expression": f"request.userInfo.username == '{user}'"}],
+                  "validations": [{"expression": f"object.metadata.name != '{name}'", "message": message}]}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
          "metadata": {"name": policy}, "spec": {"policyName": policy, "validationActions": ["Deny"]}},
     ]
+
+
+def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp_path: Path) -> None:
+    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
+    name = f"refused-{uuid.uuid4().hex[:5]}"
+    policy = f"test-refuse-{name}"
+    fault = _policy(policy, CONTROLLER, "CREATE", "virtualmachineinstances", name,
+                    "injected fault: the VMI create is refused")
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(fault))
     doc = vm(name, run_strategy="Always")
     try:
@@ -74,4 +80,32 @@ def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp
     print(f"refusals injected: {_refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
           f"{time.monotonic() - faults_stopped:.1f} s")
     assert condition(get(cluster, "vm", name), "Failure").get("status") == "False", "the failure cleared"
+    cluster.kubectl("delete", "vm", name, "--wait=false")
+
+
+def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_running(cluster: Cluster,
+                                                                                 tmp_path: Path) -> None:
+    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
+    name = f"unreported-{uuid.uuid4().hex[:5]}"
+    policy = f"test-refuse-{name}"
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(_policy(
+        policy, HANDLER, "UPDATE", "virtualmachineinstances/status", name,
+        "injected fault: the VMI status write is refused")))
+    try:
+        path = tmp_path / "vm.yaml"
+        path.write_text(yaml.safe_dump(vm(name, run_strategy="Always")))
+        kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
+        # The guest runs, but the handler cannot say so: its worker ends on each refusal and the handler's
+        # work queue restarts it with backoff (2 s, 4 s, ...).
+        wait_for(lambda: _refusals(cluster, policy) >= 3, timeout=90,
+                 what="the handler retrying its refused status write (3 refusals)")
+        vmi = get(cluster, "vmi", name)
+        assert vmi is not None and vmi["status"].get("phase") != "Running", vmi and vmi["status"]
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                        check=False)
+    faults_stopped = time.monotonic()
+    wait_running(cluster, name, timeout=120)
+    print(f"refusals injected: {_refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
+          f"{time.monotonic() - faults_stopped:.1f} s")
     cluster.kubectl("delete", "vm", name, "--wait=false")

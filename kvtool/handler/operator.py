@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,11 +18,13 @@ from kvtool.handler import status as status_mod
 from kvtool.handler.worker import VMIWorker
 from kvtool.kube import kopfbase
 from kvtool.kube.resources import KubeError, Resources
+from kvtool.kube.workqueue import WorkQueue
 
 log = logging.getLogger("kvtool.handler")
 
 FIELD_MANAGER = "kvtool-handler"
 RETRY_AFTER, RETRY_MAX = 2.0, 60.0  # a stopped worker's restart: 2 s, doubling per failure in a row
+RESYNC = 300.0  # every cached VMI is processed again this often, so even a lost event heals
 NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 
@@ -32,7 +35,14 @@ def precise_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
+class WorkerEnded(Exception):
+    """A VMI's worker stopped by itself while the VMI still runs here: retried by the queue with backoff."""
+
+
 class Handler:
+    """The node's VMIs: watch events only add keys to a rate-limited work queue (kvtool.kube.workqueue); one
+    key at a time, `process` starts, restarts or stops that VMI's worker from the cached VMI."""
+
     def __init__(self, res: Resources, node: str, sockets_dir: Path, namespace: str = "kvtool-system") -> None:
         self.res = res
         self.node = node
@@ -42,65 +52,67 @@ class Handler:
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.workers: dict[tuple[str, str], VMIWorker] = {}
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.restarts: dict[tuple[str, str], int] = {}  # worker restarts in a row, per VMI (reset by a report)
-        self.timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # A worker that keeps ending is restarted after 2 s, 4 s, ... 60 s; its first status report resets that.
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
+            "handler", self.process, workers=2, base_delay=RETRY_AFTER, max_delay=RETRY_MAX, resync=RESYNC,
+            keys=lambda: list(self.cache), forget_on_success=False)
 
     def on_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        vmi = copy.deepcopy(dict(body))
-        status = vmi.get("status") or {}
+        status = body.get("status") or {}
         mine = (meta.get("labels") or {}).get(NODE_LABEL) == self.node and status.get("nodeName") == self.node
         if event_type == "DELETED" or not mine:
             self.cache.pop(key, None)
-            self.restarts.pop(key, None)
-            self.locks.pop(key, None)
-            if (timer := self.timers.pop(key, None)) is not None:
-                timer.cancel()
-            worker = self.workers.pop(key, None)
-            if worker:
-                worker.stop()
-            return
-        self.cache[key] = vmi
-        pods = [uid for uid, node in (status.get("activePods") or {}).items() if node == self.node]
+        else:
+            self.cache[key] = copy.deepcopy(dict(body))
+        self.queue.add(key)
+
+    async def process(self, key: tuple[str, str]) -> None:
+        """Bring the VMI's worker in line with the cached VMI. Idempotent: a sync of a running domain is a
+        no-op, so a resync or a repeated key costs nothing."""
+        vmi = self.cache.get(key)
         worker = self.workers.get(key)
-        finished = worker is not None and (worker.task is None or worker.task.done())
-        if worker and (worker.pod_uid not in pods or status.get("phase") in ("Succeeded", "Failed") or finished):
-            # A new pod, the end of the VMI, or a worker that gave up: start over (sync is idempotent).
-            worker.stop()
-            self.workers.pop(key, None)
-            worker = None
-        if worker is None and pods and status.get("phase") not in ("Succeeded", "Failed") \
-                and not meta.get("deletionTimestamp"):
-            worker = VMIWorker(key, pods[0], self.sockets_dir, lambda k=key: self.cache.get(k),
-                               lambda domain, version, k=key: self.report(k, domain, version))
+        if vmi is None:
+            self.locks.pop(key, None)
+            self.queue.forget(key)
+            if worker is not None:
+                self.workers.pop(key).stop()
+            return
+        status = vmi.get("status") or {}
+        ended = status.get("phase") in ("Succeeded", "Failed") or bool(vmi["metadata"].get("deletionTimestamp"))
+        pods = [uid for uid, node in (status.get("activePods") or {}).items() if node == self.node]
+        if worker is not None:
+            same_pod = worker.pod_uid in pods and not ended
+            if worker.task is not None and worker.task.done():
+                self.workers.pop(key)
+                if same_pod:
+                    raise WorkerEnded(f"worker ended: {worker.outcome or 'no reason given'}")
+                worker = None
+            elif not same_pod:
+                self.workers.pop(key).stop()  # a new pod, or the end of the VMI
+                worker = None
+        if worker is None and pods and not ended:
+            worker = VMIWorker(key, pods[0], self.sockets_dir, functools.partial(self.cache.get, key),
+                               functools.partial(self.report, key))
             self.workers[key] = worker
             worker.start()
             assert worker.task is not None
-            worker.task.add_done_callback(lambda _t, k=key, w=worker: self._worker_done(k, w))
+
+            def requeue(task: asyncio.Task[None]) -> None:
+                if not task.cancelled():  # ended by itself: process() decides whether to restart it
+                    self.queue.add(key)
+
+            worker.task.add_done_callback(requeue)
         elif worker is not None:
             worker.poke()
 
-    def _worker_done(self, key: tuple[str, str], worker: VMIWorker) -> None:
-        """A worker that stopped while its VMI still runs here is started again after a pause: nothing
-        else would, if no further event comes for that VMI."""
-        if self.workers.get(key) is not worker or worker.task is None or worker.task.cancelled():
-            return
-
-        failures = self.restarts.get(key, 0)
-        delay = min(RETRY_MAX, RETRY_AFTER * 2 ** failures)
-        self.restarts[key] = failures + 1
-
-        def again() -> None:
-            self.timers.pop(key, None)
-            vmi = self.cache.get(key)
-            if vmi is not None and self.workers.get(key) is worker:
-                log.info("vmi=%s/%s event=worker-restart attempt=%d after=%.0fs", *key, failures + 1, delay)
-                self.on_event("MODIFIED", vmi)
-
-        if (old := self.timers.pop(key, None)) is not None:
-            old.cancel()
-        self.timers[key] = asyncio.get_running_loop().call_later(delay, again)
+    async def stop(self) -> None:
+        await self.queue.stop()
+        for worker in self.workers.values():
+            worker.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
 
     async def report(self, key: tuple[str, str], domain: dict[str, Any], version: str | None) -> None:
         async with self.locks.setdefault(key, asyncio.Lock()):
@@ -116,7 +128,7 @@ class Handler:
                     updated = await asyncio.to_thread(self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, key[0], key[1],
                                                       body, subresource="status", field_manager=FIELD_MANAGER)
                     self.cache[key] = updated
-                    self.restarts.pop(key, None)  # a worker that reports is healthy: its backoff starts over
+                    self.queue.forget(key)  # a worker that reports is healthy: its restart backoff starts over
                     log.info("vmi=%s/%s event=status phase=%s", key[0], key[1], updated.get("status", {}).get("phase"))
                     return
                 except KubeError as exc:
@@ -128,8 +140,8 @@ class Handler:
                     if fresh is None:
                         return
                     self.cache[key] = fresh
-            # Three writers in a row were faster. Not dropped: the worker ends, and its restart (_worker_done)
-            # syncs the launcher again and reports afresh.
+            # Three writers in a row were faster. Not dropped: the worker ends, and the queue restarts it with
+            # backoff; the new worker syncs the launcher again and reports afresh.
             log.warning("vmi=%s/%s event=status-write-retry reason=conflicts attempts=3 phase=%s", key[0], key[1],
                         domain.get("phase"))
             raise RuntimeError(f"status of {key[0]}/{key[1]} lost three write conflicts in a row")
@@ -148,11 +160,11 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
         log.info("node=%s event=started leftovers_destroyed=%d", handler.node, len(destroyed))
         handler.heartbeat = asyncio.get_running_loop().create_task(
             heartbeat.beat(handler.res, handler.node, handler.namespace), name="heartbeat")
+        handler.queue.start()
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_heartbeat(**_: Any) -> None:
-        if handler.heartbeat is not None:
-            handler.heartbeat.cancel()
+    async def stop(**_: Any) -> None:
+        await handler.stop()
 
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:  # async: workers live in this loop

@@ -38,6 +38,7 @@ class VMIWorker:
         self.task: asyncio.Task[None] | None = None
         self.version: str | None = None
         self.domain: dict[str, Any] = {}
+        self.outcome = ""  # why run() ended, for the queue's retry log line
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"vmi-{self.key[0]}/{self.key[1]}")
@@ -55,6 +56,7 @@ class VMIWorker:
             info = await self._connect()
             if info is None:
                 log.warning("vmi=%s/%s event=no-launcher socket=%s", ns, name, self.socket)
+                self.outcome = f"the launcher did not answer on {self.socket}"
                 return
             client = LauncherClient(self.socket)
             self.version = info.get("launcherVersion")
@@ -82,12 +84,15 @@ class VMIWorker:
                     waiter.cancel()
             finally:
                 watcher.cancel()
+            self.outcome = "the launcher's domain watch ended"
         except asyncio.CancelledError:
             raise
         except LauncherUnavailable as exc:
             log.info("vmi=%s/%s event=launcher-gone detail=%r", ns, name, str(exc))
-        except Exception:
+            self.outcome = f"launcher unavailable: {exc}"
+        except Exception as exc:
             log.exception("vmi=%s/%s event=worker-error", ns, name)
+            self.outcome = f"{type(exc).__name__}: {exc}"
 
     async def _connect(self) -> dict[str, Any] | None:
         """The launcher's ping reply, retrying while it starts: its socket file appears a moment before it

@@ -26,8 +26,11 @@ Process = Callable[[K], Awaitable[float | None]]
 class WorkQueue(Generic[K]):
     def __init__(self, name: str, process: Process[K], *, workers: int = 4, base_delay: float = 0.1,
                  max_delay: float = 60.0, resync: float | None = None,
-                 keys: Callable[[], Iterable[K]] | None = None) -> None:
+                 keys: Callable[[], Iterable[K]] | None = None, forget_on_success: bool = True) -> None:
         self.name = name
+        # False when a key's work outlives its sync (e.g. a worker task it starts): the owner then calls
+        # forget() once that work has proved healthy, so the backoff keeps growing until it has.
+        self.forget_on_success = forget_on_success
         self.process = process
         self.workers = workers
         self.base_delay, self.max_delay = base_delay, max_delay
@@ -115,7 +118,8 @@ class WorkQueue(Generic[K]):
                 log.warning("queue=%s key=%s event=retry failures=%d in=%.2fs error=%r", self.name, _show(key),
                             self.failures[key], delay, str(exc) or type(exc).__name__)
             else:
-                self.forget(key)
+                if self.forget_on_success:
+                    self.forget(key)
                 if again is not None:
                     self.add_after(key, again)
             finally:
