@@ -45,6 +45,7 @@ def test_containerd_config_is_the_nodes_own() -> None:
     assert cri["containerd"]["runtimes"]["runc"]["options"] == {"BinaryName": "/usr/sbin/runc", "SystemdCgroup": False}
     assert cri["cni"]["conf_dir"] == "/h/nodes/kvtool-node-2/cni/net.d"
     assert conf["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "kvtool.io/pause:abc"
+    assert conf["plugins"]["io.containerd.nri.v1.nri"] == {"disable": True}, "no host-wide NRI socket to race for"
 
 
 def test_cni_network_uses_the_nodes_pod_cidr_and_its_own_state() -> None:

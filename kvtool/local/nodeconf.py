@@ -113,6 +113,11 @@ def containerd_config(node: NodePlan, sandbox_image: str, runc: str) -> str:
         '  stream_server_address = "127.0.0.1"',
         '  stream_server_port = "0"',
         "",
+        # NRI listens on one host-wide socket (/var/run/nri/nri.sock): two nodes' containerds starting at
+        # once race for it and one dies ("bind: address already in use"). Nothing here uses NRI.
+        '[plugins."io.containerd.nri.v1.nri"]',
+        "  disable = true",
+        "",
     ])
 
 
