@@ -18,15 +18,14 @@ Usage: python bench/failover.py [--runs 3] [--modes stop partition] [--grace 40]
 from __future__ import annotations
 
 import argparse
-import os
-import select
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib
 from vm_start import MARKER, console_log, pct, vm_manifest
@@ -37,41 +36,10 @@ from kvtool.controller import timeutil
 from kvtool.kube.resources import Resources
 from kvtool.local import cluster
 from kvtool.local.layout import Layout
+from tests.processes import ExitWatch, qemu_for, start_time
 
 NODE = Kind("v1", "Node", "nodes")
 CONFIG = ("kvtool-system", "kvtool-failover")
-
-
-def qemu_pids(domain: str) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().startswith("qemu") and \
-                    f"guest={domain},".encode() in (entry / "cmdline").read_bytes():
-                out.append(int(entry.name))
-        except OSError:
-            continue
-    return out
-
-
-def start_time(pid: int) -> float:
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def exit_watch(pid: int) -> dict[str, float]:
-    """{"at": exit time} once the process exits (a pidfd turns readable), filled from a thread."""
-    seen: dict[str, float] = {}
-    fd = os.pidfd_open(pid)
-
-    def wait() -> None:
-        select.select([fd], [], [])
-        seen["at"] = time.time()
-        os.close(fd)
-
-    threading.Thread(target=wait, daemon=True).start()
-    return seen
 
 
 def wait(predicate: Any, timeout: float, what: str, period: float = 0.1) -> Any:
@@ -109,8 +77,8 @@ def one_run(res: Resources, layout: Layout, mode: str) -> dict[str, float]:
                  (v.get("status") or {}).get("phase") == "Running" and v, 180, f"{name} Running")
     wait(lambda: (log := console_log(layout, first)) is not None and MARKER in log.read_bytes(), 120, "first boot")
     node = first["status"]["nodeName"]
-    [old_qemu] = qemu_pids(f"default_{name}")
-    old_exit = exit_watch(old_qemu)
+    [old_qemu] = qemu_for(f"default_{name}")
+    old_exit = ExitWatch(old_qemu)
     leader = (res.get(Kind("coordination.k8s.io/v1", "Lease", "leases"), "kvtool-system", "kvtool-controller")
               or {}).get("spec", {}).get("holderIdentity", "")
     controller_pods, _ = res.list(Kind("v1", "Pod", "pods"), "kvtool-system",
@@ -132,14 +100,14 @@ def one_run(res: Resources, layout: Layout, mode: str) -> dict[str, float]:
     running = timeutil.parse(stamps["Running"]).timestamp()
     wait(lambda: (log := console_log(layout, again)) is not None and MARKER in log.read_bytes(), 120, "new boot")
     booted = time.time()
-    [new_qemu] = qemu_pids(f"default_{name}")
-    wait(lambda: "at" in old_exit, 30, "the old QEMU's exit")
-    overlap = start_time(new_qemu) - old_exit["at"] < 0
+    [new_qemu] = qemu_for(f"default_{name}")
+    wait(lambda: old_exit.exited_at is not None, 30, "the old QEMU's exit")
+    overlap = start_time(new_qemu) - old_exit.exited_at < 0
     res.delete(VIRTUAL_MACHINE, "default", name)
     back_in_service(res, layout.home, node)
     return {"detection": detected - fault, "fencing": fenced_at - detected, "restart": running - fenced_at,
             "total": running - fault, "to_boot": booted - fault, "overlap": float(overlap),
-            "leader_on_lost_node": float(leader_here), "qemu_gap": start_time(new_qemu) - old_exit["at"]}
+            "leader_on_lost_node": float(leader_here), "qemu_gap": start_time(new_qemu) - old_exit.exited_at}
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from kvtool.podnet import forward, netcmd
 from tests.conftest import Cluster
-from tests.runtime_helpers import pod_processes
+from tests.processes import pod_processes
 
 Netns = str | Path  # a named namespace, or a namespace file
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tests.conftest import Cluster
@@ -42,38 +41,3 @@ def wait_running(cluster: Cluster, name: str, timeout: float = 120) -> dict[str,
     vmi = get(cluster, "vmi", name)
     assert vmi is not None
     return vmi
-
-
-def _pids_where(file: str, match: Callable[[bytes], bool]) -> list[int]:
-    """PIDs whose /proc/<pid>/<file> matches (processes that exit meanwhile are skipped)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if match((entry / file).read_bytes()):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains text (QEMU, libvirtd and launchers carry their pod's paths)."""
-    return _pids_where("cmdline", lambda cmdline: text.encode() in cmdline.replace(b"\0", b" "))
-
-
-def pod_processes(pod_uid: str) -> list[int]:
-    """PIDs in a pod's cgroup (the kubelet names it pod<uid>): its containers' processes, QEMU included."""
-    return _pids_where("cgroup", lambda cgroup: f"/pod{pod_uid}/".encode() in cgroup)
-
-
-def qemu_for(domain: str) -> list[int]:
-    return [p for p in processes_mentioning(f"guest={domain}") if _comm(p).startswith("qemu")]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""

@@ -8,9 +8,6 @@ case takes seconds; bench/failover.py measures the default 40 s.
 from __future__ import annotations
 
 import json
-import os
-import select
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +18,8 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import condition, describe_vm, get, qemu_for, vm_status, wait_running
+from tests.processes import ExitWatch, qemu_for, start_time
+from tests.runtime_helpers import condition, describe_vm, get, vm_status, wait_running
 from tests.vmfactory import vm
 from tests.waiting import wait_for
 
@@ -117,13 +115,6 @@ def _marker_uptime(name: str) -> float:
     return float(line.split("uptime=")[1].split()[0])
 
 
-def _start_time(pid: int) -> float:
-    """When a process started, in epoch seconds (from /proc: boot time + start ticks)."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    btime = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _partition_and_fail_over(cluster: Cluster, name: str) -> str:
     """Partition the running VM's node until the VM runs elsewhere; that node. Checks that its old QEMU
     exited before the new one started. The caller puts the node back in service."""
@@ -138,28 +129,13 @@ def _partition_and_fail_over(cluster: Cluster, name: str) -> str:
         [new_qemu] = qemu_for(f"default_{name}")
         watch.thread.join(timeout=10)
         assert watch.exited_at is not None, "the partitioned node's QEMU was stopped by fencing"
-        started = _start_time(new_qemu)
+        started = start_time(new_qemu)
         assert watch.exited_at <= started, (
             f"the replacement QEMU started at {started:.2f}, before the old one exited at {watch.exited_at:.2f}")
     except BaseException:
         _back_in_service(cluster, node)
         raise
     return node
-
-
-class ExitWatch:
-    """Records the moment a process exits (a pidfd becomes readable then), from a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.fd = os.pidfd_open(pid)
-        self.exited_at: float | None = None
-        self.thread = threading.Thread(target=self._wait, daemon=True)
-        self.thread.start()
-
-    def _wait(self) -> None:
-        select.select([self.fd], [], [])
-        self.exited_at = time.time()
-        os.close(self.fd)
 
 
 def test_a_powered_off_node_s_vm_boots_again_on_the_other_node(cluster: Cluster, fast_failover: None,

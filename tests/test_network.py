@@ -36,7 +36,8 @@ from kvtool.local import nodenet
 from kvtool.podnet import dhcp, expose, nat, netcmd
 from tests import network_helpers as nh
 from tests.conftest import KVTOOL, Cluster, kvtool
-from tests.runtime_helpers import describe_vm, get, qemu_for, wait_for, wait_running
+from tests.processes import qemu_for
+from tests.runtime_helpers import describe_vm, get, wait_for, wait_running
 from tests.vmfactory import vm
 
 NODE_1, NODE_2 = "kvtool-node-1", "kvtool-node-2"

@@ -19,7 +19,8 @@ import yaml
 
 from kvtool.controller import template
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import condition, get, qemu_for, wait_running
+from tests.processes import qemu_for
+from tests.runtime_helpers import condition, get, wait_running
 from tests.vmfactory import vm
 from tests.waiting import wait_for
 

@@ -18,16 +18,8 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import (
-    condition,
-    describe_vm,
-    get,
-    pod_processes,
-    qemu_for,
-    vm_status,
-    wait_for,
-    wait_running,
-)
+from tests.processes import pod_processes, qemu_for
+from tests.runtime_helpers import condition, describe_vm, get, vm_status, wait_for, wait_running
 from tests.vmfactory import vm
 
 
