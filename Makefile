@@ -15,6 +15,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

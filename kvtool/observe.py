@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def serve(port: int, healthy: Callable[[], bool], ready: Callable[[], bool] | None = None,
           host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    ready = ready or healthy
+    is_ready = ready or healthy
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -28,7 +28,7 @@ def serve(port: int, healthy: Callable[[], bool], ready: Callable[[], bool] | No
                 ok = healthy()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
             elif self.path == "/readyz":
-                ok = ready()
+                ok = is_ready()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
             else:
                 self._send(404, b"not found\n")

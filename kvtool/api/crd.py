@@ -31,14 +31,14 @@ def structural(node: Any, base_id: str) -> Any:
         return structural(merged, target_id)
     if node.get("x-kubernetes-int-or-string"):
         # The one anyOf form structural schemas allow; the string branch's pattern moves up.
-        string_branch = next((b for b in node.get("anyOf", []) if b.get("type") == "string"), {})
-        out = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+        string_branch: Mapping[str, Any] = next((b for b in node.get("anyOf", []) if b.get("type") == "string"), {})
+        out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
         if "pattern" in string_branch:
             out["pattern"] = string_branch["pattern"]
         if "description" in node:
             out["description"] = node["description"]
         return out
-    out: dict[str, Any] = {}
+    out = {}
     for key, value in node.items():
         if key in _DROP:
             continue

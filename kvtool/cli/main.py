@@ -72,7 +72,7 @@ def _usage_exit_code(argv: list[str]) -> int:
     return 1 if detailed or _first_command(argv) == "plan" else 2
 
 
-def build_parser(command: str | None, usage_exit_code: int = 2) -> tuple[argparse.ArgumentParser, ModuleType | None]:
+def build_parser(command: str | None, usage_exit_code: int = 2) -> tuple[_Parser, ModuleType | None]:
     parser = _Parser(
         prog="kvtool",
         description="Virtual machines next to containers on Kubernetes, with Terraform-style plan/apply.",

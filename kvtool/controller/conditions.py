@@ -31,9 +31,8 @@ def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]]
     out = []
     for c in new:
         prev = before.get(c["type"])
-        same = prev is not None and prev.get("status") == c["status"]
-        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same and prev.get(
-            "lastTransitionTime") else timeutil.stamp()})
+        kept = prev.get("lastTransitionTime") if prev is not None and prev.get("status") == c["status"] else None
+        out.append({**c, "lastTransitionTime": kept or timeutil.stamp()})
     return out
 
 

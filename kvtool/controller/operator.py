@@ -393,34 +393,36 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def configure(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         kopfbase.configure(settings, "kvtool-controller")
         settings.watching.label_selectors["v1", "pods"] = f"{LAUNCHER_LABEL_KEY}={LAUNCHER_LABEL_VALUE}"
 
+    # kopf calls handlers with keyword arguments only, and types `namespace` as `str | None` (None for
+    # cluster-scoped kinds); the signatures below match its IndexingFn / WatchingFn protocols.
     @kopf.index(*VM_R, id="vm_index", registry=registry)
-    def vm_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def vm_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): body}
 
     @kopf.index(*VMI_R, id="vmi_index", registry=registry)
-    def vmi_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def vmi_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): body}
 
     @kopf.index("v1", "pods", labels=LAUNCHER, id="pod_index", registry=registry)
-    def pod_index(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def pod_index(*, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels.get("kvtool.io/vmi", "")): body}
 
     @kopf.index("v1", "nodes", id="node_index", registry=registry)
-    def node_index(name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
+    def node_index(*, name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
         ready = next((c.get("status") == "True" for c in status.get("conditions") or [] if c.get("type") == "Ready"),
                      False)
         return {name: ready}
 
     @kopf.index("v1", "nodes", id="node_body_index", registry=registry)
-    def node_body_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def node_body_index(*, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {name: body}
 
     @kopf.index("coordination.k8s.io", "v1", "leases", id="lease_index", registry=registry)
-    def lease_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    def lease_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         # Heartbeats only: kubelets' Node Leases and the handlers' own.
         if namespace == failover.NODE_LEASE_NAMESPACE or name.startswith(failover.HANDLER_LEASE_PREFIX):
             return {(namespace, name): body}
@@ -443,27 +445,31 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         await ctl.queue.stop()
 
     @kopf.on.event(*VM_R, registry=registry)
-    async def on_vm(namespace: str, name: str, **kwargs: Any) -> None:
+    async def on_vm(*, namespace: str | None, name: str, **kwargs: Any) -> None:
         remember(kwargs)
+        if namespace is None:  # never: VirtualMachines are namespaced
+            return
         ctl.queue.add(("vm", namespace, name))
 
     @kopf.on.event(*VMI_R, registry=registry)
-    async def on_vmi(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    async def on_vmi(*, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
+        if namespace is None:  # never: VirtualMachineInstances are namespaced
+            return
         ctl.queue.add(("vmi", namespace, name))
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("kind") == "VirtualMachine":
                 ctl.queue.add(("vm", namespace, ref["name"]))
 
     @kopf.on.event("v1", "pods", labels=LAUNCHER, registry=registry)
-    async def on_pod(namespace: str, labels: Mapping[str, str], **kwargs: Any) -> None:
+    async def on_pod(*, namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
         remember(kwargs)
         vmi_name = labels.get("kvtool.io/vmi")
-        if vmi_name:
+        if vmi_name and namespace is not None:  # (pods are namespaced: never None)
             ctl.enqueue_vm(namespace, vmi_name)
 
     @kopf.on.event("v1", "nodes", registry=registry)
-    async def on_node(name: str, **kwargs: Any) -> None:
+    async def on_node(*, name: str, **kwargs: Any) -> None:
         remember(kwargs)
         for (ns, vmi_name), store in list(kwargs["vmi_index"].items()):
             if any((b.get("status") or {}).get("nodeName") == name for b in store):

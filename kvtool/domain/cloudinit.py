@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from time import struct_time
 from types import MappingProxyType, ModuleType
 from typing import Any
 
@@ -184,10 +185,10 @@ class _FrozenTime:
     def time(self) -> float:
         return FIXED_EPOCH
 
-    def localtime(self, secs: float | None = None) -> time.struct_time:
+    def localtime(self, secs: float | None = None) -> struct_time:
         return time.gmtime(FIXED_EPOCH if secs is None else secs)
 
-    def gmtime(self, secs: float | None = None) -> time.struct_time:
+    def gmtime(self, secs: float | None = None) -> struct_time:
         return time.gmtime(FIXED_EPOCH if secs is None else secs)
 
     def __getattr__(self, name: str) -> Any:

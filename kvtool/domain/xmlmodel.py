@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar
 
 from kvtool.domain.xmlfields import (  # re-exported: device modules declare fields from here
     ABSOLUTE_PATH,
@@ -212,7 +212,7 @@ class XMLObject:
     def _wrap(self, cls: type[T], element: ET.Element) -> T:
         cached = self._wrappers.get(id(element))
         if cached is not None and cached[0] is element and type(cached[1]) is cls:
-            return cast(T, cached[1])
+            return cached[1]
         obj = cls.from_element(element)
         self._wrappers[id(element)] = (element, obj)
         return obj

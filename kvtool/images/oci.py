@@ -263,8 +263,9 @@ def write_archive(out: Path, manifest: Manifest, reference: str) -> Image:
     layout = canonical_json({"imageLayoutVersion": LAYOUT_VERSION})
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT,
-                                                 copybufsize=_CHUNK) as tar:
+        # TarFile itself, which is what tarfile.open(mode="w") returns: its stubs list copybufsize, open's do not.
+        with tmp.open("wb") as raw, tarfile.TarFile(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT,
+                                                    copybufsize=_CHUNK) as tar:
             tar.addfile(_entry("blobs", tarfile.DIRTYPE))
             tar.addfile(_entry("blobs/sha256", tarfile.DIRTYPE))
             for digest in sorted({*small, *layers}):

@@ -119,7 +119,7 @@ class ImageStore:
     # ---- reading
 
     def list(self) -> list[Image]:
-        images = []
+        images: list[Image] = []
         if not self.root.is_dir():
             return images
         for entry in sorted(self.root.iterdir()):
@@ -241,7 +241,7 @@ class ImageStore:
         if not source.is_file():
             raise KvtoolError(f"{source} is not a file", hint="pass the path of a .qcow2 or raw disk image")
         info = _qemu_img_info(source)
-        fmt = _check_disk_info(source, info)
+        fmt, virtual_size = _check_disk_info(source, info)
         with self.staging() as staged:
             disk_name = f"disk.{'img' if fmt == 'raw' else fmt}"
             _sparse_copy(source, staged / disk_name)
@@ -249,7 +249,7 @@ class ImageStore:
             if copied.get("virtual-size") != info.get("virtual-size"):
                 raise KvtoolError(f"copy of {source} differs from the original (did it change while copying?)")
             return self.add(name, staged, kind="disk", disk=disk_name, format=fmt,
-                            virtual_size=int(info["virtual-size"]), source=str(source), force=force)
+                            virtual_size=virtual_size, source=str(source), force=force)
 
     def _exists_error(self, name: str) -> ImageExistsError:
         return ImageExistsError(f"image {name!r} already exists in the image store at {self.root}",
@@ -285,7 +285,8 @@ def _qemu_img_info(path: Path, fmt: str | None = None) -> dict[str, object]:
     return json.loads(result.stdout)
 
 
-def _check_disk_info(path: Path, info: dict[str, object]) -> str:
+def _check_disk_info(path: Path, info: dict[str, object]) -> tuple[str, int]:
+    """The disk's format and virtual size, once qemu-img's report shows the store can take it."""
     fmt = str(info.get("format"))
     if fmt not in DISK_FORMATS:
         raise KvtoolError(f"{path} is a {fmt} image; the store takes {' or '.join(DISK_FORMATS)}",
@@ -309,7 +310,7 @@ def _check_disk_info(path: Path, info: dict[str, object]) -> str:
         raise KvtoolError(f"{path} does not look like a disk image: it is not a qcow2 file, and its size "
                           f"({file_size} bytes) is not a whole number of 512-byte sectors",
                           hint="pass a .qcow2 file or a raw disk image")
-    return fmt
+    return fmt, size
 
 
 def _sparse_copy(src: Path, dst: Path) -> None:

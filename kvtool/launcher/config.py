@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 from kvtool.errors import KvtoolError
 
@@ -117,6 +118,10 @@ def _grace(value: str | None) -> int:
     return int(value)
 
 
+@overload
+def _directory(env: Mapping[str, str], key: str, *, required: Literal[True] = ..., safe: bool = ...) -> Path: ...
+@overload
+def _directory(env: Mapping[str, str], key: str, *, required: bool, safe: bool = ...) -> Path | None: ...
 def _directory(env: Mapping[str, str], key: str, *, required: bool = True, safe: bool = False) -> Path | None:
     value = env.get(key)
     if not value:

@@ -138,7 +138,8 @@ def _kernel_boot(spec: dict[str, Any], store: image_store.ImageStore, out: Resol
     if kernel_boot.get("kernelArgs") is None and image.cmdline:
         # The image knows its console and options; kvtool adds the guest's name, which tiny-linux's init
         # takes as its hostname before any network or cloud-init (other kernels ignore the parameter).
-        kernel_boot["kernelArgs"] = f"{image.cmdline} kvtool.hostname={hostname}"
+        # Into `spec`, resolve's copy of the VMI spec (kernel_boot is that same dict, typed read-only by s.mapping).
+        spec["domain"]["firmware"]["kernelBoot"]["kernelArgs"] = f"{image.cmdline} kvtool.hostname={hostname}"
 
 
 def _must_exist(file: Path, path: str) -> None:

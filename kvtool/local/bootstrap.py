@@ -84,7 +84,7 @@ def ensure_kubelet_api_access(api: client.ApiClient) -> None:
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                           "name": pki.APISERVER_KUBELET_CLIENT.common_name}]}
     try:
-        rbac.create_cluster_role_binding(body)
+        rbac.create_cluster_role_binding(client.V1ClusterRoleBinding.model_validate(body))
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -100,15 +100,16 @@ def install_kvtool(kubeconfig: Path, image: str, timeout: float, extra: list[dic
     while True:
         dep = apps.read_namespaced_deployment(manifests.CONTROLLER, manifests.NAMESPACE)
         ds = apps.read_namespaced_daemon_set(manifests.HANDLER, manifests.NAMESPACE)
-        dep_ok = (dep.status.available_replicas or 0) >= 1
-        want = ds.status.desired_number_scheduled or 0
-        ds_ok = want > 0 and (ds.status.number_ready or 0) == want
-        if dep_ok and ds_ok:
+        # No status yet (a just-created object) reads as nothing available.
+        available = (dep.status.available_replicas if dep.status else None) or 0
+        want = (ds.status.desired_number_scheduled if ds.status else None) or 0
+        ready = (ds.status.number_ready if ds.status else None) or 0
+        if available >= 1 and want > 0 and ready == want:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"kvtool's pods did not become ready within {timeout:.0f}s (controller available: "
-                f"{dep.status.available_replicas or 0}, handlers ready: {ds.status.number_ready or 0}/{want}); "
+                f"{available}, handlers ready: {ready}/{want}); "
                 f"see `kubectl -n {manifests.NAMESPACE} get pods` and logs/kubelet-*.log")
         time.sleep(0.5)
 
@@ -132,11 +133,13 @@ def wait_for_nodes_ready(kubeconfig: Path, nodes: list[str], timeout: float,
                     raise
                 continue
             info = (node_info or {}).get(node)
-            if info and not obj.spec.pod_cidr:
+            spec = obj.spec or client.V1NodeSpec()
+            if info and not spec.pod_cidr:
                 core.patch_node(node, {"metadata": {"annotations": {NETNS_ANNOTATION: info[1]}},
                                        "spec": {"podCIDR": info[0], "podCIDRs": [info[0]]}})
-            ready = any(c.type == "Ready" and c.status == "True" for c in obj.status.conditions or [])
-            taints = [t.key for t in obj.spec.taints or [] if t.key.startswith("node.kubernetes.io/not-ready")]
+            conditions = (obj.status.conditions if obj.status else None) or []
+            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+            taints = [t.key for t in spec.taints or [] if t.key.startswith("node.kubernetes.io/not-ready")]
             if ready and not taints:
                 pending.discard(node)
         if pending and time.monotonic() > deadline:

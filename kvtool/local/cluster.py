@@ -309,15 +309,21 @@ def nodes(home: Path) -> list[NodeStatus]:
     core = client.CoreV1Api(clients.api_client(Layout(home).kubeconfig))
     pods: dict[str, int] = {}
     for pod in core.list_pod_for_all_namespaces().items:
-        if pod.spec.node_name and pod.status.phase in ("Pending", "Running"):
-            pods[pod.spec.node_name] = pods.get(pod.spec.node_name, 0) + 1
+        node_name = pod.spec.node_name if pod.spec else None
+        phase = pod.status.phase if pod.status else None
+        if node_name and phase in ("Pending", "Running"):
+            pods[node_name] = pods.get(node_name, 0) + 1
     out = []
     for node in core.list_node().items:
-        ready = next((c.status for c in node.status.conditions or [] if c.type == "Ready"), "Unknown")
-        ip = next((a.address for a in node.status.addresses or [] if a.type == "InternalIP"), "")
-        info = node.status.node_info
-        out.append(NodeStatus(node.metadata.name, {"True": "Ready", "False": "NotReady"}.get(ready, "Unknown"), ip,
-                              info.kubelet_version, info.container_runtime_version, pods.get(node.metadata.name, 0)))
+        # The client's models leave every field optional; a registered Node has a name, status and node info.
+        name = (node.metadata.name if node.metadata else None) or ""
+        status = node.status or client.V1NodeStatus()
+        ready = next((c.status for c in status.conditions or [] if c.type == "Ready"), "Unknown")
+        ip = next((a.address for a in status.addresses or [] if a.type == "InternalIP"), "")
+        info = status.node_info
+        out.append(NodeStatus(name, {"True": "Ready", "False": "NotReady"}.get(ready, "Unknown"), ip,
+                              info.kubelet_version if info else "", info.container_runtime_version if info else "",
+                              pods.get(name, 0)))
     return sorted(out, key=lambda n: n.name)
 
 

@@ -128,7 +128,7 @@ class DisksEditor(w.VBox):
     """Extra disks, one row each: name, source (an empty disk of a size, a PVC, or an image) and its value."""
 
     SOURCES = (("empty disk, size", "size"), ("PVC, claim name", "claim"), ("image", "image"))
-    value = traitlets.List()
+    value: traitlets.List[dict[str, str]] = traitlets.List()
 
     def __init__(self) -> None:
         self._rows: list[w.HBox] = []

@@ -25,6 +25,7 @@ from kvtool.notebook import manifest as mf
 from kvtool.notebook.planview import PlanView
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 from kvtool.plan import apply, desired, planner
+from kvtool.plan.apply import ApplyResult
 from kvtool.plan.model import SENSITIVE, Plan
 
 
@@ -106,7 +107,7 @@ class Lab:
         conn = conn or connect()
         return planner.destroy_plan(conn.res, self.stack, conn.server)
 
-    def apply(self, plan: Plan, conn: Connection | None = None) -> apply.ApplyResult:
+    def apply(self, plan: Plan, conn: Connection | None = None) -> ApplyResult:
         """Apply a plan made by plan() or destroy_plan() if the cluster has not moved since (else StalePlan)."""
         conn = conn or connect()
         apply.check_fresh(conn.res, plan, conn.server)
@@ -303,8 +304,8 @@ class LabBuilder(w.VBox):
 
         self.portal.submit(work, on_error=lambda exc: self._say(str(exc), "error"))
 
-    def apply(self) -> apply.ApplyResult:
+    def apply(self) -> ApplyResult:
         return self.plan_view.apply()
 
-    def destroy(self, confirm: bool = False) -> apply.ApplyResult | Plan:
+    def destroy(self, confirm: bool = False) -> ApplyResult | Plan:
         return self.plan_view.destroy(confirm=confirm)

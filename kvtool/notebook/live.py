@@ -39,7 +39,7 @@ ObjKey = tuple[str, str]
 class LiveTable(w.VBox):
     """A stack's VMs, kept current by watches; `frame` is the latest DataFrame."""
 
-    names = traitlets.List()  # VM names in the table, for the console view's dropdown
+    names: traitlets.List[str] = traitlets.List()  # VM names in the table, for the console view's dropdown
 
     def __init__(self, stack: str | None = None, *, namespace: str | None = None,
                  labels: Mapping[str, str] | None = None, connection: Connection | None = None,

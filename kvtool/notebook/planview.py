@@ -23,6 +23,7 @@ import ipywidgets as w
 from kvtool.errors import KvtoolError
 from kvtool.notebook.session import Connection, Portal, default_portal
 from kvtool.plan import apply, planner
+from kvtool.plan.apply import ApplyResult
 from kvtool.plan.model import SENSITIVE, Action, FieldChange, Plan, ResourceChange
 from kvtool.plan.render import SYMBOL
 
@@ -231,7 +232,7 @@ class PlanView(w.VBox):
             self.progress.bar_style = ""
         self._ui(update)
 
-    def _run(self, plan: Plan, label: str) -> apply.ApplyResult:
+    def _run(self, plan: Plan, label: str) -> ApplyResult:
         conn = self._connection()
         try:
             apply.check_fresh(conn.res, plan, conn.server)
@@ -253,7 +254,7 @@ class PlanView(w.VBox):
         self._ui(finish)
         return result
 
-    def apply(self) -> apply.ApplyResult:
+    def apply(self) -> ApplyResult:
         """Apply the previewed plan, unchanged; StalePlan (shown, not retried) if the cluster moved."""
         try:
             plan = self.plan
@@ -285,7 +286,7 @@ class PlanView(w.VBox):
         finally:
             self._ui(self._done)
 
-    def confirm_destroy(self) -> apply.ApplyResult:
+    def confirm_destroy(self) -> ApplyResult:
         try:
             plan = self.plan
             if plan is None or not plan.destroy:
@@ -302,7 +303,7 @@ class PlanView(w.VBox):
         self._say("")
         self._refresh_buttons()
 
-    def destroy(self, confirm: bool = False) -> apply.ApplyResult | Plan:
+    def destroy(self, confirm: bool = False) -> ApplyResult | Plan:
         """Programmatic destroy: the plan alone unless confirm=True (the notebook's teardown cell)."""
         plan = self.preview_destroy()
         return self.confirm_destroy() if confirm and plan.has_changes else plan

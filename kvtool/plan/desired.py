@@ -205,7 +205,7 @@ class InputLoader(_BaseLoader):
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 size += self._check(item, (*path, i), active)
-        elif not node.style and _names_a_string(path):  # a plain scalar: no quotes
+        elif isinstance(node, yaml.ScalarNode) and not node.style and _names_a_string(path):  # plain: no quotes
             what = self._surprise(node)
             if what:
                 field_path = schema.format_path(path)

@@ -69,15 +69,21 @@ def find_others(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[
         by_ns.setdefault((d.kind, d.namespace), []).append(d)
     others: dict[ObjKey, Any] = {}
     missing_keys = {d.key for d in missing}
+
+    def list_all(kind: Kind, ns: str | None) -> list[tuple[Kind, dict[str, Any]]]:
+        return [(kind, o) for o in res.list(kind, ns)[0]]
+
+    def get_one(d: Desired) -> list[tuple[Kind, dict[str, Any]]]:
+        return [(d.kind, o)] if (o := res.get(d.kind, d.namespace, d.name)) else []
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         jobs = []
         for (kind, ns), ds in by_ns.items():
             if len(ds) > GET_THRESHOLD:
-                jobs.append(pool.submit(lambda k=kind, n=ns: [(k, o) for o in res.list(k, n)[0]]))
+                jobs.append(pool.submit(list_all, kind, ns))
             else:
                 for d in ds:
-                    jobs.append(pool.submit(lambda d=d: [(d.kind, o)] if (o := res.get(d.kind, d.namespace, d.name))
-                                            else []))
+                    jobs.append(pool.submit(get_one, d))
         for job in jobs:
             for kind, obj in job.result():
                 k = key_of(kind, obj)

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     from tf import runner
 
     # run_provider looks the servicer class up in tf.provider when it starts; hand it ours.
-    tf.provider.ProviderServicer = Servicer  # type: ignore[misc]
+    tf.provider.ProviderServicer = Servicer
     runner.run_provider(KvtoolProvider(), argv or sys.argv)
 
 

@@ -277,7 +277,7 @@ class VirtualMachineResource(Resource):
         labels = (live or {}).get("metadata", {}).get("labels") or {}
         mine = live is not None and labels.get(MANAGED_BY_LABEL) == MANAGED_BY and \
             labels.get(STACK_LABEL) == self.provider.stack
-        state = planner.LiveState(members={obj.key: live} if mine else {},
+        state = planner.LiveState(members={obj.key: live} if mine and live is not None else {},
                                   others={obj.key: live} if live is not None and not mine else {})
         plan = planner.make_plan(desired.DesiredState(self.provider.stack, [obj]), state, conn.server, adopt=adopt)
         conflicts = [f for c in plan.changes for f in c.conflicts]
