@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fastjsonschema
 import referencing
@@ -170,13 +170,13 @@ def _message(error: jsonschema.ValidationError) -> str:
             parts.append(f"unknown field {key!r}{hint}")
         return "; ".join(parts) + f" (allowed: {', '.join(allowed)})"
     if kw == "required":
-        missing = error.validator_value
+        missing = cast("Sequence[str]", error.validator_value)  # the schema's "required" list
         field = next((f for f in missing if f not in inst), missing[0]) if isinstance(inst, dict) else missing[0]
         return f"missing required field {field!r}"
     if kw == "type":
         return f"expected {_types(error.validator_value)}, got {_describe(inst)}"
     if kw == "enum":
-        return f"{inst!r} is not one of: {', '.join(map(str, error.validator_value))}"
+        return f"{inst!r} is not one of: {', '.join(map(str, cast('Sequence[Any]', error.validator_value)))}"
     if kw == "const":
         return f"must be {error.validator_value!r}, got {inst!r}"
     if kw in ("pattern", "format"):
