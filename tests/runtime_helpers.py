@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,3 +42,33 @@ def wait_running(cluster: Cluster, name: str, timeout: float = 120) -> dict[str,
     vmi = get(cluster, "vmi", name)
     assert vmi is not None
     return vmi
+
+
+DENIALS = re.compile(r'^apiserver_validating_admission_policy_check_total\{(?P<labels>[^}]*)\} (?P<n>[0-9.e+]+)$',
+                     re.MULTILINE)
+
+
+def refusals(cluster: Cluster, policy: str) -> float:
+    """How many requests the admission policy has refused so far (the apiserver's own count)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(m["n"]) for m in DENIALS.finditer(text)
+               if f'policy="{policy}"' in m["labels"] and 'enforcement_action="deny"' in m["labels"])
+
+
+def refusing_policy(policy: str, user: str, operation: str, resource: str, allowed: str, message: str,
+                    group: str = "kvtool.io", reason: str | None = None) -> list[dict[str, Any]]:
+    """An admission policy (and its binding) that refuses `user`'s `operation` on `resource` unless the CEL
+    expression `allowed` holds: injected API errors that only one component sees. The refusal is 422 Invalid,
+    or 403 with reason="Forbidden" (what a quota or a webhook answers)."""
+    validation = {"expression": allowed, "message": message, **({"reason": reason} if reason else {})}
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [group], "apiVersions": ["*"],
+                                                          "operations": [operation], "resources": [resource]}]},
+                  "matchConditions": [{"name": "component", "expression": f"request.userInfo.username == '{user}'"}],
+                  "validations": [validation]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": policy}, "spec": {"policyName": policy, "validationActions": ["Deny"]}},
+    ]

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from kvtool.controller import template
+from kvtool.controller import conditions, template
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.handler import status as handler_status
@@ -195,3 +195,15 @@ def test_a_node_back_from_a_blip_clears_the_unreachable_mark() -> None:
     assert ready["status"] == "True" and ready["reason"] == "NodeReachable"
     assert vmi_logic.decide(inst, [pod], node_ready=None).status is None or "conditions" not in (
         vmi_logic.decide(inst, [pod], node_ready=None).status or {}), "unknown readiness changes nothing"
+
+
+def test_put_sets_one_condition_and_keeps_the_others() -> None:
+    old = [{"type": "Ready", "status": "False", "lastTransitionTime": "t0"},
+           {"type": "Failure", "status": "True", "reason": "FailedCreate", "lastTransitionTime": "t1"}]
+    out = conditions.put(old, conditions.condition("Failure", False))
+    assert [c["type"] for c in out] == ["Ready", "Failure"]
+    assert out[0] == old[0] and out[1]["status"] == "False" and out[1]["lastTransitionTime"] != "t1"
+    again = conditions.put(out, conditions.condition("Failure", False))
+    assert again[1]["lastTransitionTime"] == out[1]["lastTransitionTime"], "unchanged status keeps its time"
+    added = conditions.put(old[:1], conditions.condition("Paused", False))
+    assert [c["type"] for c in added] == ["Ready", "Paused"]

@@ -5,52 +5,29 @@ about it."""
 from __future__ import annotations
 
 import copy
-import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from kvtool.controller import vm as vm_logic
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import condition, get, wait_running
+from tests.runtime_helpers import condition, get, refusals, refusing_policy, wait_running
 from tests.vmfactory import vm
 from tests.waiting import wait_for
 
 CONTROLLER = "system:serviceaccount:kvtool-system:kvtool-controller"
 HANDLER = "system:serviceaccount:kvtool-system:kvtool-handler"
-DENIALS = re.compile(r'^apiserver_validating_admission_policy_check_total\{(?P<labels>[^}]*)\} (?P<n>[0-9.e+]+)$',
-                     re.MULTILINE)
 
 
-def _refusals(cluster: Cluster, policy: str) -> float:
-    text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    return sum(float(m["n"]) for m in DENIALS.finditer(text)
-               if f'policy="{policy}"' in m["labels"] and 'enforcement_action="deny"' in m["labels"])
-
-
-def _policy(policy: str, user: str, operation: str, resource: str, name: str, message: str) -> list[dict[str, Any]]:
-    """An admission policy that refuses `user`'s `operation` on `resource` for the object called `name`."""
-    return [
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-         "metadata": {"name": policy},
-         "spec": {"failurePolicy": "Fail",
-                  "matchConstraints": {"resourceRules": [{"apiGroups": ["kvtool.io"], "apiVersions": ["*"],
-                                                          "operations": [operation], "resources": [resource]}]},
-                  "matchConditions": [{"name": "component", "expression": f"request.userInfo.username == '{user}'"}],
-                  "validations": [{"expression": f"object.metadata.name != '{name}'", "message": message}]}},
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-         "metadata": {"name": policy}, "spec": {"policyName": policy, "validationActions": ["Deny"]}},
-    ]
-
-
+def _named(name: str) -> str:
+    return f"object.metadata.name != '{name}'"
 def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp_path: Path) -> None:
     kvtool("image", "build", "tiny-linux", check=True, timeout=900)
     name = f"refused-{uuid.uuid4().hex[:5]}"
     policy = f"test-refuse-{name}"
-    fault = _policy(policy, CONTROLLER, "CREATE", "virtualmachineinstances", name,
+    fault = refusing_policy(policy, CONTROLLER, "CREATE", "virtualmachineinstances", _named(name),
                     "injected fault: the VMI create is refused")
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(fault))
     doc = vm(name, run_strategy="Always")
@@ -66,7 +43,7 @@ def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp
         path = tmp_path / "vm.yaml"
         path.write_text(yaml.safe_dump(doc))
         kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
-        wait_for(lambda: _refusals(cluster, policy) >= 3, timeout=60,
+        wait_for(lambda: refusals(cluster, policy) >= 3, timeout=60,
                  what="the controller retrying its refused create (3 refusals)")
         assert get(cluster, "vmi", name) is None
         failure = condition(get(cluster, "vm", name), "Failure")
@@ -77,7 +54,7 @@ def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp
     faults_stopped = time.monotonic()
     # Nothing about the VM changes from here on: only the controller's own retry can start it.
     wait_running(cluster, name, timeout=120)
-    print(f"refusals injected: {_refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
+    print(f"refusals injected: {refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
           f"{time.monotonic() - faults_stopped:.1f} s")
     assert condition(get(cluster, "vm", name), "Failure").get("status") == "False", "the failure cleared"
     cluster.kubectl("delete", "vm", name, "--wait=false")
@@ -88,8 +65,8 @@ def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_runnin
     kvtool("image", "build", "tiny-linux", check=True, timeout=900)
     name = f"unreported-{uuid.uuid4().hex[:5]}"
     policy = f"test-refuse-{name}"
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(_policy(
-        policy, HANDLER, "UPDATE", "virtualmachineinstances/status", name,
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(refusing_policy(
+        policy, HANDLER, "UPDATE", "virtualmachineinstances/status", _named(name),
         "injected fault: the VMI status write is refused")))
     try:
         path = tmp_path / "vm.yaml"
@@ -97,7 +74,7 @@ def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_runnin
         kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
         # The guest runs, but the handler cannot say so: its worker ends on each refusal and the handler's
         # work queue restarts it with backoff (2 s, 4 s, ...).
-        wait_for(lambda: _refusals(cluster, policy) >= 3, timeout=90,
+        wait_for(lambda: refusals(cluster, policy) >= 3, timeout=90,
                  what="the handler retrying its refused status write (3 refusals)")
         vmi = get(cluster, "vmi", name)
         assert vmi is not None and vmi["status"].get("phase") != "Running", vmi and vmi["status"]
@@ -106,6 +83,6 @@ def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_runnin
                         check=False)
     faults_stopped = time.monotonic()
     wait_running(cluster, name, timeout=120)
-    print(f"refusals injected: {_refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
+    print(f"refusals injected: {refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
           f"{time.monotonic() - faults_stopped:.1f} s")
     cluster.kubectl("delete", "vm", name, "--wait=false")

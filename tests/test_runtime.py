@@ -19,8 +19,19 @@ import yaml
 
 from tests.conftest import Cluster, kvtool
 from tests.processes import pod_processes, qemu_for
-from tests.runtime_helpers import condition, describe_vm, get, vm_status, wait_for, wait_running
+from tests.runtime_helpers import (
+    condition,
+    describe_vm,
+    get,
+    refusals,
+    refusing_policy,
+    vm_status,
+    wait_for,
+    wait_running,
+)
 from tests.vmfactory import vm
+
+CONTROLLER_USER = "system:serviceaccount:kvtool-system:kvtool-controller"
 
 
 @pytest.fixture(scope="session")
@@ -205,12 +216,35 @@ def _leader(cluster: Cluster) -> str:
 
 def test_controller_restart_mid_create_makes_no_duplicates(cluster: Cluster, tiny_image: str, name: str,
                                                           tmp_path: Path) -> None:
-    leader = _leader(cluster)
-    apply(tmp_path, vm(name, run_strategy="Always"))
-    # The leading controller dies mid-create (no graceful Lease release); the other replica takes over.
-    cluster.kubectl("-n", "kvtool-system", "delete", "pod", leader, "--grace-period=0", "--force")
+    # Mid-create, made certain: an admission policy refuses the controller's launcher pod for this VM (403, as
+    # a quota would: retried), so the leader has created the VMI but not its pod when it dies (no graceful
+    # Lease release).
+    policy = f"test-midcreate-{name}"
+    pod_of_vm = ("!(has(object.metadata.labels) && 'kvtool.io/vmi' in object.metadata.labels && "
+                 f"object.metadata.labels['kvtool.io/vmi'] == '{name}')")
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(refusing_policy(
+        policy, CONTROLLER_USER, "CREATE", "pods", pod_of_vm, "injected fault: the launcher pod is refused",
+        group="", reason="Forbidden")))
+    try:
+        probe = {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": f"probe-{name}", "namespace": "default", "labels": {"kvtool.io/vmi": name}},
+                 "spec": {"containers": [{"name": "c", "image": "probe"}]}}
+        wait_for(lambda: "injected fault" in cluster.kubectl(
+            "create", "--dry-run=server", f"--as={CONTROLLER_USER}", "-f", "-", input=yaml.safe_dump(probe),
+            check=False).stderr, timeout=30, what="the admission policy in force")
+        apply(tmp_path, vm(name, run_strategy="Always"))
+        wait_for(lambda: refusals(cluster, policy) >= 1 and condition(get(cluster, "vmi", name), "Failure").get(
+            "reason") == "FailedCreate", timeout=60,
+                 what="the VMI created and its launcher pod refused (the VMI says so): the controller mid-create")
+        vmi_uid = (get(cluster, "vmi", name) or {})["metadata"]["uid"]
+        leader = _leader(cluster)
+        cluster.kubectl("-n", "kvtool-system", "delete", "pod", leader, "--grace-period=0", "--force")
+        wait_for(lambda: _leader(cluster) not in ("", leader), timeout=90, what="another replica leading")
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                        check=False)
     wait_running(cluster, name, timeout=180)
-    assert _leader(cluster) != leader
+    assert (get(cluster, "vmi", name) or {})["metadata"]["uid"] == vmi_uid, "the new leader finished that VMI"
     pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split()
     assert len(pods) == 1, pods
     assert len(qemu_for(f"default_{name}")) == 1

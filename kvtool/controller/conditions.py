@@ -36,6 +36,14 @@ def merge(old: Iterable[Mapping[str, Any]] | None, new: Iterable[dict[str, Any]]
     return out
 
 
+def put(old: Iterable[Mapping[str, Any]] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """All of `old` with one condition set (added, or replaced in place), its transition time kept as in merge."""
+    old = list(old or [])
+    merged = merge(old, [new])[0]
+    out = [merged if c.get("type") == new["type"] else dict(c) for c in old]
+    return out if any(c.get("type") == new["type"] for c in old) else [*out, merged]
+
+
 def same(old: Iterable[Mapping[str, Any]] | None, new: Iterable[Mapping[str, Any]]) -> bool:
     def key(cs: Iterable[Mapping[str, Any]] | None) -> list[tuple[Any, ...]]:
         return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in cs or [])

@@ -179,13 +179,25 @@ class Controller:
                 log.info("vmi=%s/%s event=pod-created pod=%s requests=%r", namespace, name, pod["metadata"]["name"],
                          template.pod_requests_summary(pod))
                 metrics.PODS_CREATED.inc()
+                if (conditions.get(vmi, "Failure") or {}).get("reason") == "FailedCreate":
+                    current = (decision.status or {}).get("conditions") or (vmi.get("status") or {}).get("conditions")
+                    decision.status = {**(decision.status or {}), "conditions": conditions.put(
+                        current, conditions.condition("Failure", False))}
             except KubeError as exc:
                 if exc.status == 409:
                     decision.status = None  # it exists: the pod's own event brings the next step
-                elif exc.status in (403, 422):
+                elif exc.status == 422:
+                    # Invalid: the pod built from this VMI, or a policy's verdict on it. The same pod would be
+                    # refused again, so the VM stops with the reason (a spec change or `kvtool restart` retries).
                     decision.status = {"phase": "Failed", "reason": "PodRejected", "conditions": conditions.merge(
                         [], [conditions.condition("Failure", True, "PodRejected", exc.message)])}
                 else:
+                    # Forbidden (a quota, a webhook, RBAC: 403) or an API failure: those change without the VM
+                    # changing. Say it where the user looks; the work queue retries with backoff.
+                    failed = conditions.condition("Failure", True, "FailedCreate",
+                                                  f"could not create the launcher pod (retrying): {exc.message}")
+                    await self._patch(vmi, {"status": {"conditions": conditions.put(
+                        (vmi.get("status") or {}).get("conditions"), failed)}}, subresource="status")
                     raise
         if decision.labels:
             await self._patch(vmi, {"metadata": {"labels": decision.labels}})
