@@ -28,14 +28,13 @@ from typing import Any
 import benchlib
 
 from kvtool import consoles
-from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.api.types import POD, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
 from kvtool.errors import KvtoolError
 from kvtool.images import guest_scripts
 from kvtool.kube.resources import Resources
 from kvtool.local.layout import Layout
 from kvtool.podnet import forward, netcmd
 
-POD = Kind("v1", "Pod", "pods")
 DAEMON_SET = Kind("apps/v1", "DaemonSet", "daemonsets")
 NODE = "kvtool-node-1"
 

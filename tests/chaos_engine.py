@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.api.types import POD, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
 from kvtool.kube.resources import Resources
 from kvtool.local import cluster
 from kvtool.local.layout import Layout
 from tests.processes import comm, processes_mentioning, qemu_for
 
-POD = Kind("v1", "Pod", "pods")
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
 NODES = ("kvtool-node-1", "kvtool-node-2")
 KINDS = ("controller", "handler", "launcher", "qemu", "apiserver", "etcd", "runtime")

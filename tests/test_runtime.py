@@ -81,6 +81,12 @@ def test_vm_boots_and_the_console_shows_the_guest(cluster: Cluster, tiny_image: 
     table = kvtool("status", "--stack", "runtime", check=True).stdout
     row = next(line for line in table.splitlines() if line.startswith(name))
     assert "Running" in row and status["nodeName"] in row
+    steps = [line for line in kvtool("status", name, "--timeline", check=True).stdout.splitlines()
+             if line.split()[:1] and line.split()[0][:2].isdigit()]
+    whats = " | ".join(steps)
+    for step in ("VM created", "VMI Scheduled", "container compute started", "VMI Running", "VMI Ready"):
+        assert step in whats, f"{step!r} in the timeline: {whats}"
+    assert whats.index("VMI Scheduled") < whats.index("VMI Running") < whats.index("VMI Ready"), whats
     assert len(qemu_for(f"default_{name}")) == 1
     delete_vm(cluster, name)
 

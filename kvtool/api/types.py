@@ -72,6 +72,7 @@ PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims",
            immutable=("spec.accessModes", "spec.storageClassName", "spec.volumeMode", "spec.volumeName",
                       "spec.selector"))
 SERVICE = Kind("v1", "Service", "services", immutable=("spec.clusterIP", "spec.clusterIPs"))
+POD = Kind("v1", "Pod", "pods")  # read and made by the runtime (launcher pods), never planned
 
 # What `kvtool plan` accepts in desired state, in the order it applies creates.
 PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)

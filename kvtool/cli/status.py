@@ -1,5 +1,6 @@
 """`kvtool status [NAME] [--stack S] [-o table|wide|json|csv|yaml]`: the stack's VMs in a table, or one VM
-in detail (its row, then every condition with its reason and message: what is wrong and what to do)."""
+in detail (its row, then every condition with its reason and message: what is wrong and what to do);
+`kvtool status NAME --timeline`: that VM's start step by step."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 
 import yaml
 
-from kvtool import inventory
-from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool import inventory, timeline
+from kvtool.api.types import POD, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import Resources
@@ -21,10 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", help="only this namespace")
     parser.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("-o", "--output", choices=["table", "wide", "json", "csv", "yaml"], default="table")
+    parser.add_argument("--timeline", action="store_true",
+                        help="with NAME: the VM's start step by step (VMI phases, launcher pod, guest ready)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.timeline and not args.name:
+        raise KvtoolError("--timeline shows one VM: name it", hint="kvtool status NAME --timeline")
     conn = common.connect(args)
+    if args.name and args.timeline:
+        return _timeline(conn.res, args.name, args.namespace or "default", args.output)
     if args.name:
         return _one(conn.res, args.name, args.namespace or "default", args.output)
     labels = dict(s.split("=", 1) for s in args.selector if "=" in s)
@@ -62,6 +69,28 @@ def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     return "" if value is None else str(value)
+
+
+def _timeline(res: Resources, name: str, namespace: str, output: str) -> int:
+    import pandas as pd
+
+    vm = res.get(VIRTUAL_MACHINE, namespace, name)
+    if vm is None:
+        raise KvtoolError(f"no VirtualMachine {namespace}/{name}", hint="`kvtool status` lists the VMs")
+    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    pods = res.list(POD, namespace, label_selector=f"kvtool.io/vmi={name}")[0] if vmi is not None else []
+    found = timeline.rows(timeline.steps(vm, vmi, pods))
+    if output in ("json", "yaml"):
+        print(json.dumps(found, indent=2) + "\n" if output == "json" else yaml.safe_dump(found, sort_keys=False),
+              end="")
+    elif output == "csv":
+        print(pd.DataFrame(found).to_csv(index=False), end="")
+    else:
+        print(table(pd.DataFrame(found)))
+        if vmi is None:
+            print(f"\n{name} has no VMI: it is not running (start it with `kvtool start {name}`).")
+        print("\nTimes with milliseconds are kvtool's own phase stamps; the others are Kubernetes' (seconds).")
+    return 0
 
 
 def _one(res: Resources, name: str, namespace: str, output: str) -> int:

@@ -23,6 +23,7 @@ from kvtool.api.types import (
     CONFIG_MAP,
     LAUNCHER_LABEL_KEY,
     LAUNCHER_LABEL_VALUE,
+    POD,
     PVC,
     SECRET,
     VIRTUAL_MACHINE,
@@ -39,7 +40,6 @@ from kvtool.kube.workqueue import WorkQueue
 log = logging.getLogger("kvtool.controller")
 
 FIELD_MANAGER = "kvtool-controller"
-POD = Kind("v1", "Pod", "pods")
 NODE = Kind("v1", "Node", "nodes")
 PV = Kind("v1", "PersistentVolume", "persistentvolumes")
 JOB = Kind("batch/v1", "Job", "jobs")

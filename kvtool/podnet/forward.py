@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from kvtool.api.types import SERVICE, VM_LABEL, Kind
+from kvtool.api.types import POD, SERVICE, VM_LABEL, Kind
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import Resources
 from kvtool.podnet import netcmd
@@ -27,7 +27,6 @@ log = logging.getLogger("kvtool.podnet.forward")
 # On a Node: the network namespace on this machine from which the node's pod IPs are routed (an
 # embedded cluster's nodes are namespaces here; kvtool.local.nodenet sets it).
 NETNS_ANNOTATION = "kvtool.io/pod-network-namespace"
-POD = Kind("v1", "Pod", "pods")
 NODE = Kind("v1", "Node", "nodes", namespaced=False)
 ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 CONNECT_TIMEOUT = 5.0
