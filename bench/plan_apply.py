@@ -1,4 +1,5 @@
-"""kvtool plan/apply vs kubectl diff/apply --server-side on the same VMs, in one run.
+"""kvtool plan/apply vs kubectl diff/apply --server-side on the same VMs, in one run, and apply against its
+floor: the same N server-side applies from a minimal concurrent client (bench/ssa_floor.py).
 
 Usage: python bench/plan_apply.py [--sizes 100 1000] [--kubeconfig PATH]
 Uses the embedded cluster (started if needed) unless --kubeconfig is given. The VMs are Halted, so
@@ -10,15 +11,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import benchlib
 
 from kvtool.local import build
+from kvtool.plan import apply
 
 KVTOOL = [sys.executable, "-m", "kvtool.cli.main"]
+FLOOR = Path(__file__).resolve().parent / "ssa_floor.py"
+
+
+def wait_deleted(kubectl: list[str], env: dict[str, str], stack: str, timeout: float = 300) -> None:
+    """Until the stack's VMs are gone (destroy returns once deletes are accepted; finalizers may remain)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run([*kubectl, "get", "vms", "-l", f"kvtool.io/stack={stack}", "-o", "name"], env=env,
+                             capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the VMs of stack {stack} were not deleted within {timeout:.0f} s")
 
 
 def manifests(n: int, stack: str) -> str:
@@ -68,6 +85,12 @@ def main() -> int:
                                                 env)
             r["kubectl diff (no changes)"] = run([*k, "diff", "--server-side", "-f", str(f)], env)
             r["kvtool destroy"] = run([*kv, "destroy", "--stack", stack, "--auto-approve"], env)
+            wait_deleted(k, env, stack)
+            # The floor: the same N server-side applies from a minimal concurrent client (its own process).
+            r["minimal SSA client"] = run([sys.executable, str(FLOOR), kubeconfig, str(f), "--concurrency",
+                                           str(apply.DEFAULT_CONCURRENCY)], env)
+            benchlib.wait_settled(kubeconfig, stack)
+            run([*k, "delete", "vms", "-l", f"kvtool.io/stack={stack}", "--wait=true"], env)
             rows.append(r)
     print(f"\n== plan/apply, {os.cpu_count()} cores, seconds (one run each) ==")
     for r in rows:
@@ -78,6 +101,9 @@ def main() -> int:
         for label, ours, theirs in pairs:
             print(f"  {label:<18} kvtool {r[ours]:6.2f}   {theirs.split(' (')[0]:<28} {r[theirs]:6.2f}"
                   f"   -> kvtool {r[theirs] / r[ours]:.1f}x faster")
+        print(f"  {'apply floor':<18} minimal SSA client {r['minimal SSA client']:6.2f} (same requests, "
+              f"{apply.DEFAULT_CONCURRENCY} threads)   -> kvtool apply / floor "
+              f"{r['kvtool apply'] / r['minimal SSA client']:.2f}x (goal ≤ 1.15)")
         print(f"  {'destroy':<18} kvtool {r['kvtool destroy']:6.2f}")
         print(f"  (the controller then took {r['controller catch-up after kvtool apply']:.1f} s more to write the "
               "VMs' status; each timed step starts from a quiet cluster)")
