@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import yaml
 
 from tests.conftest import Cluster
 from tests.waiting import wait_for
@@ -72,3 +76,22 @@ def refusing_policy(policy: str, user: str, operation: str, resource: str, allow
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
          "metadata": {"name": policy}, "spec": {"policyName": policy, "validationActions": ["Deny"]}},
     ]
+
+
+@contextlib.contextmanager
+def injected(cluster: Cluster, policy: list[dict[str, Any]]) -> Iterator[str]:
+    """The refusing policy (from refusing_policy) in force inside the block, removed on the way out; its name."""
+    name = policy[0]["metadata"]["name"]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(policy))
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, check=False)
+
+
+def wait_converged(cluster: Cluster, name: str, policy: str, timeout: float = 120) -> None:
+    """The VM Running once the faults stopped, with no further event about it; prints the figure."""
+    faults_stopped = time.monotonic()
+    wait_running(cluster, name, timeout=timeout)
+    print(f"refusals injected: {refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
+          f"{time.monotonic() - faults_stopped:.1f} s")

@@ -5,15 +5,15 @@ about it."""
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from kvtool.controller import vm as vm_logic
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import condition, get, refusals, refusing_policy, wait_running
+from tests.runtime_helpers import condition, get, injected, refusals, refusing_policy, wait_converged
 from tests.vmfactory import vm
 from tests.waiting import wait_for
 
@@ -26,12 +26,9 @@ def _named(name: str) -> str:
 def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp_path: Path) -> None:
     kvtool("image", "build", "tiny-linux", check=True, timeout=900)
     name = f"refused-{uuid.uuid4().hex[:5]}"
-    policy = f"test-refuse-{name}"
-    fault = refusing_policy(policy, CONTROLLER, "CREATE", "virtualmachineinstances", _named(name),
-                    "injected fault: the VMI create is refused")
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(fault))
     doc = vm(name, run_strategy="Always")
-    try:
+    with injected(cluster, refusing_policy(f"test-refuse-{name}", CONTROLLER, "CREATE", "virtualmachineinstances",
+                                           _named(name), "injected fault: the VMI create is refused")) as policy:
         # The policy is in force once a dry run of the controller's own create is refused.
         probe = copy.deepcopy(doc)
         probe["metadata"].update(namespace="default", uid=str(uuid.uuid4()))
@@ -40,22 +37,14 @@ def test_refused_writes_are_retried_until_the_vm_converges(cluster: Cluster, tmp
         wait_for(lambda: "injected fault" in cluster.kubectl(
             "create", "--dry-run=server", f"--as={CONTROLLER}", "-f", "-", input=yaml.safe_dump(vmi),
             check=False).stderr, timeout=30, what="the admission policy in force")
-        path = tmp_path / "vm.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
+        _apply(tmp_path, doc)
         wait_for(lambda: refusals(cluster, policy) >= 3, timeout=60,
                  what="the controller retrying its refused create (3 refusals)")
         assert get(cluster, "vmi", name) is None
         failure = condition(get(cluster, "vm", name), "Failure")
         assert failure.get("reason") == "FailedCreate" and "injected fault" in failure.get("message", ""), failure
-    finally:
-        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
-                        check=False)
-    faults_stopped = time.monotonic()
     # Nothing about the VM changes from here on: only the controller's own retry can start it.
-    wait_running(cluster, name, timeout=120)
-    print(f"refusals injected: {refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
-          f"{time.monotonic() - faults_stopped:.1f} s")
+    wait_converged(cluster, name, policy)
     assert condition(get(cluster, "vm", name), "Failure").get("status") == "False", "the failure cleared"
     cluster.kubectl("delete", "vm", name, "--wait=false")
 
@@ -64,25 +53,20 @@ def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_runnin
                                                                                  tmp_path: Path) -> None:
     kvtool("image", "build", "tiny-linux", check=True, timeout=900)
     name = f"unreported-{uuid.uuid4().hex[:5]}"
-    policy = f"test-refuse-{name}"
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(refusing_policy(
-        policy, HANDLER, "UPDATE", "virtualmachineinstances/status", _named(name),
-        "injected fault: the VMI status write is refused")))
-    try:
-        path = tmp_path / "vm.yaml"
-        path.write_text(yaml.safe_dump(vm(name, run_strategy="Always")))
-        kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)
+    with injected(cluster, refusing_policy(f"test-refuse-{name}", HANDLER, "UPDATE", "virtualmachineinstances/status",
+                                           _named(name), "injected fault: the VMI status write is refused")) as policy:
+        _apply(tmp_path, vm(name, run_strategy="Always"))
         # The guest runs, but the handler cannot say so: its worker ends on each refusal and the handler's
         # work queue restarts it with backoff (2 s, 4 s, ...).
         wait_for(lambda: refusals(cluster, policy) >= 3, timeout=90,
                  what="the handler retrying its refused status write (3 refusals)")
         vmi = get(cluster, "vmi", name)
         assert vmi is not None and vmi["status"].get("phase") != "Running", vmi and vmi["status"]
-    finally:
-        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
-                        check=False)
-    faults_stopped = time.monotonic()
-    wait_running(cluster, name, timeout=120)
-    print(f"refusals injected: {refusals(cluster, policy):.0f}; faults stopped -> VM Running in "
-          f"{time.monotonic() - faults_stopped:.1f} s")
+    wait_converged(cluster, name, policy)
     cluster.kubectl("delete", "vm", name, "--wait=false")
+
+
+def _apply(tmp_path: Path, doc: dict[str, Any]) -> None:
+    path = tmp_path / "vm.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    kvtool("apply", "-f", str(path), "--stack", "resilience", "--auto-approve", check=True)

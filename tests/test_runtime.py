@@ -23,6 +23,7 @@ from tests.runtime_helpers import (
     condition,
     describe_vm,
     get,
+    injected,
     refusals,
     refusing_policy,
     vm_status,
@@ -225,13 +226,11 @@ def test_controller_restart_mid_create_makes_no_duplicates(cluster: Cluster, tin
     # Mid-create, made certain: an admission policy refuses the controller's launcher pod for this VM (403, as
     # a quota would: retried), so the leader has created the VMI but not its pod when it dies (no graceful
     # Lease release).
-    policy = f"test-midcreate-{name}"
     pod_of_vm = ("!(has(object.metadata.labels) && 'kvtool.io/vmi' in object.metadata.labels && "
                  f"object.metadata.labels['kvtool.io/vmi'] == '{name}')")
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(refusing_policy(
-        policy, CONTROLLER_USER, "CREATE", "pods", pod_of_vm, "injected fault: the launcher pod is refused",
-        group="", reason="Forbidden")))
-    try:
+    with injected(cluster, refusing_policy(f"test-midcreate-{name}", CONTROLLER_USER, "CREATE", "pods", pod_of_vm,
+                                           "injected fault: the launcher pod is refused", group="",
+                                           reason="Forbidden")) as policy:
         probe = {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": f"probe-{name}", "namespace": "default", "labels": {"kvtool.io/vmi": name}},
                  "spec": {"containers": [{"name": "c", "image": "probe"}]}}
@@ -246,9 +245,6 @@ def test_controller_restart_mid_create_makes_no_duplicates(cluster: Cluster, tin
         leader = _leader(cluster)
         cluster.kubectl("-n", "kvtool-system", "delete", "pod", leader, "--grace-period=0", "--force")
         wait_for(lambda: _leader(cluster) not in ("", leader), timeout=90, what="another replica leading")
-    finally:
-        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
-                        check=False)
     wait_running(cluster, name, timeout=180)
     assert (get(cluster, "vmi", name) or {})["metadata"]["uid"] == vmi_uid, "the new leader finished that VMI"
     pods = cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "name").stdout.split()
