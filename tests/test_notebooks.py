@@ -31,7 +31,10 @@ def execute(path: Path, workdir: Path, timeout: int = 900) -> nbformat.NotebookN
     """Run a notebook in a fresh kernel, with Jupyter's own dirs isolated under workdir."""
     nb = nbformat.read(path, as_version=4)
     env = isolated_env(workdir / "jupyter")
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # nbclient waits only 4 s (iopub_timeout) after a cell's reply for its outputs, then drops what is late
+    # with a warning: on a loaded 2-core machine a cell's printed line went missing that way. Wait longer, and
+    # fail loudly rather than check a notebook whose outputs are incomplete.
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", iopub_timeout=60, raise_on_iopub_timeout=True,
                    resources={"metadata": {"path": str(workdir)}}).execute(env=env)
     return nb
 
