@@ -91,6 +91,11 @@ PAUSE = GoBinary(
     name="kvtool-pause", module="containerd", package="./pause", sources=("pause/*.go",),
     env=(("CGO_ENABLED", "0"),), src_env="KVTOOL_CONTAINERD_SRC", bin_env="KVTOOL_PAUSE_BIN")
 ALL = (CONTROLPLANE, CONTAINERD, PAUSE)
+# Simulated nodes for the scale bench (not part of the cluster): upstream's own main package, named as a
+# `tool` in kwok/go.mod; no Go sources of ours.
+KWOK = GoBinary(
+    name="kwok", module="kwok", package="sigs.k8s.io/kwok/cmd/kwok", sources=(), env=(("CGO_ENABLED", "0"),),
+    stamped_module="sigs.k8s.io/kwok", bin_env="KVTOOL_KWOK_BIN")
 
 # Kept for callers that predate the other binaries.
 BINARY = CONTROLPLANE.name
@@ -218,6 +223,10 @@ def ensure_containerd(progress: bool = True) -> Path:
 def ensure_pause(progress: bool = True) -> Path:
     """kvtool-pause, the static process of the pod-sandbox image."""
     return ensure(PAUSE, progress)
+
+
+def ensure_kwok(progress: bool = True) -> Path:
+    return ensure(KWOK, progress)
 
 
 def ensure_all(progress: bool = True) -> list[Path]:
