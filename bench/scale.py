@@ -44,6 +44,7 @@ FAKE = {"kwok.x-k8s.io/node": "fake"}
 STAGES = ("node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
           "pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml")
 REAL_NODES = ("kvtool-node-1", "kvtool-node-2")
+CONTROLLER = "app.kubernetes.io/name=kvtool-controller"
 KUBEVIRT_RSS_PER_VMI_KB = 173  # virt-controller at 8000 VMIs (KubeVirt perf-scale)
 
 
@@ -105,6 +106,11 @@ def phases(res: Resources) -> dict[str, int]:
     for v in vmis:
         phase = (v.get("status") or {}).get("phase") or "none"
         out[phase] = out.get(phase, 0) + 1
+    pods, _ = res.list(POD, "default", label_selector=f"kvtool.io/stack={STACK}")
+    for p in pods:  # where the time goes: the scheduler and KWOK (pods) or the controller (VMIs)
+        key = "pods:" + ("Running" if (p.get("status") or {}).get("phase") == "Running" else
+                         "bound" if (p.get("spec") or {}).get("nodeName") else "unbound")
+        out[key] = out.get(key, 0) + 1
     return out
 
 
@@ -129,8 +135,10 @@ def run(res: Resources, layout: Layout, count: int, nodes: int) -> int:
                                  "kwok.x-k8s.io/node=fake", "--node-lease-duration-seconds=40",
                                  "--cidr=10.250.0.1/16"], stdout=log, stderr=subprocess.STDOUT)
         set_failover(res, False)
-        cordon(res, True)
         try:
+            cleanup(res, nodes)  # what an interrupted run left behind
+            pid = fresh_controller(res)  # before the cordon: its new pods must land on the real nodes
+            cordon(res, True)
             for i in range(nodes):
                 res.create(NODE, fake_node(i))
             deadline = time.time() + 120
@@ -141,7 +149,7 @@ def run(res: Resources, layout: Layout, count: int, nodes: int) -> int:
                     raise SystemExit("the KWOK nodes did not become Ready: " +
                                      (Path(tmp) / "kwok.log").read_text()[-2000:])
                 time.sleep(0.5)
-            return measure(res, count)
+            return measure(res, count, pid)
         finally:
             cleanup(res, nodes)
             cordon(res, False)
@@ -151,8 +159,31 @@ def run(res: Resources, layout: Layout, count: int, nodes: int) -> int:
             log.close()
 
 
-def measure(res: Resources, count: int) -> int:
+def fresh_controller(res: Resources) -> int:
+    """Restart the controller (both replicas), so its memory is measured from a start with no VMs; the new
+    leader's process once its RSS has settled (its watches listed everything)."""
+    old = {p["metadata"]["name"] for p in res.list(POD, "kvtool-system", label_selector=CONTROLLER)[0]}
+    for name in old:
+        res.delete(POD, "kvtool-system", name)
+    deadline = time.time() + 180
+    while True:
+        holder = ((res.get(LEASE, "kvtool-system", "kvtool-controller") or {}).get("spec") or {}).get(
+            "holderIdentity")
+        pod = res.get(POD, "kvtool-system", holder) if holder and holder not in old else None
+        if pod and (pod.get("status") or {}).get("phase") == "Running":
+            break
+        if time.time() > deadline:
+            raise SystemExit("no new controller leader within 180 s")
+        time.sleep(0.5)
     pid = controller_process(res)
+    last = -1
+    while (now := rss_kib(pid)) != last:
+        last = now
+        time.sleep(3)
+    return pid
+
+
+def measure(res: Resources, count: int, pid: int) -> int:
     rss_before, cpu_before = rss_kib(pid), cpu_seconds(pid)
     before = request_counts(res)
     names = [f"scale-{i:04d}" for i in range(count)]
@@ -166,7 +197,7 @@ def measure(res: Resources, count: int) -> int:
     samples: list[int] = []
     while True:
         now = phases(res)
-        scheduled = now.get("Scheduled", 0) + now.get("Running", 0)
+        scheduled = now.get("Scheduled", 0) + now.get("Running", 0)  # VMI phases
         samples.append(rss_kib(pid))
         line = " ".join(f"{k}={v}" for k, v in sorted(now.items()))
         if line != last:
@@ -174,7 +205,7 @@ def measure(res: Resources, count: int) -> int:
             last = line
         if scheduled >= count or time.time() > deadline:
             break
-        time.sleep(1.0)
+        time.sleep(2.0)  # each look lists 1000 VMIs and 1000 pods: the observer's load stays small
     elapsed = time.time() - started
     rss_after, cpu_after = rss_kib(pid), cpu_seconds(pid)  # when the last VMI is Scheduled
     quiet = quiescent(res)  # the writes that follow (VM status) belong to the lifecycle too
@@ -223,6 +254,13 @@ def cleanup(res: Resources, nodes: int) -> None:
         time.sleep(1)
     for i in range(nodes):
         res.delete(NODE, None, f"kwok-node-{i}")
+    deadline = time.time() + 120
+    while any(res.get(NODE, None, f"kwok-node-{i}") for i in range(nodes)) and time.time() < deadline:
+        time.sleep(0.5)
+    # The handler DaemonSet's pods on the fake nodes: nothing runs them, so nothing would finish them.
+    for pod in res.list(POD, "kvtool-system")[0]:
+        if (pod.get("spec") or {}).get("nodeName", "").startswith("kwok-node-"):
+            res.delete(POD, "kvtool-system", pod["metadata"]["name"], grace_period=0)
 
 
 def main() -> int:

@@ -67,6 +67,8 @@ def request_counts(res: Resources) -> Counter[tuple[str, str, str]]:
         if line.startswith("apiserver_request_total{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
             verb = VERBS.get(labels.get("verb", "").upper(), labels.get("verb", "").lower())
+            if verb in WRITES and not labels.get("code", "2").startswith("2"):
+                verb = f"{verb} (refused: {labels.get('code')})"  # e.g. 409 conflicts: tried, not written
             out[(verb, labels.get("resource", ""), labels.get("subresource", ""))] += float(line.rsplit(" ", 1)[1])
     return out
 
@@ -82,7 +84,7 @@ def writes_table(delta: Counter[tuple[str, str, str]], per: int) -> list[str]:
     for (verb, resource, sub), n in delta.items():
         if resource == "leases":
             leases += n
-        elif verb in WRITES:
+        elif verb.split(" ")[0] in WRITES:
             rows[(resource + (f"/{sub}" if sub else ""), verb)] += n
         else:
             reads += n
@@ -90,7 +92,7 @@ def writes_table(delta: Counter[tuple[str, str, str]], per: int) -> list[str]:
     for (resource, verb), n in sorted(rows.items(), key=lambda kv: (-kv[1], kv[0])):
         if n / per >= 0.05:
             anchor = KUBEVIRT_PER_VMI.get((resource.split("/")[0], verb))
-            lines.append(f"    {verb:<7} {resource:<36} {n / per:5.1f}"
+            lines.append(f"    {verb:<7} {resource:<38} {n / per:5.1f}"
                          + (f"   (KubeVirt ≈ {anchor})" if anchor else ""))
     core = sum(n for (resource, verb), n in rows.items()
                if resource.split("/")[0] in ("virtualmachines", "virtualmachineinstances", "pods")

@@ -130,6 +130,9 @@ def test_vmi_phases_from_pods() -> None:
     bound = {**pod, "spec": {**pod["spec"], "nodeName": "n1"}, "status": {"phase": "Running"}}
     sched = vmi(v, "Scheduling")
     sched["metadata"]["uid"] = new["metadata"]["uid"]
+    pending = {**bound, "status": {"phase": "Pending"}}
+    waiting = vmi_logic.decide(sched, [pending], None)
+    assert waiting.status is None and not waiting.labels, "bound but not running: nothing to write yet"
     d = vmi_logic.decide(sched, [bound], True)
     assert d.status["phase"] == "Scheduled" and d.status["nodeName"] == "n1"
     assert d.status["activePods"] == {"pod-1": "n1"} and d.labels == {"kvtool.io/nodeName": "n1"}
