@@ -27,6 +27,7 @@ bench: setup
 	$(VENV)/bin/python bench/controlplane.py
 	$(VENV)/bin/python bench/plan_apply.py
 	$(VENV)/bin/python bench/vm_start.py
+	$(VENV)/bin/python bench/scale.py
 	$(VENV)/bin/python bench/net.py
 	$(VENV)/bin/python bench/terraform.py
 
