@@ -271,8 +271,36 @@ def test_step_os() -> None:
     with pytest.raises(domain.ConversionError, match=r"kernelArgs: .* is not valid"):
         bad_args = {"kernelBoot": {"kernelArgs": "a\nb", "container": {}}}
         run_step(compute.configure_os, base_inputs(spec=with_spec(firmware=bad_args), kernel=Path("/k")))
-    with pytest.raises(domain.ConversionError, match=r"bootloader.efi: EFI is not supported"):
-        run_step(compute.configure_os, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}}})))
+    efi = run_step(compute.configure_os, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}}})))
+    assert (efi.os.firmware, [(f.name, f.enabled) for f in efi.os.firmware_features]) == (
+        "efi", [("secure-boot", True), ("enrolled-keys", True)])
+    insecure = run_step(compute.configure_os, base_inputs(spec=with_spec(
+        firmware={"bootloader": {"efi": {"secureBoot": False}}})))
+    assert [f.enabled for f in insecure.os.firmware_features] == [False, False]
+    bios = run_step(compute.configure_os, base_inputs(spec=with_spec(
+        firmware={"bootloader": {"bios": {"useSerial": True}}})))
+    assert (bios.os.firmware, bios.os.bios_useserial) == (None, True)
+    with pytest.raises(domain.ConversionError, match=r"efi.persistent: persistent EFI variables are not supported"):
+        run_step(compute.configure_os, base_inputs(spec=with_spec(
+            firmware={"bootloader": {"efi": {"persistent": True}}})))
+    with pytest.raises(domain.ConversionError, match=r"^spec.domain.firmware.bootloader: set bios or efi, not both"):
+        run_step(compute.configure_os, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}, "bios": {}}})))
+
+
+def test_step_sysinfo() -> None:
+    assert run_step(compute.configure_sysinfo, base_inputs()).sysinfo is None
+    firmware = {"serial": "abc-123", "uuid": "5d307ca9-b3ef-428c-8861-06e72d69f223"}
+    inputs = base_inputs(spec=with_spec(firmware=firmware, chassis={"asset": "lab 42"}))
+    dom = domain_model.Domain()
+    compute.configure_identity(inputs, dom)
+    compute.configure_sysinfo(inputs, dom)
+    assert dom.uuid == firmware["uuid"], "firmware.uuid is the machine's UUID"
+    assert [(e.name, e.value) for e in dom.sysinfo.system] == [("serial", "abc-123"), ("uuid", firmware["uuid"])]
+    assert [(e.name, e.value) for e in dom.sysinfo.chassis] == [("asset", "lab 42")]
+    compute.configure_os(inputs, dom)
+    assert dom.os.smbios_mode == "sysinfo"
+    with pytest.raises(domain.ConversionError, match=r"^spec.domain.chassis.sku: .* is not valid"):
+        run_step(compute.configure_sysinfo, base_inputs(spec=with_spec(chassis={"sku": "<x>"})))
 
 
 def test_step_features() -> None:
@@ -282,6 +310,16 @@ def test_step_features() -> None:
         features={"apic": {"enabled": False}})))
     assert (kvm.features.acpi, kvm.features.apic, kvm.features.tcg_tb_cache) == (True, None, None)
     assert run_step(compute.configure_features, base_inputs(tcg_tb_cache_mib=None)).features.tcg_tb_cache is None
+    rich = run_step(compute.configure_features, base_inputs(spec=with_spec(features={
+        "smm": {}, "pvspinlock": {"enabled": False}, "kvm": {"hidden": True}, "apic": {"endOfInterrupt": True},
+        "hyperv": {"relaxed": {}, "spinlocks": {}, "synictimer": {"direct": {}}, "vendorid": {"vendorid": "abc"}}})))
+    features = rich.features
+    assert (features.smm, features.pvspinlock, features.kvm_hidden, features.apic_eoi) == (True, False, True, True)
+    hyperv = features.hyperv
+    assert (hyperv.relaxed, hyperv.spinlocks_retries, hyperv.stimer, hyperv.stimer_direct, hyperv.vendor_id_value,
+            hyperv.vapic) == (True, 4096, True, True, "abc", None)
+    with pytest.raises(domain.ConversionError, match=r"^spec.domain.features.smm: EFI Secure Boot needs SMM"):
+        run_step(compute.configure_features, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}}})))
 
 
 def test_step_clock() -> None:
@@ -293,11 +331,21 @@ def test_step_clock() -> None:
     assert (tz.clock.offset, tz.clock.timezone) == ("timezone", "America/New_York")
     with pytest.raises(domain.ConversionError, match=r"spec.domain.clock.timezone: '../etc' is not valid"):
         run_step(compute.configure_clock, base_inputs(spec=with_spec(clock={"timezone": "../etc"})))
+    offset = run_step(compute.configure_clock, base_inputs(spec=with_spec(clock={
+        "utc": {"offsetSeconds": -60}, "timer": {"kvm": {}, "rtc": {"track": "wall"}, "hpet": {"present": False}}})))
+    assert (offset.clock.offset, offset.clock.adjustment, offset.clock.basis) == ("variable", -60, "utc")
+    assert [(t.name, t.track, t.present) for t in offset.clock.timers] == [
+        ("hpet", None, False), ("rtc", "wall", True), ("kvmclock", None, True)], "the spec's timers, no defaults"
+    with pytest.raises(domain.ConversionError, match=r"timer.pit.tickPolicy: 'merge' is not one of"):
+        pit = {"timer": {"pit": {"tickPolicy": "merge"}}}
+        run_step(compute.configure_clock, base_inputs(spec=with_spec(clock=pit)))
 
 
 def test_step_lifecycle() -> None:
     dom = run_step(compute.configure_lifecycle, base_inputs())
     assert (dom.on_poweroff, dom.on_reboot, dom.on_crash) == ("destroy", "restart", "destroy")
+    terminate = run_step(compute.configure_lifecycle, base_inputs(spec=with_spec(rebootPolicy="Terminate")))
+    assert terminate.on_reboot == "destroy"
 
 
 def test_step_emulator() -> None:
@@ -380,6 +428,46 @@ def test_step_rng() -> None:
 
 def test_step_memballoon() -> None:
     assert run_step(fixed_devices.configure_memballoon, base_inputs()).memballoon.model == "none"
+    asked = base_inputs(spec=with_spec(devices={"autoattachMemBalloon": True, "useVirtioTransitional": True}))
+    assert run_step(fixed_devices.configure_memballoon, asked).memballoon.model == "virtio-transitional"
+
+
+def test_step_inputs() -> None:
+    assert run_step(fixed_devices.configure_inputs, base_inputs()).inputs == []
+    listed = base_inputs(spec=with_spec(devices={"inputs": [{"name": "t", "type": "tablet"}],
+                                                 "autoattachInputDevice": True}))
+    dom = run_step(fixed_devices.configure_inputs, listed)
+    assert [(i.type, i.bus, i.alias) for i in dom.inputs] == [("tablet", "usb", "ua-input-t")]
+    fixed_devices.configure_controllers(listed, dom)
+    assert [(c.type, c.model) for c in dom.controllers] == [("usb", "qemu-xhci")], "a USB tablet needs USB"
+    auto_inputs = base_inputs(spec=with_spec(devices={"autoattachInputDevice": True}))
+    auto = run_step(fixed_devices.configure_inputs, auto_inputs)
+    assert [(i.type, i.bus) for i in auto.inputs] == [("tablet", "virtio")]
+    with pytest.raises(domain.ConversionError, match=r"inputs\[0\].bus: 'ps2' is not one of"):
+        run_step(fixed_devices.configure_inputs, base_inputs(spec=with_spec(
+            devices={"inputs": [{"name": "t", "type": "tablet", "bus": "ps2"}]})))
+
+
+def test_step_watchdog() -> None:
+    assert run_step(fixed_devices.configure_watchdog, base_inputs()).watchdogs == []
+    dom = run_step(fixed_devices.configure_watchdog, base_inputs(spec=with_spec(
+        devices={"watchdog": {"name": "w", "i6300esb": {}}})))
+    assert [(w.model, w.action) for w in dom.watchdogs] == [("i6300esb", "reset")], "KubeVirt's default action"
+    with pytest.raises(domain.ConversionError, match=r"watchdog.diag288: this watchdog model is not supported"):
+        run_step(fixed_devices.configure_watchdog, base_inputs(spec=with_spec(
+            devices={"watchdog": {"name": "w", "diag288": {}}})))
+
+
+def test_step_sound() -> None:
+    dom = run_step(fixed_devices.configure_sound, base_inputs(spec=with_spec(devices={"sound": {"name": "s"}})))
+    assert [s.model for s in dom.sounds] == ["ich9"]
+    assert run_step(fixed_devices.configure_sound, base_inputs()).sounds == []
+
+
+def test_step_vsock() -> None:
+    assert run_step(fixed_devices.configure_vsock, base_inputs()).vsock is None
+    dom = run_step(fixed_devices.configure_vsock, base_inputs(spec=with_spec(devices={"autoattachVSOCK": True})))
+    assert (dom.vsock.model, dom.vsock.cid_auto) == ("virtio", True)
 
 
 def test_every_step_has_a_unit_test() -> None:

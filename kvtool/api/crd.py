@@ -39,19 +39,28 @@ def structural(node: Any, base_id: str) -> Any:
             out["description"] = node["description"]
         return out
     out = {}
+    refused = {k: v[schema.UNSUPPORTED] for k, v in node.get("properties", {}).items()
+               if isinstance(v, Mapping) and schema.UNSUPPORTED in v}
     for key, value in node.items():
-        if key in _DROP:
+        if key in _DROP or key.startswith("x-kvtool"):
             continue
         if key == "additionalProperties" and (value is False or "properties" in node):
             continue
         if key == "x-kubernetes-validations":
             out[key] = [{k: v for k, v in rule.items() if not k.startswith("x-kvtool")} for rule in value]
         elif key == "properties":
-            out[key] = {k: structural(v, base_id) for k, v in value.items()}
+            # A refused KubeVirt field keeps its name (so the server does not silently prune it) and is
+            # refused by its parent's CEL rule with the same sentence the client gives.
+            out[key] = {k: ({"x-kubernetes-preserve-unknown-fields": True} if k in refused
+                            else structural(v, base_id)) for k, v in value.items()}
         elif key in ("items", "additionalProperties", "anyOf"):
             out[key] = structural(value, base_id)
         else:
             out[key] = value
+    if refused:
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *(
+            {"rule": f"!has(self.{k})", "message": schema.unsupported_message(why), "fieldPath": f".{k}"}
+            for k, why in refused.items())]
     if "const" in node:
         out.setdefault("type", "string")
     return out

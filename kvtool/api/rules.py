@@ -62,6 +62,14 @@ RULES: dict[str, Rule] = {
     "disk-has-volume": lambda n: all(name in _names(n, "volumes") for name in _disk_names(n, "disks")),
     "interface-has-network": lambda n: all(name in _names(n, "networks") for name in _disk_names(n, "interfaces")),
     "memory-given": _memory_given,
+    "clock-one-offset": lambda n: _count(n, "utc", "timezone") <= 1,
+    "bootloader-one-kind": lambda n: _count(n, "bios", "efi") <= 1,
+    "disk-io-native": lambda n: n.get("io") != "native" or n.get("cache") == "none",
+    "probe-one-handler": lambda n: _count(n, "tcpSocket", "httpGet") == 1,
+    "dns-none-needs-config": lambda n: n.get("dnsPolicy") != "None" or "dnsConfig" in n,
+    "access-credentials-need-nocloud": lambda n: not any("sshPublicKey" in c for c in n.get("accessCredentials", []))
+    or any("cloudInitNoCloud" in v for v in n.get("volumes", [])),
+    "paused-without-liveness": lambda n: not ("startStrategy" in n and "livenessProbe" in n),
 }
 
 def _holds(fn: Rule, node: Mapping[str, Any]) -> bool:

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     import jsonschema
 
 SCHEMA_FILES = ("common.json", "virtualmachine.json", "virtualmachineinstance.json")
+# Marks a KubeVirt field kvtool refuses; its value says why. The field's schema is {"not": {}, UNSUPPORTED: why}.
+UNSUPPORTED = "x-kvtool-unsupported"
+
+
+def unsupported_message(reason: str) -> str:
+    """The sentence after a refused KubeVirt field's path: that kvtool does not support it, and why."""
+    return f"kvtool does not support this KubeVirt field: {reason}"
 
 
 @dataclass(frozen=True, order=True)
@@ -160,6 +167,8 @@ def _issue(error: jsonschema.ValidationError) -> Issue:
 
 def _message(error: jsonschema.ValidationError) -> str:
     kw, schema, inst = error.validator, error.schema, error.instance
+    if kw == "not" and isinstance(schema, dict) and UNSUPPORTED in schema:
+        return unsupported_message(schema[UNSUPPORTED])
     if kw == "additionalProperties" and isinstance(inst, dict) and isinstance(schema, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(k for k in inst if k not in allowed)

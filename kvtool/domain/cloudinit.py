@@ -110,26 +110,33 @@ def _one_payload(source: Mapping[str, Any], path: str, fields: tuple[str, str, s
     raise s.ConversionError(f"{path}.{field}.name", f"secret {name!r} has no key {' or '.join(secret_keys)}")
 
 
-def meta_data(instance_id: str, hostname: str) -> str:
-    """The meta-data document; YAML via the dumper, so odd characters are quoted, never spliced in."""
+def meta_data(instance_id: str, hostname: str, public_keys: Mapping[str, str] | None = None) -> str:
+    """The meta-data document; YAML via the dumper, so odd characters are quoted, never spliced in.
+
+    public_keys: name -> SSH public key(s), KubeVirt's accessCredentials with propagation noCloud; cloud-init
+    installs them for the default user."""
     if not isinstance(instance_id, str) or not re.fullmatch(INSTANCE_ID, instance_id):
         raise s.ConversionError("cloudinit.instance_id", f"{s.show(instance_id)} is not a valid instance id")
     if not isinstance(hostname, str) or not re.fullmatch(HOSTNAME, hostname):
         raise s.ConversionError("cloudinit.hostname", f"{s.show(hostname)} is not a valid hostname")
-    return yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname}, sort_keys=False)
+    doc: dict[str, Any] = {"instance-id": instance_id, "local-hostname": hostname}
+    if public_keys:
+        doc["public-keys"] = dict(public_keys)
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 ISO_PADDING = 150 * 2048
 
 
 def write_nocloud_iso(path: Path, *, instance_id: str, hostname: str, user_data: str | None,
-                      network_data: str | None, mode: int = 0o600) -> Path:
+                      network_data: str | None, mode: int = 0o600,
+                      public_keys: Mapping[str, str] | None = None) -> Path:
     """Write the seed ISO atomically (temp file + rename) and return its path.
 
     `mode` is 0600 because user-data may hold secrets; pass 0644 when QEMU runs as another user
     than the writer and nothing secret is inside.
     """
-    contents = {"meta-data": meta_data(instance_id, hostname)}
+    contents = {"meta-data": meta_data(instance_id, hostname, public_keys)}
     for name, value, param in (("user-data", user_data, "user_data"), ("network-config", network_data,
                                                                         "network_data")):
         if value is None:

@@ -62,11 +62,13 @@ class DomainInputs:
 
 Step = Callable[[DomainInputs, domain_model.Domain], None]
 
-# Order matters only where a step reads what an earlier one wrote (none do today) and for readability of
-# the code path; element order in the XML comes from the model's declarations.
+# Order matters where a step reads what an earlier one wrote (sysinfo reads identity's UUID, os reads whether
+# there is a sysinfo, controllers read the disks and inputs) and for readability of the code path; element
+# order in the XML comes from the model's declarations.
 STEPS: tuple[tuple[str, Step], ...] = (
     ("identity", compute.configure_identity),
     ("metadata", compute.configure_metadata),
+    ("sysinfo", compute.configure_sysinfo),
     ("cpu", compute.configure_cpu),
     ("memory", compute.configure_memory),
     ("os", compute.configure_os),
@@ -75,11 +77,15 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("lifecycle", compute.configure_lifecycle),
     ("emulator", devices.configure_emulator),
     ("disks", storage.configure_disks),
+    ("inputs", devices.configure_inputs),
     ("controllers", devices.configure_controllers),
     ("interfaces", network.configure_interfaces),
     ("serial", devices.configure_serial_console),
+    ("watchdog", devices.configure_watchdog),
+    ("sound", devices.configure_sound),
     ("rng", devices.configure_rng),
     ("memballoon", devices.configure_memballoon),
+    ("vsock", devices.configure_vsock),
 )
 
 

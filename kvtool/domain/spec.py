@@ -16,8 +16,10 @@ from kvtool.api import quantity
 
 _MISSING: Any = object()
 
-# Names of disks, volumes, interfaces and networks: Kubernetes DNS labels (KubeVirt validates the same).
+# Names of disks and volumes: Kubernetes DNS labels (KubeVirt validates the same: a disk name can become a
+# container name). Interfaces and networks: KubeVirt's `^[A-Za-z0-9-_]+$`.
 NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+IFACE_NAME = r"[A-Za-z0-9_-]{1,63}"
 
 
 class ConversionError(errors.KvtoolError):
@@ -54,14 +56,14 @@ def sequence(value: Any, path: str) -> Sequence[Any]:
     return value
 
 
-def named_entries(value: Any, path: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+def named_entries(value: Any, path: str, *, pattern: str = NAME) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
     """(entry path, name, entry) for a list of named objects (volumes, disks, networks, interfaces):
     each a mapping whose DNS-label name is used once in the list."""
     seen: dict[str, int] = {}
     for i, item in enumerate(sequence(value, path)):
         item_path = f"{path}[{i}]"
         entry = mapping(item, item_path)
-        name = string(entry.get("name"), f"{item_path}.name", pattern=NAME)
+        name = string(entry.get("name"), f"{item_path}.name", pattern=pattern)
         if name in seen:
             raise ConversionError(f"{item_path}.name", f"{name!r} is already used by {path}[{seen[name]}]")
         seen[name] = i

@@ -1,13 +1,15 @@
-"""Configure steps for the fixed devices: emulator, controllers, serial console, RNG, balloon."""
+"""Configure steps for the devices that are not disks or NICs: emulator, inputs, controllers, serial console,
+watchdog, sound, RNG, balloon, vsock."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from kvtool.domain import domain as domain_model
 from kvtool.domain import spec as s
 from kvtool.domain import xmlmodel
-from kvtool.domain.devices import Console, Controller, MemBalloon, Rng, Serial
+from kvtool.domain.devices import Console, Controller, Input, MemBalloon, Rng, Serial, Sound, Vsock, Watchdog
 
 if TYPE_CHECKING:
     from kvtool.domain.converter import DomainInputs
@@ -23,9 +25,41 @@ def configure_emulator(inputs: DomainInputs, domain: domain_model.Domain) -> Non
         domain.emulator = _path(inputs.emulator, "inputs.emulator")
 
 
+def devices_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    dom = s.mapping(s.mapping(spec, "spec").get("domain"), "spec.domain")
+    return s.mapping(dom.get("devices"), "spec.domain.devices")
+
+
+def _autoattach(spec: Mapping[str, Any], key: str, default: bool) -> bool:
+    return s.boolean(devices_spec(spec).get(key), f"spec.domain.devices.{key}", default=default)
+
+
+def virtio_model(spec: Mapping[str, Any]) -> str:
+    """virtio, or virtio-transitional for guests older than virtio 1.0 (devices.useVirtioTransitional)."""
+    return "virtio-transitional" if _autoattach(spec, "useVirtioTransitional", False) else "virtio"
+
+
+def wants_vsock(spec: Mapping[str, Any]) -> bool:
+    """autoattachVSOCK: true, or devices.vsock: {} (newer KubeVirt's form)."""
+    s.mapping(devices_spec(spec).get("vsock"), "spec.domain.devices.vsock")
+    return _autoattach(spec, "autoattachVSOCK", False) or devices_spec(spec).get("vsock") is not None
+
+
+def configure_inputs(inputs: DomainInputs, domain: domain_model.Domain) -> None:
+    """devices.inputs, or one virtio tablet when autoattachInputDevice asks and none is listed."""
+    listed = list(s.named_entries(devices_spec(inputs.spec).get("inputs"), "spec.domain.devices.inputs"))
+    for path, name, entry in listed:
+        domain.add(Input(type=s.string(entry.get("type"), f"{path}.type", choices=("tablet", "keyboard")),
+                         bus=s.string(entry.get("bus"), f"{path}.bus", default="usb", choices=("usb", "virtio")),
+                         alias=f"ua-input-{name}"))
+    if not listed and _autoattach(inputs.spec, "autoattachInputDevice", False):
+        domain.add(Input(type="tablet", bus="virtio", alias="ua-input-default-0"))
+
+
 def configure_controllers(inputs: DomainInputs, domain: domain_model.Domain) -> None:
-    """No USB controller: nothing uses one, and q35 would otherwise get a qemu-xhci plus its port."""
-    domain.add(Controller(type="usb", index=0, model="none"))
+    """A USB controller (qemu-xhci) only for USB inputs: q35 would otherwise always get one plus its ports."""
+    usb = any(i.bus == "usb" for i in domain.inputs)
+    domain.add(Controller(type="usb", index=0, model="qemu-xhci" if usb else "none"))
 
 
 def configure_serial_console(inputs: DomainInputs, domain: domain_model.Domain) -> None:
@@ -35,10 +69,7 @@ def configure_serial_console(inputs: DomainInputs, domain: domain_model.Domain) 
     console has the same type and source; we write that mirror out ourselves so
     the XML says what libvirt will do.
     """
-    devices = s.mapping(s.mapping(s.mapping(inputs.spec, "spec").get("domain"), "spec.domain").get("devices"),
-                        "spec.domain.devices")
-    if not s.boolean(devices.get("autoattachSerialConsole"), "spec.domain.devices.autoattachSerialConsole",
-                     default=True):
+    if not _autoattach(inputs.spec, "autoattachSerialConsole", True):
         return
     if inputs.serial_log is None:
         domain.add(Serial(type="pty", target_port=0))
@@ -53,11 +84,47 @@ def configure_serial_console(inputs: DomainInputs, domain: domain_model.Domain) 
         domain.add(Console(type="file", source_path=log, source_append=True, target_type="serial", target_port=0))
 
 
+def configure_watchdog(inputs: DomainInputs, domain: domain_model.Domain) -> None:
+    """devices.watchdog: an i6300esb whose action (default reset) ends or restarts the guest when it hangs."""
+    spec = devices_spec(inputs.spec).get("watchdog")
+    if spec is None:
+        return
+    path = "spec.domain.devices.watchdog"
+    watchdog = s.mapping(spec, path)
+    name = s.string(watchdog.get("name"), f"{path}.name", pattern=s.NAME)
+    model = s.one_of(watchdog, path, supported=("i6300esb",), known=("diag288",), what="watchdog model")
+    action = s.string(s.mapping(watchdog[model], f"{path}.{model}").get("action"), f"{path}.{model}.action",
+                      default="reset", choices=("poweroff", "reset", "shutdown"))
+    domain.add(Watchdog(model=model, action=action, alias=f"ua-watchdog-{name}"))
+
+
+def configure_sound(inputs: DomainInputs, domain: domain_model.Domain) -> None:
+    """devices.sound: an ich9 (default) or ac97 card."""
+    spec = devices_spec(inputs.spec).get("sound")
+    if spec is None:
+        return
+    path = "spec.domain.devices.sound"
+    sound = s.mapping(spec, path)
+    name = s.string(sound.get("name"), f"{path}.name", pattern=s.NAME)
+    domain.add(Sound(model=s.string(sound.get("model"), f"{path}.model", default="ich9", choices=("ich9", "ac97")),
+                     alias=f"ua-sound-{name}"))
+
+
 def configure_rng(inputs: DomainInputs, domain: domain_model.Domain) -> None:
-    """virtio-rng from /dev/urandom: guests otherwise can stall early in boot waiting for entropy."""
-    domain.add(Rng(model="virtio", backend_model="random", backend="/dev/urandom"))
+    """virtio-rng from /dev/urandom, always (devices.rng or not): guests otherwise can stall early in boot
+    waiting for entropy."""
+    s.mapping(devices_spec(inputs.spec).get("rng"), "spec.domain.devices.rng")
+    domain.add(Rng(model=virtio_model(inputs.spec), backend_model="random", backend="/dev/urandom"))
 
 
 def configure_memballoon(inputs: DomainInputs, domain: domain_model.Domain) -> None:
-    """No balloon: the pod's memory request is the guest's memory; nobody reclaims it behind its back."""
-    domain.memballoon = MemBalloon(model="none")
+    """No balloon unless autoattachMemBalloon: the pod's memory request is the guest's memory; nobody reclaims
+    it behind its back. (KubeVirt attaches one by default, for its memory statistics.)"""
+    wanted = _autoattach(inputs.spec, "autoattachMemBalloon", False)
+    domain.memballoon = MemBalloon(model=virtio_model(inputs.spec) if wanted else "none")
+
+
+def configure_vsock(inputs: DomainInputs, domain: domain_model.Domain) -> None:
+    """autoattachVSOCK (or devices.vsock: {}): a virtio-vsock device with a context ID libvirt picks."""
+    if wants_vsock(inputs.spec):
+        domain.vsock = Vsock(model=virtio_model(inputs.spec), cid_auto=True)

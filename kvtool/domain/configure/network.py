@@ -13,16 +13,18 @@ from kvtool.domain import domain as domain_model
 from kvtool.domain import spec as s
 from kvtool.domain import xmlmodel
 from kvtool.domain.configure import boot
-from kvtool.domain.devices import Interface, interface
+from kvtool.domain.configure.devices import virtio_model
+from kvtool.domain.devices import Interface, PCIAddress, interface
+from kvtool.domain.devices.address import PCI_ADDRESS
 
 if TYPE_CHECKING:
     from kvtool.domain.converter import DomainInputs
 
 BINDINGS = ("masquerade", "bridge")
-UNSUPPORTED_BINDINGS = ("sriov", "slirp", "passt", "macvtap", "binding")
+UNSUPPORTED_BINDINGS = ("sriov", "slirp", "passt", "passtBinding", "macvtap", "binding")
 NETWORK_SOURCES = ("pod",)
 UNSUPPORTED_NETWORK_SOURCES = ("multus",)
-MODELS = ("virtio", "e1000", "rtl8139")
+MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet")
 
 
 def mac_address(value: Any, path: str) -> str:
@@ -37,7 +39,7 @@ def networks_by_name(spec: Mapping[str, Any]) -> dict[str, int]:
     """spec.networks checked: DNS-label names, unique, exactly one supported source each."""
     found: dict[str, int] = {}
     for i, (path, name, network) in enumerate(s.named_entries(s.mapping(spec, "spec").get("networks"),
-                                                              "spec.networks")):
+                                                              "spec.networks", pattern=s.IFACE_NAME)):
         s.one_of(network, path, supported=NETWORK_SOURCES, known=UNSUPPORTED_NETWORK_SOURCES, what="network source")
         found[name] = i
     return found
@@ -48,7 +50,8 @@ def configure_interfaces(inputs: DomainInputs, domain: domain_model.Domain) -> N
     dom = s.mapping(s.mapping(inputs.spec, "spec").get("domain"), "spec.domain")
     devices = s.mapping(dom.get("devices"), "spec.domain.devices")
     networks = networks_by_name(inputs.spec)
-    for path, name, iface_spec in s.named_entries(devices.get("interfaces"), "spec.domain.devices.interfaces"):
+    for path, name, iface_spec in s.named_entries(devices.get("interfaces"), "spec.domain.devices.interfaces",
+                                                      pattern=s.IFACE_NAME):
         if name not in networks:
             raise s.ConversionError(f"{path}.name", f"no network named {name!r} in spec.networks",
                                     hint="an interface connects to the network of the same name")
@@ -58,6 +61,8 @@ def configure_interfaces(inputs: DomainInputs, domain: domain_model.Domain) -> N
         if spec_mac is not None:
             spec_mac = mac_address(spec_mac, f"{path}.macAddress")
         model = s.string(iface_spec.get("model"), f"{path}.model", default="virtio", choices=MODELS)
+        if model == "virtio":
+            model = virtio_model(inputs.spec)
 
         resolved_path = f"inputs.interfaces[{name!r}]"
         resolved = inputs.interfaces.get(name)
@@ -67,7 +72,12 @@ def configure_interfaces(inputs: DomainInputs, domain: domain_model.Domain) -> N
         if spec_mac is not None and mac != spec_mac:
             raise s.ConversionError(f"{resolved_path}.mac", f"{mac!r} differs from {path}.macAddress {spec_mac!r}")
         order = boot.boot_order(iface_spec, path)
-        nic = Interface(mac=mac, model=model, boot_order=order, alias=f"ua-net-{name}")
+        nic = Interface(mac=mac, model=model, boot_order=order, alias=f"ua-net-{name}",
+                        acpi_index=s.integer(iface_spec.get("acpiIndex"), f"{path}.acpiIndex", default=None,
+                                             minimum=1, maximum=16383))
+        pci = s.string(iface_spec.get("pciAddress"), f"{path}.pciAddress", default=None, pattern=PCI_ADDRESS)
+        if pci is not None:
+            nic.address = PCIAddress.parse_kubevirt(pci)
         if order is None:
             nic.rom_enabled = False  # no network boot: skip loading iPXE in the firmware
         if resolved.tap is None:

@@ -11,8 +11,8 @@ class Controller(xmlmodel.XMLObject):
 
     type = Text("./@type", choices=("scsi", "usb"), required=True)
     index = Int("./@index", minimum=0, required=True)
-    model = Text("./@model", choices=("virtio-scsi", "none"), required=True)
+    model = Text("./@model", choices=("virtio-scsi", "none", "qemu-xhci"), required=True)
 
     def check(self) -> None:
-        if (self.type, self.model) not in {("scsi", "virtio-scsi"), ("usb", "none")}:
+        if (self.type, self.model) not in {("scsi", "virtio-scsi"), ("usb", "none"), ("usb", "qemu-xhci")}:
             raise xmlmodel.XMLModelError(f"Controller: model {self.model!r} does not fit type {self.type!r}")

@@ -9,4 +9,4 @@ from kvtool.domain.xmlmodel import Text
 class MemBalloon(xmlmodel.XMLObject):
     TAG = "memballoon"
 
-    model = Text("./@model", choices=("none", "virtio"), required=True)
+    model = Text("./@model", choices=("none", "virtio", "virtio-transitional"), required=True)

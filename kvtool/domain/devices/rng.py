@@ -9,6 +9,6 @@ from kvtool.domain.xmlmodel import Text
 class Rng(xmlmodel.XMLObject):
     TAG = "rng"
 
-    model = Text("./@model", choices=("virtio",), required=True)
+    model = Text("./@model", choices=("virtio", "virtio-transitional"), required=True)
     backend_model = Text("./backend/@model", choices=("random",), required=True)
     backend = Text("./backend", choices=("/dev/urandom", "/dev/random", "/dev/hwrng"), required=True)
