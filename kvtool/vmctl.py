@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import PAUSE_ANNOTATION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import Resources
 
 FIELD_MANAGER = "kvtool-vmctl"
-PAUSE_ANNOTATION = "kvtool.io/paused"
 
 
 def _vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
@@ -91,7 +90,7 @@ def _pause(res: Resources, namespace: str, name: str, paused: bool) -> str:
     if vmi is None or (vmi.get("status") or {}).get("phase") != "Running":
         raise KvtoolError(f"virtualmachine {namespace}/{name} is not running")
     res.merge_patch(VIRTUAL_MACHINE_INSTANCE, namespace, name,
-                    {"metadata": {"annotations": {PAUSE_ANNOTATION: "true" if paused else None}}},
+                    {"metadata": {"annotations": {PAUSE_ANNOTATION: "true" if paused else "false"}}},
                     field_manager=FIELD_MANAGER)
     return f"{name}: {'pause' if paused else 'unpause'} requested"
 

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from kvtool.api.types import PAUSE_ANNOTATION, wants_paused
 from kvtool.controller import conditions, template
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
@@ -210,3 +211,89 @@ def test_put_sets_one_condition_and_keeps_the_others() -> None:
     assert again[1]["lastTransitionTime"] == out[1]["lastTransitionTime"], "unchanged status keeps its time"
     added = conditions.put(old[:1], conditions.condition("Paused", False))
     assert [c["type"] for c in added] == ["Ready", "Paused"]
+
+
+def test_launcher_pod_takes_kubevirt_pod_fields_probes_and_credentials() -> None:
+    v = vm("Always")
+    spec = v["spec"]["template"]["spec"]
+    fields = {"priorityClassName": "high", "schedulerName": "my-scheduler", "dnsPolicy": "None",
+              "dnsConfig": {"nameservers": ["10.0.0.10"], "searches": ["lab.local"]}, "hostname": "web",
+              "subdomain": "lab", "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                                                                 "whenUnsatisfiable": "DoNotSchedule"}]}
+    spec.update(fields, serviceAccountName="vm-sa",
+                readinessProbe={"httpGet": {"port": 80, "path": "/healthz"}, "periodSeconds": 2},
+                livenessProbe={"tcpSocket": {"port": 22}, "failureThreshold": 5},
+                accessCredentials=[{"sshPublicKey": {"source": {"secret": {"secretName": "keys"}},
+                                                     "propagationMethod": {"noCloud": {}}}}])
+    spec["domain"]["devices"]["autoattachVSOCK"] = True
+    inst = vm_logic.vmi_for(v)
+    inst["metadata"]["uid"] = "u-1"
+    pod = template.launcher_pod(inst, template.LauncherConfig(service_account="launcher"))
+    for key, value in fields.items():
+        assert pod["spec"][key] == value, key
+    assert pod["spec"]["serviceAccountName"] == "vm-sa", "the VMI's service account wins over the default"
+    compute = pod["spec"]["containers"][0]
+    assert compute["readinessProbe"] == {"httpGet": {"port": 80, "path": "/healthz"}, "periodSeconds": 2}
+    assert compute["livenessProbe"] == {"tcpSocket": {"port": 22}, "failureThreshold": 5}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["ac-keys"] == {"name": "ac-keys", "secret": {"secretName": "keys"}}
+    assert volumes["vhost-vsock"]["hostPath"] == {"path": "/dev/vhost-vsock", "type": "CharDevice"}
+    mounts = {m["name"]: m["mountPath"] for m in compute["volumeMounts"]}
+    assert mounts["ac-keys"] == f"{template.ACCESS_CREDENTIALS}/keys"
+
+
+def test_readiness_probe_ready_follows_the_pod_and_the_handler_leaves_it() -> None:
+    owner = vm("Always")
+    owner["spec"]["template"]["spec"]["readinessProbe"] = {"tcpSocket": {"port": 22}}
+    inst = vmi(owner, "Running", nodeName="n1", domainState="Running")
+    pod = {"metadata": {"name": "p", "uid": "pu", "labels": {"kvtool.io/vmi-uid": inst["metadata"]["uid"]}},
+           "spec": {"nodeName": "n1"}, "status": {"phase": "Running", "conditions": [
+               {"type": "Ready", "status": "False", "message": "containers with unready status: [compute]"}]}}
+    ready = conditions.get({"status": vmi_logic.decide(inst, [pod], True).status}, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "GuestNotReady")
+    assert "unready status" in ready["message"]
+    pod["status"]["conditions"][0]["status"] = "True"
+    ready = conditions.get({"status": vmi_logic.decide(inst, [pod], True).status}, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "GuestReady")
+    patch = handler_status.status_patch(inst, {"phase": "Running", "domainState": "Running"}, None, "t") or {}
+    assert "Ready" not in {c["type"] for c in patch.get("conditions", [])}, "a running probed guest: not the handler's"
+    stopped = handler_status.status_patch(inst, {"phase": "Failed", "reason": "DomainCrashed"}, None, "t") or {}
+    assert conditions.get({"status": stopped}, "Ready")["status"] == "False"
+    unprobed = vmi(vm("Always"), "Running", nodeName="n1", domainState="Running")
+    pod["metadata"]["labels"]["kvtool.io/vmi-uid"] = unprobed["metadata"]["uid"]
+    said = vmi_logic.decide(unprobed, [pod], True).status or {}
+    assert "conditions" not in said, "no probe: the controller says nothing about Ready"
+
+
+def test_start_strategy_paused_until_unpaused() -> None:
+    owner = vm("Always")
+    owner["spec"]["template"]["spec"]["startStrategy"] = "Paused"
+    inst = vm_logic.vmi_for(owner)
+    assert wants_paused(inst)
+    inst["metadata"]["annotations"] = {PAUSE_ANNOTATION: "false"}
+    assert not wants_paused(inst), "`kvtool unpause` (annotation false) wins over startStrategy"
+    assert not wants_paused(vm_logic.vmi_for(vm("Always")))
+
+
+def test_overcommit_guest_overhead_requests_the_guest_and_limits_the_whole() -> None:
+    spec = vm("Always", memory="256Mi")["spec"]["template"]["spec"]
+    spec["domain"]["resources"] = {"overcommitGuestOverhead": True}
+    res = template.resources(spec)
+    assert int(res["requests"]["memory"]) == 256 * 2**20
+    assert int(res["limits"]["memory"]) == 256 * 2**20 + template.memory_overhead(spec)
+
+
+def test_a_vmi_without_interfaces_gets_the_pod_network_unless_told_not_to() -> None:
+    owner = vm("Always")
+    spec = owner["spec"]["template"]["spec"]
+    spec["domain"]["devices"].pop("interfaces", None)
+    spec.pop("networks", None)
+    inst = vm_logic.vmi_for(owner)
+    assert inst["spec"]["networks"] == [{"name": "default", "pod": {}}]
+    assert inst["spec"]["domain"]["devices"]["interfaces"] == [{"name": "default", "masquerade": {}}]
+    inst["metadata"]["uid"] = "u"
+    inst["status"] = {"phase": "Running"}
+    status = vm_logic.decide(owner, inst, NOW).status
+    assert conditions.get({"status": status}, "RestartRequired")["status"] == "False", "the default is no change"
+    spec["domain"]["devices"]["autoattachPodInterface"] = False
+    assert "networks" not in vm_logic.vmi_for(owner)["spec"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 GROUP = "kvtool.io"
 VERSION = "v1alpha1"
@@ -20,6 +22,17 @@ VMI_LABEL = "kvtool.io/vmi"
 VMI_UID_LABEL = "kvtool.io/vmi-uid"
 LAUNCHER_LABEL_KEY = "kvtool.io"
 LAUNCHER_LABEL_VALUE = "virt-launcher"
+# "true"/"false" on a VMI: `kvtool pause`/`unpause` set it, its node's handler makes the domain follow.
+PAUSE_ANNOTATION = "kvtool.io/paused"
+
+
+def wants_paused(vmi: Mapping[str, Any]) -> bool:
+    """Should this VMI's guest be paused? The annotation when set, else spec.startStrategy Paused (KubeVirt's
+    "start paused, until someone unpauses")."""
+    annotation = ((vmi.get("metadata") or {}).get("annotations") or {}).get(PAUSE_ANNOTATION)
+    if annotation is not None:
+        return annotation == "true"
+    return (vmi.get("spec") or {}).get("startStrategy") == "Paused"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ MILLICORES_PER_VCPU = 100
 SOCKETS, PRIVATE, IMAGES, CACHE, VOLUMES = ("/var/run/kvtool/sockets", "/var/lib/kvtool/private",
                                             "/var/lib/kvtool/images", "/var/lib/kvtool/cache",
                                             "/var/run/kvtool/volumes")
+# accessCredentials' Secrets, one directory per Secret (the launcher gives their keys to cloud-init).
+ACCESS_CREDENTIALS = "/var/run/kvtool/access-credentials"
+# VMI spec fields the launcher pod takes as they are (KubeVirt's template.go copies the same).
+POD_FIELDS = ("nodeSelector", "affinity", "tolerations", "topologySpreadConstraints", "priorityClassName",
+              "schedulerName", "dnsPolicy", "dnsConfig", "hostname", "subdomain")
+# Probe fields copied onto the compute container: tcpSocket/httpGet reach the guest through the pod's IP
+# (masquerade forwards them), so the kubelet probes the guest itself.
+PROBE_FIELDS = ("tcpSocket", "httpGet", "initialDelaySeconds", "timeoutSeconds", "periodSeconds",
+                "successThreshold", "failureThreshold")
 # The CNI's interface in the pod; the launcher puts the guest behind it (masquerade or bridge binding).
 POD_INTERFACE = "eth0"
 # What the launcher needs in its own network namespace to do that: bridges, a tap, nftables, DHCP.
@@ -80,9 +89,13 @@ def resources(spec: dict[str, Any]) -> dict[str, Any]:
     requests = dict(res.get("requests", {}))
     limits = dict(res.get("limits", {}))
     mem = guest_memory(spec) + memory_overhead(spec)
-    requests["memory"] = str(max(mem, quantity.to_bytes(requests.get("memory", 0))))
+    # overcommitGuestOverhead (KubeVirt's): the scheduler counts only the guest; the overhead goes in the limit.
+    overcommit = bool(res.get("overcommitGuestOverhead"))
+    scheduled = guest_memory(spec) if overcommit else mem
+    requests["memory"] = str(max(scheduled, quantity.to_bytes(requests.get("memory", 0))))
     requests.setdefault("cpu", f"{vcpus(spec) * MILLICORES_PER_VCPU}m")
-    limits["memory"] = str(max(quantity.to_bytes(limits.get("memory", 0)), int(requests["memory"])))
+    limits["memory"] = str(max(quantity.to_bytes(limits.get("memory", 0)), int(requests["memory"]),
+                               mem if overcommit else 0))
     return {"requests": {k: str(v) for k, v in requests.items()},
             "limits": {k: str(v) for k, v in limits.items()}}
 
@@ -116,6 +129,28 @@ def _volume_mounts(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+def _access_credentials(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pod volumes and mounts for the Secrets of accessCredentials (SSH public keys)."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for secret in dict.fromkeys(ssh_key_secrets(spec)):
+        volumes.append({"name": f"ac-{secret}"[:63], "secret": {"secretName": secret}})
+        mounts.append({"name": f"ac-{secret}"[:63], "mountPath": f"{ACCESS_CREDENTIALS}/{secret}", "readOnly": True})
+    return volumes, mounts
+
+
+def ssh_key_secrets(spec: dict[str, Any]) -> list[str]:
+    """The Secrets holding the VMI's SSH public keys, in spec order."""
+    return [cred["sshPublicKey"]["source"]["secret"]["secretName"]
+            for cred in spec.get("accessCredentials") or [] if "sshPublicKey" in cred]
+
+
+def _probes(spec: dict[str, Any]) -> dict[str, Any]:
+    """readinessProbe/livenessProbe as the compute container's: the kubelet probes the guest through the pod IP."""
+    return {key: {k: v for k, v in spec[key].items() if k in PROBE_FIELDS}
+            for key in ("readinessProbe", "livenessProbe") if spec.get(key)}
+
+
 def _masquerades(spec: dict[str, Any]) -> bool:
     """Does an interface use the (default) masquerade binding on the pod network?"""
     interfaces = spec.get("domain", {}).get("devices", {}).get("interfaces", [])
@@ -130,6 +165,7 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
     labels.update({LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE, VMI_LABEL: name, VMI_UID_LABEL: uid,
                    VM_LABEL: name})
     vol_volumes, vol_mounts = _volume_mounts(spec)
+    ac_volumes, ac_mounts = _access_credentials(spec)
 
     def field(path: str) -> dict[str, Any]:
         return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -145,6 +181,7 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
         {"name": "KVTOOL_IMAGES", "value": IMAGES},
         {"name": "KVTOOL_CACHE_DIR", "value": CACHE},
         {"name": "KVTOOL_VOLUMES_DIR", "value": VOLUMES},
+        {"name": "KVTOOL_ACCESS_CREDENTIALS_DIR", "value": ACCESS_CREDENTIALS},
         {"name": "KVTOOL_POD_INTERFACE", "value": POD_INTERFACE},
     ]
     pod_spec: dict[str, Any] = {
@@ -170,7 +207,9 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
                 {"name": "images", "mountPath": IMAGES, "readOnly": True},
                 {"name": "cache", "mountPath": CACHE},
                 *vol_mounts,
+                *ac_mounts,
             ],
+            **_probes(spec),
         }],
         "volumes": [
             {"name": "sockets", "hostPath": {"path": SOCKETS, "type": "DirectoryOrCreate"}},
@@ -178,6 +217,7 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
             {"name": "images", "hostPath": {"path": IMAGES, "type": "DirectoryOrCreate"}},
             {"name": "cache", "hostPath": {"path": CACHE, "type": "DirectoryOrCreate"}},
             *vol_volumes,
+            *ac_volumes,
         ],
     }
     if _masquerades(spec):
@@ -185,16 +225,21 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
         # network namespace, which only the kubelet may switch on (an "unsafe" sysctl: a real cluster's
         # kubelets need --allowed-unsafe-sysctls=net.ipv4.ip_forward; embedded nodes have it).
         pod_spec["securityContext"] = {"sysctls": [{"name": "net.ipv4.ip_forward", "value": "1"}]}
-    for key in ("nodeSelector", "affinity", "tolerations"):
+    for key in POD_FIELDS:
         if spec.get(key):
             pod_spec[key] = spec[key]
-    if config.service_account:
-        pod_spec["serviceAccountName"] = config.service_account
-    if config.kvm_device:
-        # The node's /dev/kvm (TCG is the fallback) and /dev/net/tun for the guest's tap.
-        for dev_name, dev in (("kvm", "/dev/kvm"), ("tun", "/dev/net/tun")):
-            pod_spec["volumes"].append({"name": dev_name, "hostPath": {"path": dev, "type": "CharDevice"}})
-            pod_spec["containers"][0]["volumeMounts"].append({"name": dev_name, "mountPath": dev})
+    service_account = spec.get("serviceAccountName") or config.service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    devices = [("kvm", "/dev/kvm"), ("tun", "/dev/net/tun")] if config.kvm_device else []
+    devices_spec = spec.get("domain", {}).get("devices", {})
+    if devices_spec.get("autoattachVSOCK") or devices_spec.get("vsock") is not None:
+        # QEMU's vhost-vsock backend; a node without it leaves the pod Pending with the kubelet's reason.
+        devices.append(("vhost-vsock", "/dev/vhost-vsock"))
+    for dev_name, dev in devices:
+        # The node's /dev/kvm (TCG is the fallback), /dev/net/tun for the guest's tap, /dev/vhost-vsock.
+        pod_spec["volumes"].append({"name": dev_name, "hostPath": {"path": dev, "type": "CharDevice"}})
+        pod_spec["containers"][0]["volumeMounts"].append({"name": dev_name, "mountPath": dev})
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -158,7 +158,7 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
     else:
         failure_cond = conditions.condition("Failure", False)
     restart = bool(vmi and phase not in FINAL and
-                   vm.get("spec", {}).get("template", {}).get("spec") != vmi.get("spec"))
+                   defaulted_spec(vm.get("spec", {}).get("template", {}).get("spec") or {}) != vmi.get("spec"))
     vmi_ready = conditions.get(vmi, "Ready") if vmi else None
     lost = conditions.get(vmi, failover.NODE_LOST) if vmi else None
     new_conditions = [
@@ -233,6 +233,18 @@ def _printable(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, fa
     return "Stopped"
 
 
+def defaulted_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a VM template's spec with KubeVirt's defaults the runtime relies on (KubeVirt's VMI mutating
+    webhook sets the same): a VMI that lists no interfaces and no networks gets one masquerade interface on
+    the pod network, unless devices.autoattachPodInterface is false."""
+    out = copy.deepcopy(spec)
+    devices = out.get("domain", {}).get("devices", {})
+    if not devices.get("interfaces") and not out.get("networks") and devices.get("autoattachPodInterface", True):
+        out.setdefault("domain", {}).setdefault("devices", {})["interfaces"] = [{"name": "default", "masquerade": {}}]
+        out["networks"] = [{"name": "default", "pod": {}}]
+    return out
+
+
 def vmi_for(vm: dict[str, Any]) -> dict[str, Any]:
     """The VMI to create: the template, owned by the VM, labelled like the VM's stack."""
     meta = vm["metadata"]
@@ -251,7 +263,7 @@ def vmi_for(vm: dict[str, Any]) -> dict[str, Any]:
             "ownerReferences": [{"apiVersion": vm["apiVersion"], "kind": "VirtualMachine", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
         },
-        "spec": copy.deepcopy(template["spec"]),
+        "spec": defaulted_spec(template["spec"]),
     }
     if tmeta.get("annotations"):
         out["metadata"]["annotations"] = dict(tmeta["annotations"])

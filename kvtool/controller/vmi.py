@@ -58,6 +58,21 @@ def _termination(pod: dict[str, Any]) -> tuple[str, str]:
     return status.get("reason") or "PodFailed", status.get("message") or f"launcher pod {status.get('phase')}"
 
 
+def _readiness(vmi: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any] | None:
+    """Ready for a running VMI with a readinessProbe: the kubelet probes the guest through the pod (the probe is
+    the compute container's), so the pod's Ready is the guest's. None: not this function's to say (no probe,
+    or the domain is not running, which the handler reports)."""
+    status = vmi.get("status") or {}
+    if not (vmi.get("spec") or {}).get("readinessProbe") or status.get("phase") != "Running" \
+            or status.get("domainState") != "Running":
+        return None
+    ready = _pod_condition(pod, "Ready") or {}
+    if ready.get("status") == "True":
+        return conditions.condition("Ready", True, "GuestReady", "the readiness probe passes")
+    detail = ready.get("message") or "the kubelet has not probed it yet"
+    return conditions.condition("Ready", False, "GuestNotReady", f"the readiness probe does not pass ({detail})")
+
+
 def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | None) -> VMIDecision:
     """node_ready: whether the VMI's node is Ready (None when unknown or not yet scheduled)."""
     d = VMIDecision()
@@ -106,6 +121,7 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
             new["phase"] = "Scheduled"
         elif node or phase is None or phase == "Pending":
             new["phase"] = "Scheduling"
+        probed = _readiness(vmi, pod)
         if node and node_ready is False and ORDER.get(phase, 0) >= ORDER["Running"]:
             conds.append(conditions.condition("Ready", False, "NodeUnreachable",
                                               f"node {node} is not ready: its kubelet stopped reporting"))
@@ -113,7 +129,9 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
                 "NodeUnreachable":
             # The node is back and the pod still runs: the mark was ours, and the domain outlived the blip
             # (had it not, the pod's end or the handler's report would say so).
-            conds.append(conditions.condition("Ready", True, "NodeReachable", f"node {node} is ready again"))
+            conds.append(probed or conditions.condition("Ready", True, "NodeReachable", f"node {node} is ready again"))
+        elif probed is not None:
+            conds.append(probed)
     # Phases only move forward (Failed/Succeeded end everything).
     if "phase" in new and ORDER.get(new["phase"], 0) <= ORDER.get(phase, 0) and new["phase"] != phase:
         del new["phase"]

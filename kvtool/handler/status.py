@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-PAUSE_ANNOTATION = "kvtool.io/paused"
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5}
 
 
@@ -37,11 +36,12 @@ def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: 
     running = dphase == "Running"
     paused = dphase == "Paused"
     failed = dphase == "Failed"
-    conds = [
-        _cond("Ready", running, "" if running else (domain.get("reason") or str(dphase)),
-              "" if running else domain.get("message", ""), old, now),
-        _cond("Paused", paused, "PausedByUser" if paused else "", "", old, now),
-    ]
+    conds = [_cond("Paused", paused, "PausedByUser" if paused else "", "", old, now)]
+    if not (running and probed_readiness(vmi)):
+        # With a readiness probe, a running guest is Ready when the kubelet's probe passes: the controller,
+        # which sees the pod, says so (controller/vmi.py); the handler only says when it is not running.
+        conds.insert(0, _cond("Ready", running, "" if running else (domain.get("reason") or str(dphase)),
+                              "" if running else domain.get("message", ""), old, now))
     if failed:
         reason = domain.get("reason") or "DomainFailed"
         conds.append(_cond("Failure", True, reason, domain.get("message", ""), old, now))
@@ -60,9 +60,10 @@ def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: 
     return new or None
 
 
+def probed_readiness(vmi: dict[str, Any]) -> bool:
+    return bool((vmi.get("spec") or {}).get("readinessProbe"))
+
+
 def _key(conds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in conds)
 
-
-def wants_paused(vmi: dict[str, Any]) -> bool:
-    return ((vmi.get("metadata") or {}).get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from kvtool.handler import status as status_mod
+from kvtool.api.types import wants_paused
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
 
 log = logging.getLogger("kvtool.handler")
@@ -148,7 +148,7 @@ class VMIWorker:
         vmi = self.latest()
         if vmi is None:
             return
-        want = status_mod.wants_paused(vmi)
+        want = wants_paused(vmi)
         phase = self.domain.get("phase")
         if want and phase == "Running":
             self.domain = await asyncio.to_thread(client.pause)

@@ -45,6 +45,7 @@ class Config:
     images_dir: Path
     cache_dir: Path | None
     volumes_dir: Path | None
+    access_credentials_dir: Path | None = None  # one directory per accessCredentials Secret
     pod_name: str = ""
     pod_namespace: str = ""
     node_name: str = ""
@@ -86,6 +87,7 @@ def load(namespace: str, name: str, uid: str, environ: Mapping[str, str] | None 
         images_dir=_directory(env, "KVTOOL_IMAGES"),
         cache_dir=_directory(env, "KVTOOL_CACHE_DIR", required=False),
         volumes_dir=_directory(env, "KVTOOL_VOLUMES_DIR", required=False),
+        access_credentials_dir=_directory(env, "KVTOOL_ACCESS_CREDENTIALS_DIR", required=False),
         pod_name=_printable(env.get("KVTOOL_POD_NAME", "")),
         pod_namespace=_printable(env.get("KVTOOL_POD_NAMESPACE", "")),
         node_name=_printable(env.get("KVTOOL_NODE_NAME", "")),

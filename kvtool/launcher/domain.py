@@ -144,12 +144,13 @@ class Hypervisor:
         version = self.conn.getVersion()
         return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
-    def start(self, xml: str) -> None:
-        """Define and start; on a start failure the definition is removed again. Raises libvirtError."""
+    def start(self, xml: str, paused: bool = False) -> None:
+        """Define and start (paused: the vCPUs never run until unpaused); on a start failure the definition is
+        removed again. Raises libvirtError."""
         assert self.conn is not None
         dom = self.conn.defineXML(xml)
         try:
-            dom.create()
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
         except libvirt.libvirtError:
             _quietly(dom.undefine)
             raise

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import libvirt
 
 from kvtool import __version__
+from kvtool.api.types import wants_paused
 from kvtool.errors import KvtoolError
 from kvtool.launcher import config as config_mod
 from kvtool.launcher import domain as domain_mod
@@ -159,7 +160,7 @@ class Runner:
         self._watcher.start()
         before_start = time.monotonic()
         try:
-            self.hypervisor.start(xml)
+            self.hypervisor.start(xml, paused=wants_paused(vmi))
         except libvirt.libvirtError as exc:
             self._fail_start(Reason.DOMAIN_START_FAILED, domain_mod.error_message(exc))
         self.timings["define_and_start"] = time.monotonic() - before_start

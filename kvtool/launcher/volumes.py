@@ -227,8 +227,44 @@ def _cloud_init(ctx: _Context, source: Mapping[str, Any]) -> ResolvedVolume:
     namespace = s.string(metadata.get("namespace"), "metadata.namespace", default=ctx.config.namespace)
     iso = ctx.workdir / f"{ctx.name}.iso"
     cloudinit.write_nocloud_iso(iso, instance_id=f"{name}.{namespace}", hostname=guest_hostname(ctx.vmi),
-                                user_data=payload.user_data, network_data=payload.network_data)
+                                user_data=payload.user_data, network_data=payload.network_data,
+                                public_keys=ssh_public_keys(ctx.vmi, ctx.config))
     return ResolvedVolume(path=iso, format="raw", readonly=True)
+
+
+def ssh_public_keys(vmi: Mapping[str, Any], config: Config) -> dict[str, str]:
+    """accessCredentials' SSH public keys (propagation noCloud), as cloud-init's meta-data public-keys.
+
+    Each Secret is mounted at $KVTOOL_ACCESS_CREDENTIALS_DIR/<secret>; every key in it holds public keys, as in
+    KubeVirt. Named <secret>-<key> so two Secrets with the same key do not collide.
+    """
+    keys: dict[str, str] = {}
+    spec = s.mapping(vmi.get("spec"), "spec")
+    for i, cred in enumerate(s.sequence(spec.get("accessCredentials"), "spec.accessCredentials")):
+        path = f"spec.accessCredentials[{i}].sshPublicKey"
+        ssh = s.mapping(s.mapping(cred, f"spec.accessCredentials[{i}]").get("sshPublicKey"), path)
+        if not ssh:
+            continue
+        source = s.mapping(s.mapping(ssh.get("source"), f"{path}.source", required=True).get("secret"),
+                           f"{path}.source.secret", required=True)
+        secret = s.string(source.get("secretName"), f"{path}.source.secret.secretName", pattern=s.NAME)
+        if config.access_credentials_dir is None:
+            raise ConversionError(path, "needs the Secret mounted under KVTOOL_ACCESS_CREDENTIALS_DIR, which is "
+                                  "not set")
+        directory = config.access_credentials_dir / secret
+        files = sorted(f for f in directory.glob("*") if f.is_file() and not f.name.startswith(".")) \
+            if directory.is_dir() else []
+        if not files:
+            raise ConversionError(f"{path}.source.secret.secretName", f"the Secret {secret!r} mounted at {directory} "
+                                  "has no keys", hint="put one or more SSH public keys in the Secret")
+        for file in files:
+            if file.stat().st_size > SECRET_MAX:
+                raise ConversionError(path, f"{file.name} in the Secret {secret!r} is larger than {SECRET_MAX} bytes")
+            try:
+                keys[f"{secret}-{file.name}"] = file.read_bytes().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ConversionError(path, f"{file.name} in the Secret {secret!r} is not UTF-8 text") from None
+    return keys
 
 
 def _secret_files(ctx: _Context, keys: tuple[str, ...], path: str) -> dict[str, str]:
