@@ -93,9 +93,12 @@ def test_quoted_names_and_names_of_python_objects(tmp_path: Path) -> None:
 
 def test_unknown_kind_and_kubevirt_hint(tmp_path: Path) -> None:
     issues = _issues(tmp_path, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
+                     {"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt", "metadata": {"name": "kv"}},
                      with_(vm("x"), "apiVersion", "kubevirt.io/v1"))
     assert any("unknown kind 'Pod'" in i for i in issues)
-    assert any("change apiVersion" in i for i in issues)
+    assert any("kvtool reads KubeVirt's VirtualMachine and VirtualMachineInstance" in i and "not KubeVirt" in i
+               for i in issues)
+    assert len(issues) == 2, "a kubevirt.io/v1 VirtualMachine is read as kvtool's"
 
 
 def test_all_errors_at_once_with_field_paths(tmp_path: Path) -> None:

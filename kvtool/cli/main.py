@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("kvtool.cli.cluster", "run the embedded cluster (up, down, status)"),
     "image": ("kvtool.cli.image", "build, import and list VM images (embedded mode)"),
     "validate": ("kvtool.cli.validate", "check desired-state files offline"),
+    "convert": ("kvtool.cli.convert", "write KubeVirt VMs and VMIs as kvtool's (plan and apply read them too)"),
     "plan": ("kvtool.cli.plan", "show what apply would change"),
     "apply": ("kvtool.cli.apply", "make the cluster match the desired state (or a saved plan)"),
     "destroy": ("kvtool.cli.destroy", "delete a stack's objects"),

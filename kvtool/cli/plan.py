@@ -30,8 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> DesiredState:
-    """Read and validate every input file before connecting: input problems never wait for the cluster."""
-    return desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
+    """Read and validate every input file before connecting: input problems never wait for the cluster.
+    Says once when KubeVirt documents were read as kvtool's (on stderr when stdout is JSON)."""
+    state = desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
+    note = state.conversion_note()
+    if note:
+        print(note, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+    return state
 
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:

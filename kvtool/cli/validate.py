@@ -16,5 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     state = desired.load(args.paths, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
+    note = state.conversion_note()
+    if note:
+        print(note)
     print(f"Valid: {len(state.objects)} object(s) in {len(args.paths)} path(s).")
     return 0

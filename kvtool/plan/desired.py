@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kvtool.api import schema
+from kvtool.api import kubevirt, schema
 from kvtool.api.types import (
     DEFAULT_STACK,
     MANAGED_BY,
@@ -104,6 +104,18 @@ class Desired:
 class DesiredState:
     stack: str
     objects: list[Desired] = field(default_factory=list)
+    # KubeVirt documents read as kvtool's: (where, what it was, e.g. "kubevirt.io/v1 VirtualMachineInstance").
+    converted: list[tuple[Location, str]] = field(default_factory=list)
+
+    def conversion_note(self) -> str | None:
+        """One sentence for the plan output when KubeVirt documents were converted, else None."""
+        if not self.converted:
+            return None
+        kinds = sorted({what for _, what in self.converted})
+        sources = sorted({loc.source for loc, _ in self.converted})
+        return (f"Read {len(self.converted)} KubeVirt document(s) ({', '.join(kinds)}) as kvtool's VirtualMachines "
+                f"(a bare VirtualMachineInstance runs as a VM with runStrategy Always): {', '.join(sources)}. "
+                "`kvtool convert` writes them out.")
 
 
 def validate_stack(stack: str) -> str:
@@ -265,7 +277,7 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
     issues: list[InputIssue] = []
     raw: list[tuple[Location, Any]] = []
     for path in expand_paths(paths):
-        docs, errs = read_documents(path) if str(path) != "-" else read_documents(path, _stdin())
+        docs, errs = read_documents(path) if str(path) != "-" else read_documents(path, read_stdin())
         issues += errs
         raw += [(Location(str(path), i), d) for i, d in docs]
     raw += [(Location("<python>", i), copy.deepcopy(dict(o))) for i, o in enumerate(objects)]
@@ -275,7 +287,11 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
     # Values the YAML reader already reported (with their line): later checks of the same field say less.
     said = {(i.location.source, i.location.index, i.path) for i in issues if isinstance(i, NotAStringIssue)}
     for loc, doc in raw:
-        for item_loc, item in _unlist(loc, doc):
+        for item_loc, item in unlist(loc, doc):
+            if kubevirt.is_kubevirt(item):
+                converted = kubevirt.from_kubevirt(item)
+                item = converted.manifest
+                state.converted.append((item_loc, converted.source))
             obj, errs = normalise(item, item_loc, stack=stack, namespace=namespace)
             issues += [e for e in errs if not _already_said(said, e)]
             key = _identity(item, namespace)
@@ -314,13 +330,13 @@ def _identity(doc: Any, namespace: str) -> tuple[str, str, str | None, str] | No
     return (kind.api_version, kind.label, ns, name)
 
 
-def _stdin() -> str:
+def read_stdin() -> str:
     import sys
 
     return sys.stdin.read()
 
 
-def _unlist(loc: Location, doc: Any) -> Iterable[tuple[Location, Any]]:
+def unlist(loc: Location, doc: Any) -> Iterable[tuple[Location, Any]]:
     """A `kind: List` document (as kubectl writes) stands for its items."""
     if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
         for item in doc["items"]:
@@ -338,8 +354,9 @@ def normalise(doc: Any, loc: Location, *, stack: str, namespace: str) -> tuple[D
     if kind is None or kind not in PLANNABLE:
         known = ", ".join(f"{k.kind} ({k.api_version})" for k in PLANNABLE)
         hint = ""
-        if api_version == "kubevirt.io/v1" and kind_name == "VirtualMachine":
-            hint = "; kvtool's VirtualMachine is kvtool.io/v1alpha1 with KubeVirt's field names: change apiVersion"
+        if str(api_version).startswith(f"{kubevirt.GROUP}/"):
+            hint = (f"; kvtool reads KubeVirt's {' and '.join(kubevirt.KINDS)} ({', '.join(kubevirt.VERSIONS)}), "
+                    f"not {kind_name}")
         return None, [InputIssue(loc, "kind", f"unknown kind {kind_name!r} (apiVersion {api_version!r}); "
                                               f"kvtool plans: {known}{hint}")]
     manifest: dict[str, Any] = doc if isinstance(doc, dict) else dict(doc)  # load() hands us our own copy
