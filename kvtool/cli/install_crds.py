@@ -1,4 +1,5 @@
-"""`kvtool install-crds`: apply the VM CRDs to any cluster and wait until they are served."""
+"""`kvtool install-crds`: apply the VM CRDs to any cluster and wait until they are served; with --kubevirt,
+KubeVirt's own VirtualMachine/VirtualMachineInstance CRDs (from its Go module) instead."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from kvtool.kube import crds
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--kubevirt", nargs="?", const="v1.6.0", metavar="VERSION",
+                        help="install KubeVirt's VM and VMI CRDs (kubevirt.io, from KubeVirt's Go module at VERSION, "
+                             "default v1.6.0) instead of kvtool's: enough for plan/apply, not a KubeVirt runtime")
 
 
 def run(args: argparse.Namespace) -> int:
     conn = common.connect(args)
-    names = crds.install(conn.res, timeout=args.timeout)
+    docs = None
+    if args.kubevirt:
+        from kvtool.local import kubevirt_crds
+
+        docs = kubevirt_crds.crds(args.kubevirt)
+    names = crds.install(conn.res, timeout=args.timeout, docs=docs)
     for name in names:
         print(f"customresourcedefinition/{name} established")
     return 0

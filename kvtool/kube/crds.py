@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kvtool.api import crd
 from kvtool.api.types import Kind
@@ -13,9 +14,10 @@ CRD_KIND = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customre
                 namespaced=False)
 
 
-def install(res: Resources, timeout: float = 60) -> list[str]:
+def install(res: Resources, timeout: float = 60, docs: list[dict[str, Any]] | None = None) -> list[str]:
+    """kvtool's CRDs, or the given ones (KubeVirt's, for its API as a target), applied and established."""
     names = []
-    for doc in crd.all_crds():
+    for doc in crd.all_crds() if docs is None else docs:
         res.apply(CRD_KIND, doc, force=True)
         names.append(doc["metadata"]["name"])
     for name in names:

@@ -1,0 +1,166 @@
+"""KubeVirt manifests on the embedded cluster: KubeVirt's own documents (tests/kubevirt/) planned, applied and
+booted; the guest sees what the fields asked for (SMBIOS serial and chassis, 4 KiB sectors, the RNG, its SSH
+key in the cloud-init seed, EFI firmware); the launcher pod carries the pod-level fields and the probes; a
+readiness probe decides Ready; startStrategy Paused; the API server refuses an unsupported field by name."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster, kvtool
+from tests.runtime_helpers import condition, describe_vm, get, wait_for, wait_running
+from tests.vmfactory import vm
+
+MANIFESTS = Path(__file__).parent / "kubevirt"
+STACK = "kubevirt"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvtoolTestKeyNotARealKey0000000000000000 kv@kvtool-test"
+
+
+@pytest.fixture(scope="module")
+def tiny_image(cluster: Cluster) -> str:
+    kvtool("image", "build", "tiny-linux", check=True, timeout=600)
+    return "tiny-linux"
+
+
+def console(name: str) -> str:
+    return kvtool("console", name, "--tail").stdout
+
+
+def console_with(name: str, marker: str) -> str | None:
+    """The console log once `marker` is in it, else None (for wait_for)."""
+    text = console(name)
+    return text if marker in text else None
+
+
+def vmi_running(cluster: Cluster, name: str) -> dict:
+    return wait_for(lambda: (v := get(cluster, "vmi", name)) and (v.get("status") or {}).get("phase") == "Running"
+                    and v, timeout=240, what=f"VMI {name} Running", describe=describe_vm(cluster, name))
+
+
+def launcher_pod(cluster: Cluster, name: str) -> dict:
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", f"kvtool.io/vmi={name}", "-o", "json").stdout)["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 1, [p["metadata"]["name"] for p in pods]
+    return live[0]
+
+
+def test_kubevirt_manifests_apply_boot_and_the_guest_sees_the_fields(cluster: Cluster, tiny_image: str,
+                                                                     tmp_path: Path) -> None:
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "kvtool-test-high"},
+         "value": 1000}))
+    secret = tmp_path / "secret.yaml"
+    secret.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-every-field-keys"},
+                                      "stringData": {"key1": SSH_KEY}}))
+    files = ["-f", str(MANIFESTS), "-f", str(secret)]
+    plan = kvtool("plan", *files, "--stack", STACK, check=True).stdout
+    assert plan.count("Read 3 KubeVirt document(s)") == 1, plan
+    assert "kvtool.io/v1alpha1 VirtualMachine kv-efi" in plan or "kv-efi" in plan
+    kvtool("apply", *files, "--stack", STACK, "--auto-approve", check=True)
+    try:
+        every = wait_running(cluster, "kv-every-field", timeout=240)
+        efi = wait_running(cluster, "kv-efi", timeout=240)
+        text = wait_for(lambda: console_with("kv-every-field", "KV-EVERY-FIELD-UP"), timeout=120,
+                        what="kv-every-field's user data to finish")
+        for marker in ("KV-RNG-PRESENT", "KV-SERIAL-SEEN", "KV-CHASSIS-SEEN", "KV-BLOCK-4096", "KV-KEY-IN-SEED",
+                       "KVTOOL-GUEST-READY hostname=every"):
+            assert marker in text, f"{marker} on kv-every-field's console:\n{text[-3000:]}"
+        efi_text = wait_for(lambda: console_with("kv-efi", "KV-EFI-UP"), timeout=120,
+                            what="kv-efi's user data to finish")
+        assert "KV-BOOTED-EFI" in efi_text and "efi: EFI v" in efi_text, efi_text[-3000:]
+        assert every["status"]["interfaces"][0]["name"] == "Default_Net", "KubeVirt's interface name rules"
+        assert efi["metadata"]["labels"]["special"] == "kv-efi"
+
+        pod = launcher_pod(cluster, "kv-every-field")
+        spec = pod["spec"]
+        assert (spec["priorityClassName"], spec["priority"], spec["hostname"], spec["subdomain"]) == (
+            "kvtool-test-high", 1000, "every", "lab")
+        assert spec["dnsConfig"]["searches"] == ["lab.example"] and spec["topologySpreadConstraints"]
+        compute = spec["containers"][0]
+        assert compute["readinessProbe"]["tcpSocket"] == {"port": 80}
+        assert compute["livenessProbe"]["httpGet"]["path"] == "/"
+        # The kubelet's probe reaches the guest's port 80 through masquerade: the VMI is Ready because it passes.
+        wait_for(lambda: condition(get(cluster, "vmi", "kv-every-field"), "Ready").get("reason") == "GuestReady",
+                 timeout=120, what="the readiness probe to make kv-every-field Ready",
+                 describe=describe_vm(cluster, "kv-every-field"))
+        assert condition(get(cluster, "vm", "kv-every-field"), "Ready")["status"] == "True"
+        again = kvtool("plan", *files, "--stack", STACK, "--detailed-exitcode")
+        assert again.returncode == 0, f"converted documents plan no changes once applied:\n{again.stdout}"
+    finally:
+        kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
+        cluster.kubectl("delete", "priorityclass", "kvtool-test-high", "--ignore-not-found", check=False)
+
+
+def test_a_failing_readiness_probe_keeps_the_vmi_not_ready(cluster: Cluster, tiny_image: str,
+                                                           tmp_path: Path) -> None:
+    name = f"kv-probe-{uuid.uuid4().hex[:4]}"
+    doc = vm(name, run_strategy="Always")
+    doc["spec"]["template"]["spec"]["readinessProbe"] = {"tcpSocket": {"port": 81}, "periodSeconds": 1}
+    f = tmp_path / "vm.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    kvtool("apply", "-f", str(f), "--stack", STACK, "--auto-approve", check=True)
+    try:
+        vmi_running(cluster, name)
+        ready = wait_for(lambda: (c := condition(get(cluster, "vmi", name), "Ready")).get("reason") == "GuestNotReady"
+                         and c, timeout=120, what="the failing probe to show", describe=describe_vm(cluster, name))
+        assert ready["status"] == "False" and "readiness probe does not pass" in ready["message"]
+        status = kvtool("status", "--stack", STACK, check=True).stdout
+        assert name in status
+    finally:
+        kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
+
+
+def test_start_strategy_paused_starts_paused_until_unpaused(cluster: Cluster, tiny_image: str,
+                                                           tmp_path: Path) -> None:
+    name = f"kv-paused-{uuid.uuid4().hex[:4]}"
+    doc = vm(name, run_strategy="Always")
+    doc["spec"]["template"]["spec"]["startStrategy"] = "Paused"
+    f = tmp_path / "vm.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    kvtool("apply", "-f", str(f), "--stack", STACK, "--auto-approve", check=True)
+    try:
+        wait_for(lambda: condition(get(cluster, "vmi", name), "Paused").get("status") == "True", timeout=240,
+                 what="the VMI to start paused", describe=describe_vm(cluster, name))
+        assert "KVTOOL-GUEST-READY" not in console(name), "a paused guest never ran"
+        kvtool("unpause", name, check=True)
+        wait_for(lambda: "KVTOOL-GUEST-READY" in console(name), timeout=120, what="the unpaused guest to boot")
+        assert condition(get(cluster, "vmi", name), "Paused").get("status") == "False"
+    finally:
+        kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
+
+
+def test_the_api_server_refuses_an_unsupported_field_by_name(cluster: Cluster) -> None:
+    doc = vm("kv-gpu")
+    doc["spec"]["template"]["spec"]["domain"]["devices"]["gpus"] = [{"name": "g", "deviceName": "nvidia.com/GPU"}]
+    result = cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0
+    assert "spec.template.spec.domain.devices.gpus" in result.stderr, result.stderr
+    assert "kvtool does not support this KubeVirt field: GPUs are host devices" in result.stderr, result.stderr
+
+
+def test_our_kubevirt_manifests_pass_kubevirts_own_crds(cluster: Cluster, tmp_path: Path) -> None:
+    """The manifests above are KubeVirt's, not merely kvtool-shaped: KubeVirt's real CRD schemas (from its Go
+    module) accept them. The CRDs live only for this test; its kubectl keeps its own discovery cache, so `vm`
+    keeps meaning kvtool's VirtualMachine for the other tests."""
+    cache = ["--cache-dir", str(tmp_path / "kubectl-cache")]
+    installed = kvtool("install-crds", "--kubevirt", check=True, timeout=600).stdout
+    try:
+        assert "virtualmachines.kubevirt.io established" in installed, installed
+        assert "virtualmachineinstances.kubevirt.io established" in installed, installed
+        for manifest in sorted(MANIFESTS.glob("*.yaml")):
+            result = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", str(manifest), check=False)
+            assert result.returncode == 0, f"KubeVirt's CRDs refuse {manifest.name}: {result.stderr}"
+        wrong = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "kv-wrong"},
+                 "spec": {"runStrategy": "Always",
+                          "template": {"spec": {"domain": {"cpu": {"cores": "two"}, "devices": {}}}}}}
+        refused = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(wrong),
+                                  check=False)
+        assert refused.returncode != 0 and "cores" in refused.stderr, "the CRDs do validate"
+    finally:
+        cluster.kubectl(*cache, "delete", "crd", "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
+                        "--ignore-not-found", check=False)
