@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kvtool.api import quantity
-from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import KVTOOL, MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, Target
 from kvtool.kube.resources import Resources
 
 if TYPE_CHECKING:
@@ -95,10 +95,10 @@ def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetim
 
 
 def vm_rows(res: Resources, stack: str | None = None, namespace: str | None = None,
-            labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+            labels: Mapping[str, str] | None = None, target: Target = KVTOOL) -> list[dict[str, Any]]:
     sel = selector(stack, labels)
-    vms, _ = res.list(VIRTUAL_MACHINE, namespace, label_selector=sel)
-    vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, namespace, label_selector=sel)
+    vms, _ = res.list(target.vm, namespace, label_selector=sel)
+    vmis, _ = res.list(target.vmi, namespace, label_selector=sel)
     by_name = {(v["metadata"].get("namespace"), v["metadata"]["name"]): v for v in vmis}
     now = dt.datetime.now(dt.UTC)
     rows = [vm_row(vm, by_name.get((vm["metadata"].get("namespace"), vm["metadata"]["name"])), now) for vm in vms]

@@ -13,7 +13,7 @@ from typing import Any
 
 from kvtool.api.types import PAUSE_ANNOTATION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.errors import KvtoolError
-from kvtool.kube.resources import Resources
+from kvtool.kube.resources import KubeError, Resources
 
 FIELD_MANAGER = "kvtool-vmctl"
 
@@ -104,3 +104,24 @@ def unpause(res: Resources, namespace: str, name: str) -> str:
 
 
 VERBS = {"start": start, "stop": stop, "restart": restart, "pause": pause, "unpause": unpause}
+
+# KubeVirt's own verbs: virt-api's subresources, as virtctl calls them (the VM's for start/stop/restart, the
+# VMI's for pause/unpause).
+KUBEVIRT_SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
+KUBEVIRT_VERBS = {"start": "virtualmachines", "stop": "virtualmachines", "restart": "virtualmachines",
+                  "pause": "virtualmachineinstances", "unpause": "virtualmachineinstances"}
+
+
+def kubevirt_verb(res: Resources, verb: str, namespace: str, name: str) -> str:
+    """One virtctl verb on a KubeVirt cluster, through virt-api's subresource (PUT, an empty options body)."""
+    path = f"{KUBEVIRT_SUBRESOURCES}/namespaces/{namespace}/{KUBEVIRT_VERBS[verb]}/{name}/{verb}"
+    try:
+        res.request("PUT", path, body={}, what=f"{verb} {namespace}/{name}", parse=False)
+    except KubeError as exc:
+        if exc.status == 404 and not res.serves("subresources.kubevirt.io/v1"):
+            raise KvtoolError(f"{verb} {namespace}/{name}: the cluster does not serve KubeVirt's subresources "
+                              "(subresources.kubevirt.io/v1)",
+                              hint="KubeVirt's virt-api must run for its verbs; with only KubeVirt's CRDs "
+                                   "installed, change runStrategy with `kvtool apply`") from exc
+        raise
+    return f"{name}: {verb} requested (KubeVirt)"

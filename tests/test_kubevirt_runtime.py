@@ -1,12 +1,15 @@
-"""KubeVirt manifests on the embedded cluster: KubeVirt's own documents (tests/kubevirt/) planned, applied and
+"""KubeVirt on the embedded cluster. kvtool running KubeVirt's documents (tests/kubevirt/): planned, applied and
 booted; the guest sees what the fields asked for (SMBIOS serial and chassis, 4 KiB sectors, the RNG, its SSH
 key in the cloud-init seed, EFI firmware); the launcher pod carries the pod-level fields and the probes; a
-readiness probe decides Ready; startStrategy Paused; the API server refuses an unsupported field by name."""
+readiness probe decides Ready; startStrategy Paused; the API server refuses an unsupported field by name.
+And kvtool driving KubeVirt's own API (--api kubevirt, the Terraform provider's api, Lab(api=...)) against
+KubeVirt's real CRDs, which also accept every manifest of tests/kubevirt/."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import yaml
 
 from tests.conftest import Cluster, kvtool
 from tests.runtime_helpers import condition, describe_vm, get, wait_for, wait_running
+from tests.terraform_helpers import TerraformEnv, provider_block, terraform_env, vm_block
 from tests.vmfactory import vm
 
 MANIFESTS = Path(__file__).parent / "kubevirt"
@@ -143,24 +147,98 @@ def test_the_api_server_refuses_an_unsupported_field_by_name(cluster: Cluster) -
     assert "kvtool does not support this KubeVirt field: GPUs are host devices" in result.stderr, result.stderr
 
 
-def test_our_kubevirt_manifests_pass_kubevirts_own_crds(cluster: Cluster, tmp_path: Path) -> None:
-    """The manifests above are KubeVirt's, not merely kvtool-shaped: KubeVirt's real CRD schemas (from its Go
-    module) accept them. The CRDs live only for this test; its kubectl keeps its own discovery cache, so `vm`
-    keeps meaning kvtool's VirtualMachine for the other tests."""
+@pytest.fixture
+def kubevirt_crds(cluster: Cluster, tmp_path: Path) -> Iterator[list[str]]:
+    """KubeVirt's real VM/VMI CRDs (from its Go module) for one test: kubectl arguments with a discovery cache of
+    its own, so that `vm` keeps meaning kvtool's VirtualMachine for every other test."""
     cache = ["--cache-dir", str(tmp_path / "kubectl-cache")]
     installed = kvtool("install-crds", "--kubevirt", check=True, timeout=600).stdout
+    assert "virtualmachines.kubevirt.io established" in installed, installed
+    assert "virtualmachineinstances.kubevirt.io established" in installed, installed
     try:
-        assert "virtualmachines.kubevirt.io established" in installed, installed
-        assert "virtualmachineinstances.kubevirt.io established" in installed, installed
-        for manifest in sorted(MANIFESTS.glob("*.yaml")):
-            result = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", str(manifest), check=False)
-            assert result.returncode == 0, f"KubeVirt's CRDs refuse {manifest.name}: {result.stderr}"
-        wrong = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "kv-wrong"},
-                 "spec": {"runStrategy": "Always",
-                          "template": {"spec": {"domain": {"cpu": {"cores": "two"}, "devices": {}}}}}}
-        refused = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(wrong),
-                                  check=False)
-        assert refused.returncode != 0 and "cores" in refused.stderr, "the CRDs do validate"
+        yield cache
     finally:
         cluster.kubectl(*cache, "delete", "crd", "virtualmachines.kubevirt.io", "virtualmachineinstances.kubevirt.io",
                         "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def tfenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TerraformEnv]:
+    with terraform_env(tmp_path_factory.mktemp("terraform-kubevirt")) as env:
+        yield env
+
+
+def kubevirt_vm(cluster: Cluster, cache: list[str], name: str) -> dict | None:
+    result = cluster.kubectl(*cache, "get", "virtualmachines.kubevirt.io", name, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def test_kubevirt_as_the_target_plan_apply_drift_status_destroy(cluster: Cluster, kubevirt_crds: list[str],
+                                                                tmp_path: Path) -> None:
+    cache, stack = kubevirt_crds, f"kvt-{uuid.uuid4().hex[:4]}"
+    files = ["-f", str(MANIFESTS / "vmi-v1alpha3-secureboot.yaml"), "--stack", stack, "--api", "kubevirt"]
+    plan = kvtool("plan", *files, "--detailed-exitcode")
+    assert plan.returncode == 2 and "Planning for kubevirt.io/v1" in plan.stdout, plan.stdout + plan.stderr
+    kvtool("apply", *files, "--auto-approve", check=True)
+    try:
+        made = kubevirt_vm(cluster, cache, "kv-secureboot")
+        assert made and made["apiVersion"] == "kubevirt.io/v1", made
+        assert made["spec"]["runStrategy"] == "Halted"
+        assert made["spec"]["template"]["metadata"]["labels"]["kvtool.io/stack"] == stack, "VMIs find their stack"
+        assert kubevirt_vm(cluster, cache, "kv-secureboot") and get(cluster, "vm", "kv-secureboot") is None, \
+            "KubeVirt's object, not kvtool's"
+        assert kvtool("plan", *files, "--detailed-exitcode").returncode == 0, "applied: nothing to do"
+        cluster.kubectl(*cache, "patch", "virtualmachines.kubevirt.io", "kv-secureboot", "--type=merge",
+                        "--field-manager=someone-else", "-p", '{"spec":{"template":{"spec":{"domain":'
+                        '{"cpu":{"cores":2}}}}}}')
+        drift = kvtool("plan", *files, "--detailed-exitcode")
+        assert drift.returncode == 2 and "cores" in drift.stdout, drift.stdout + drift.stderr
+        rows = json.loads(kvtool("status", "--stack", stack, "--api", "kubevirt", "-o", "json", check=True).stdout)
+        assert [r["name"] for r in rows] == ["kv-secureboot"], rows
+        verb = kvtool("start", "kv-secureboot", "--api", "kubevirt")
+        assert verb.returncode == 1 and "does not serve KubeVirt's subresources" in verb.stderr, verb.stderr
+    finally:
+        kvtool("destroy", "--stack", stack, "--api", "kubevirt", "--auto-approve", check=True)
+    assert kubevirt_vm(cluster, cache, "kv-secureboot") is None
+
+
+def test_kubevirt_as_the_target_from_terraform_and_the_notebook_lab(cluster: Cluster, kubevirt_crds: list[str],
+                                                                    tfenv: TerraformEnv) -> None:
+    from kvtool.notebook.lab import Lab
+    from kvtool.notebook.session import connect
+
+    cache, stack = kubevirt_crds, f"kvt-{uuid.uuid4().hex[:4]}"
+    wd = tfenv.workdir(stack)
+    wd.write(provider_block(stack, api="kubevirt") + vm_block("one", f"{stack}-tf", run_strategy="Halted"))
+    wd.tf("init")
+    applied = wd.tf("apply")
+    assert "Apply complete! Resources: 1 added" in applied.stdout, applied.output
+    made = kubevirt_vm(cluster, cache, f"{stack}-tf")
+    assert made and made["metadata"]["labels"]["kvtool.io/stack"] == stack, made
+    assert wd.tf("plan", "-detailed-exitcode").returncode == 0, "a second plan has nothing to do"
+    wd.tf("destroy")
+    assert kubevirt_vm(cluster, cache, f"{stack}-tf") is None
+
+    lab = Lab(f"{stack}-nb", api="kubevirt")
+    lab.add(vm(f"{stack}-nb", run_strategy="Halted"))
+    conn = connect()
+    result = lab.apply(lab.plan(conn), conn)
+    assert result.ok, result.report()
+    assert kubevirt_vm(cluster, cache, f"{stack}-nb") is not None
+    assert not lab.plan(conn).has_changes
+    assert lab.apply(lab.destroy_plan(conn), conn).ok
+    assert kubevirt_vm(cluster, cache, f"{stack}-nb") is None
+
+
+def test_our_kubevirt_manifests_pass_kubevirts_own_crds(cluster: Cluster, kubevirt_crds: list[str]) -> None:
+    """The manifests above are KubeVirt's, not merely kvtool-shaped: KubeVirt's real CRD schemas accept them."""
+    cache = kubevirt_crds
+    for manifest in sorted(MANIFESTS.glob("*.yaml")):
+        result = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", str(manifest), check=False)
+        assert result.returncode == 0, f"KubeVirt's CRDs refuse {manifest.name}: {result.stderr}"
+    wrong = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "kv-wrong"},
+             "spec": {"runStrategy": "Always",
+                      "template": {"spec": {"domain": {"cpu": {"cores": "two"}, "devices": {}}}}}}
+    refused = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(wrong),
+                              check=False)
+    assert refused.returncode != 0 and "cores" in refused.stderr, "the CRDs do validate"

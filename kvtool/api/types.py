@@ -79,6 +79,12 @@ VIRTUAL_MACHINE = Kind(
 )
 VIRTUAL_MACHINE_INSTANCE = Kind(API_VERSION, "VirtualMachineInstance", "virtualmachineinstances",
                                 schema="virtualmachineinstance.json")
+# KubeVirt's own kinds, for clusters that run KubeVirt: same fields, checked against kvtool's schemas first.
+KUBEVIRT_API_VERSION = "kubevirt.io/v1"
+KUBEVIRT_VIRTUAL_MACHINE = Kind(KUBEVIRT_API_VERSION, "VirtualMachine", "virtualmachines",
+                                schema="virtualmachine.json", sensitive=VIRTUAL_MACHINE.sensitive,
+                                restart_required=VIRTUAL_MACHINE.restart_required)
+KUBEVIRT_VIRTUAL_MACHINE_INSTANCE = Kind(KUBEVIRT_API_VERSION, "VirtualMachineInstance", "virtualmachineinstances")
 SECRET = Kind("v1", "Secret", "secrets", sensitive=("data.*", "stringData.*"), immutable=("type",))
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
 PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims",
@@ -89,7 +95,28 @@ POD = Kind("v1", "Pod", "pods")  # read and made by the runtime (launcher pods),
 
 # What `kvtool plan` accepts in desired state, in the order it applies creates.
 PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)
-BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE)}
+BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE,
+                                                         KUBEVIRT_VIRTUAL_MACHINE, KUBEVIRT_VIRTUAL_MACHINE_INSTANCE)}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whose VM API kvtool drives on a cluster: its own (kvtool.io, run by kvtool's controller) or KubeVirt's
+    (kubevirt.io/v1, run by KubeVirt). Desired state is written and checked the same way for both."""
+
+    name: str
+    vm: Kind
+    vmi: Kind
+
+    @property
+    def plannable(self) -> tuple[Kind, ...]:
+        """PLANNABLE with this target's VirtualMachine, in the same order."""
+        return tuple(self.vm if k is VIRTUAL_MACHINE else k for k in PLANNABLE)
+
+
+KVTOOL = Target("kvtool", VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE)
+KUBEVIRT = Target("kubevirt", KUBEVIRT_VIRTUAL_MACHINE, KUBEVIRT_VIRTUAL_MACHINE_INSTANCE)
+TARGETS = {t.name: t for t in (KVTOOL, KUBEVIRT)}
 
 
 def kind_for(api_version: str, kind: str) -> Kind | None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from kvtool.api.types import BY_KEY, VIRTUAL_MACHINE
 from kvtool.cli import common
 from kvtool.cli import plan as plan_cmd
 from kvtool.errors import KvtoolError
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("planfile", nargs="?", help="a plan saved with `kvtool plan --out`")
     common.add_files(parser)
     common.add_stack(parser)
+    common.add_api(parser)
     parser.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--force-conflicts", action="store_true",
                         help="take over fields another field manager owns")
@@ -82,7 +84,9 @@ def execute(conn: common.Connection, plan: Plan, args: argparse.Namespace, appro
     if getattr(args, "wait", False) and not plan.destroy:
         vms = [(c.namespace or "default", c.name) for c in plan.changes
                if c.kind == "VirtualMachine" and c.action != Action.DELETE]
-        late = apply.wait_for_vms(conn.res, vms, args.timeout, stack=plan.stack)
+        kind = next((BY_KEY[(c.api_version, c.kind)] for c in plan.changes if c.kind == "VirtualMachine"),
+                    VIRTUAL_MACHINE)
+        late = apply.wait_for_vms(conn.res, vms, args.timeout, stack=plan.stack, kind=kind)
         if late:
             print(f"Timed out after {args.timeout:.0f}s waiting for: {', '.join(late)}", file=sys.stderr)
             return 1

@@ -7,10 +7,10 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from kvtool.api.types import DEFAULT_STACK
+from kvtool.api.types import DEFAULT_STACK, TARGETS, Target
 from kvtool.kube import clients
 from kvtool.kube import config as kubeconfig
-from kvtool.kube.resources import Resources
+from kvtool.kube.resources import Resources, target_for
 
 
 @dataclass
@@ -37,6 +37,17 @@ def connect(args: argparse.Namespace) -> Connection:
                       clients.context_name(resolved.path, resolved.context))
     args.connection = conn
     return conn
+
+
+def add_api(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", choices=["auto", *TARGETS], default="auto",
+                        help="whose VM API to drive: kvtool's (kvtool.io) or KubeVirt's (kubevirt.io/v1, on clusters "
+                             "running KubeVirt); auto: kvtool's where the cluster serves it, else KubeVirt's")
+
+
+def api_target(args: argparse.Namespace, conn: Connection) -> Target:
+    """The VM API the command drives (see add_api); auto asks the cluster which it serves."""
+    return target_for(conn.res, getattr(args, "api", "auto"))
 
 
 def show_target(conn: Connection) -> None:

@@ -19,6 +19,7 @@ from kvtool.plan.model import Plan
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_files(parser, required=True)
     common.add_stack(parser)
+    common.add_api(parser)
     parser.add_argument("--out", metavar="FILE", help="save the plan to FILE for `kvtool apply FILE`")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (secrets masked)")
     parser.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
@@ -40,6 +41,11 @@ def load(args: argparse.Namespace) -> DesiredState:
 
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
+    target = common.api_target(args, conn)
+    if target is not state.target:
+        desired.retarget(state, target)
+        print(f"Planning for {target.vm.api_version} (KubeVirt's VM API on this cluster).",
+              file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     return planner.plan(conn.res, state, conn.server, replace=args.replace, adopt=args.adopt)
 
 

@@ -10,7 +10,7 @@ import json
 import yaml
 
 from kvtool import inventory, timeline
-from kvtool.api.types import POD, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import POD, Target
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import Resources
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", help="only this namespace")
     parser.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("-o", "--output", choices=["table", "wide", "json", "csv", "yaml"], default="table")
+    common.add_api(parser)
     parser.add_argument("--timeline", action="store_true",
                         help="with NAME: the VM's start step by step (VMI phases, launcher pod, guest ready)")
 
@@ -30,12 +31,13 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline and not args.name:
         raise KvtoolError("--timeline shows one VM: name it", hint="kvtool status NAME --timeline")
     conn = common.connect(args)
+    target = common.api_target(args, conn)
     if args.name and args.timeline:
-        return _timeline(conn.res, args.name, args.namespace or "default", args.output)
+        return _timeline(conn.res, target, args.name, args.namespace or "default", args.output)
     if args.name:
-        return _one(conn.res, args.name, args.namespace or "default", args.output)
+        return _one(conn.res, target, args.name, args.namespace or "default", args.output)
     labels = dict(s.split("=", 1) for s in args.selector if "=" in s)
-    rows = inventory.vm_rows(conn.res, args.stack, args.namespace, labels)
+    rows = inventory.vm_rows(conn.res, args.stack, args.namespace, labels, target=target)
     if args.output in ("json", "yaml"):
         clean = [{k: v for k, v in r.items() if k != "created"} for r in rows]
         print(json.dumps(clean, indent=2) if args.output == "json" else yaml.safe_dump(clean, sort_keys=False), end="")
@@ -71,13 +73,13 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _timeline(res: Resources, name: str, namespace: str, output: str) -> int:
+def _timeline(res: Resources, target: Target, name: str, namespace: str, output: str) -> int:
     import pandas as pd
 
-    vm = res.get(VIRTUAL_MACHINE, namespace, name)
+    vm = res.get(target.vm, namespace, name)
     if vm is None:
         raise KvtoolError(f"no VirtualMachine {namespace}/{name}", hint="`kvtool status` lists the VMs")
-    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    vmi = res.get(target.vmi, namespace, name)
     pods = res.list(POD, namespace, label_selector=f"kvtool.io/vmi={name}")[0] if vmi is not None else []
     found = timeline.rows(timeline.steps(vm, vmi, pods))
     if output in ("json", "yaml"):
@@ -93,11 +95,11 @@ def _timeline(res: Resources, name: str, namespace: str, output: str) -> int:
     return 0
 
 
-def _one(res: Resources, name: str, namespace: str, output: str) -> int:
-    vm = res.get(VIRTUAL_MACHINE, namespace, name)
+def _one(res: Resources, target: Target, name: str, namespace: str, output: str) -> int:
+    vm = res.get(target.vm, namespace, name)
     if vm is None:
         raise KvtoolError(f"no VirtualMachine {namespace}/{name}", hint="`kvtool status` lists the VMs")
-    vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+    vmi = res.get(target.vmi, namespace, name)
     row = inventory.vm_row(vm, vmi)
     conds = [{k: c.get(k, "") for k in ("type", "status", "reason", "message")}
              for c in (vm.get("status") or {}).get("conditions") or []]

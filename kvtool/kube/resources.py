@@ -17,7 +17,7 @@ from urllib.parse import quote
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kvtool.api.types import FIELD_MANAGER, Kind
+from kvtool.api.types import API_VERSION, FIELD_MANAGER, KUBEVIRT, KUBEVIRT_API_VERSION, KVTOOL, TARGETS, Kind, Target
 from kvtool.errors import KvtoolError
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -99,6 +99,16 @@ class Resources:
             raise KubeError.from_api(ApiException(status=resp.status, reason=resp.reason, http_resp=resp.response),
                                      what or f"{method} {path}")
         return json.loads(data) if data and parse else None
+
+    def serves(self, api_version: str) -> bool:
+        """Does the API server serve this group/version (e.g. kubevirt.io/v1)?"""
+        try:
+            self.request("GET", f"/apis/{api_version}", what=f"discover {api_version}", timeout=15)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None,
              page: int = 500) -> tuple[list[dict[str, Any]], str]:
@@ -198,6 +208,16 @@ class Resources:
                         yield json.loads(line)
         finally:
             stream.release_conn()
+
+
+def target_for(res: Resources, choice: str) -> Target:
+    """"kvtool" / "kubevirt" as a Target; "auto": kvtool's VM API where the cluster serves it, else KubeVirt's
+    where that is served, else kvtool's (whose CRDs `kvtool install-crds` adds)."""
+    if choice != "auto":
+        return TARGETS[choice]
+    if res.serves(API_VERSION) or not res.serves(KUBEVIRT_API_VERSION):
+        return KVTOOL
+    return KUBEVIRT
 
 
 def list_watch(res: Resources, kind: Kind, namespace: str | None = None, label_selector: str | None = None, *,

@@ -20,6 +20,7 @@ import yaml
 from kvtool.api.types import VIRTUAL_MACHINE
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
+from kvtool.kube.resources import target_for
 from kvtool.notebook import forms
 from kvtool.notebook import manifest as mf
 from kvtool.notebook.planview import PlanView
@@ -33,9 +34,10 @@ class Lab:
     """The VMs (and other objects) one stack should have; `version` counts changes."""
 
     def __init__(self, stack: str = "lab", namespace: str = "default",
-                 documents: Iterable[Mapping[str, Any]] = ()) -> None:
+                 documents: Iterable[Mapping[str, Any]] = (), api: str = "auto") -> None:
         self.stack = desired.validate_stack(stack)
         self.namespace = namespace
+        self.api = api  # "kvtool", "kubevirt" or "auto": whose VM API plan and apply drive
         self.documents: list[dict[str, Any]] = []
         self.version = 0
         self.add(*documents)
@@ -101,11 +103,11 @@ class Lab:
 
     def plan(self, conn: Connection | None = None) -> Plan:
         conn = conn or connect()
-        return planner.plan(conn.res, self.desired(), conn.server)
+        return planner.plan(conn.res, desired.retarget(self.desired(), target_for(conn.res, self.api)), conn.server)
 
     def destroy_plan(self, conn: Connection | None = None) -> Plan:
         conn = conn or connect()
-        return planner.destroy_plan(conn.res, self.stack, conn.server)
+        return planner.destroy_plan(conn.res, self.stack, conn.server, target=target_for(conn.res, self.api))
 
     def apply(self, plan: Plan, conn: Connection | None = None) -> ApplyResult:
         """Apply a plan made by plan() or destroy_plan() if the cluster has not moved since (else StalePlan)."""
@@ -148,8 +150,8 @@ class LabBuilder(w.VBox):
     """Form → lab → plan preview → Apply / Destroy, for one stack."""
 
     def __init__(self, stack: str = "lab", *, namespace: str = "default", connection: Connection | None = None,
-                 images: list[mf.ImageChoice] | None = None, portal: Portal | None = None) -> None:
-        self.lab = Lab(stack, namespace)
+                 images: list[mf.ImageChoice] | None = None, portal: Portal | None = None, api: str = "auto") -> None:
+        self.lab = Lab(stack, namespace, api=api)
         self.portal = portal or default_portal()
         self._conn = connection
         self._previewed: int | None = None

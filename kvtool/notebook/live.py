@@ -24,10 +24,10 @@ import traitlets
 import urllib3
 
 from kvtool import inventory
-from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.api.types import KVTOOL, Kind
 from kvtool.errors import KvtoolError
 from kvtool.kube import clients
-from kvtool.kube.resources import Resources, list_watch
+from kvtool.kube.resources import Resources, list_watch, target_for
 from kvtool.notebook import manifest as mf
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 
@@ -43,14 +43,17 @@ class LiveTable(w.VBox):
 
     def __init__(self, stack: str | None = None, *, namespace: str | None = None,
                  labels: Mapping[str, str] | None = None, connection: Connection | None = None,
-                 columns: list[str] | None = None, portal: Portal | None = None, start: bool = True) -> None:
+                 columns: list[str] | None = None, portal: Portal | None = None, start: bool = True,
+                 api: str = "auto") -> None:
         self.portal = portal or default_portal()
         self.columns = list(columns or LIVE_COLUMNS)
         self.namespace = namespace
         self._conn = connection
         self._watch_res: Resources | None = None
         self._filter: tuple[str | None, dict[str, str]] = (stack, dict(labels or {}))
-        self._cache: dict[Kind, dict[ObjKey, dict[str, Any]]] = {VIRTUAL_MACHINE: {}, VIRTUAL_MACHINE_INSTANCE: {}}
+        self.api = api  # "kvtool", "kubevirt" or "auto" (kvtool's VM API where served, else KubeVirt's)
+        self._target = KVTOOL
+        self._cache: dict[Kind, dict[ObjKey, dict[str, Any]]] = {KVTOOL.vm: {}, KVTOOL.vmi: {}}
         self._listed: set[Kind] = set()
         self._cond = threading.Condition()
         self._gen = 0
@@ -96,7 +99,11 @@ class LiveTable(w.VBox):
             # Its own connection pool: a watch abandoned mid-stream must not hand a half-read
             # connection back to the pool that plan and apply use.
             self._watch_res = Resources(clients.api_client(conn.kubeconfig.path, conn.kubeconfig.context))
+        target = target_for(conn.res, self.api)
         with self._cond:
+            if target is not self._target:
+                self._target = target
+                self._cache = {target.vm: {}, target.vmi: {}}
             self._gen += 1
             gen = self._gen
             self._stopped.clear()
@@ -104,8 +111,8 @@ class LiveTable(w.VBox):
             for cache in self._cache.values():
                 cache.clear()
         stack, labels = self._filter
-        for kind, selector in ((VIRTUAL_MACHINE, inventory.selector(stack, labels)),
-                               (VIRTUAL_MACHINE_INSTANCE, inventory.selector(stack))):
+        for kind, selector in ((target.vm, inventory.selector(stack, labels)),
+                               (target.vmi, inventory.selector(stack))):
             threading.Thread(target=self._watch, args=(kind, selector, gen), daemon=True,
                              name=f"kvtool-watch-{kind.plural}").start()
 
@@ -186,8 +193,8 @@ class LiveTable(w.VBox):
 
     def _compute(self) -> pd.DataFrame:
         now = dt.datetime.now(dt.UTC)
-        vmis = self._cache[VIRTUAL_MACHINE_INSTANCE]
-        rows = [inventory.vm_row(vm, vmis.get(k), now) for k, vm in self._cache[VIRTUAL_MACHINE].items()]
+        vmis = self._cache[self._target.vmi]
+        rows = [inventory.vm_row(vm, vmis.get(k), now) for k, vm in self._cache[self._target.vm].items()]
         rows.sort(key=lambda r: (r["namespace"] or "", r["name"]))
         return inventory.frame(rows)
 

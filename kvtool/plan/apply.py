@@ -136,7 +136,7 @@ def _one(res: Resources, rc: ResourceChange, force_conflicts: bool, delete_timeo
             if exc.status == 409 and exc.reason == "Conflict":
                 raise KvtoolError(_conflict_message(exc)) from exc
             raise
-        if rc.restart_required and kind == VIRTUAL_MACHINE:
+        if rc.restart_required and kind == VIRTUAL_MACHINE:  # KubeVirt's controller says this for its own VMs
             _restart_required(res, rc)
 
 
@@ -200,7 +200,7 @@ def vm_settled(vm: dict[str, Any]) -> bool:
 
 
 def wait_for_vms(res: Resources, names: Iterable[tuple[str, str]], timeout: float, progress: bool = True,
-                 stack: str | None = None) -> list[str]:
+                 stack: str | None = None, kind: Kind = VIRTUAL_MACHINE) -> list[str]:
     """Wait until every (namespace, name) VM settles; return those that did not.
 
     One LIST, then a watch from its resourceVersion: no polling."""
@@ -217,7 +217,7 @@ def wait_for_vms(res: Resources, names: Iterable[tuple[str, str]], timeout: floa
             bar.update(1)
 
     try:
-        events = list_watch(res, VIRTUAL_MACHINE, label_selector=selector,
+        events = list_watch(res, kind, label_selector=selector,
                             watch_seconds=lambda: int(deadline - time.monotonic()))
         for etype, obj in events:
             for vm in obj if etype == "SYNC" else [obj] if etype in ("ADDED", "MODIFIED") else []:

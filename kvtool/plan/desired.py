@@ -20,11 +20,13 @@ import yaml
 from kvtool.api import kubevirt, schema
 from kvtool.api.types import (
     DEFAULT_STACK,
+    KVTOOL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     PLANNABLE,
     STACK_LABEL,
     Kind,
+    Target,
     kind_for,
 )
 from kvtool.errors import KvtoolError
@@ -104,6 +106,7 @@ class Desired:
 class DesiredState:
     stack: str
     objects: list[Desired] = field(default_factory=list)
+    target: Target = KVTOOL  # whose VM API the VirtualMachines are for (kvtool.io or kubevirt.io)
     # KubeVirt documents read as kvtool's: (where, what it was, e.g. "kubevirt.io/v1 VirtualMachineInstance").
     converted: list[tuple[Location, str]] = field(default_factory=list)
 
@@ -271,8 +274,12 @@ Check = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] = (), *,
-         stack: str = DEFAULT_STACK, namespace: str = "default", checks: Sequence[Check] = ()) -> DesiredState:
-    """Read, normalise and validate the desired state; raise InvalidInput listing every problem."""
+         stack: str = DEFAULT_STACK, namespace: str = "default", checks: Sequence[Check] = (),
+         target: Target = KVTOOL) -> DesiredState:
+    """Read, normalise and validate the desired state; raise InvalidInput listing every problem.
+
+    target: the VirtualMachines are checked as kvtool's, then addressed to that API (KubeVirt's: kubevirt.io/v1,
+    the same fields)."""
     validate_stack(stack)
     issues: list[InputIssue] = []
     raw: list[tuple[Location, Any]] = []
@@ -307,6 +314,25 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
                            for field, message in check(obj.manifest)]
     if issues:
         raise InvalidInput(issues)
+    return retarget(state, target)
+
+
+def retarget(state: DesiredState, target: Target) -> DesiredState:
+    """The VirtualMachines, checked as kvtool's, addressed to `target`'s VM API (KubeVirt's: kubevirt.io/v1, the
+    same fields). Their templates carry the stack's labels too: KubeVirt's VMIs take the template's labels, not
+    the VM's, and `kvtool status` finds them by those."""
+    if target is state.target:
+        return state
+    for obj in state.objects:
+        if obj.kind is not state.target.vm:
+            continue
+        obj.manifest["apiVersion"] = target.vm.api_version
+        obj.kind = target.vm
+        if target is not KVTOOL:
+            template = obj.manifest["spec"]["template"]
+            labels = template.setdefault("metadata", {}).setdefault("labels", {})
+            labels.update({k: obj.manifest["metadata"]["labels"][k] for k in (STACK_LABEL, MANAGED_BY_LABEL)})
+    state.target = target
     return state
 
 

@@ -13,7 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, PLANNABLE, STACK_LABEL, Kind
+from kvtool.api.types import (
+    BY_KEY,
+    GROUP,
+    KVTOOL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    PLANNABLE,
+    STACK_LABEL,
+    Kind,
+    Target,
+)
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.plan import diff
@@ -130,10 +140,9 @@ def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: C
         plan.changes.append(diff.diff_object(d.kind, d.manifest, current, source=str(d.location),
                                              force_replace=force and current is not None))
         seen.add(d.key)
-    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
     for k, obj in live.members.items():
         if k not in seen:
-            plan.changes.append(diff.diff_object(kinds[k[:2]], None, obj))
+            plan.changes.append(diff.diff_object(BY_KEY[k[:2]], None, obj))
     order = {k.kind: i for i, k in enumerate(PLANNABLE)}
     plan.changes.sort(key=lambda c: (order.get(c.kind, 99), c.namespace or "", c.name))
     return plan
@@ -141,7 +150,8 @@ def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: C
 
 def plan(res: Resources, desired: DesiredState, server: str, *, replace: Collection[str] = (),
          adopt: bool = False, server_check: bool = True) -> Plan:
-    result = make_plan(desired, fetch(res, desired.stack, desired.objects), server, replace=replace, adopt=adopt)
+    result = make_plan(desired, fetch(res, desired.stack, desired.objects, desired.target.plannable), server,
+                       replace=replace, adopt=adopt)
     if server_check:
         check_with_server(res, result)
     return result
@@ -158,13 +168,13 @@ def check_with_server(res: Resources, planned: Plan) -> None:
     ConfigMaps, Services and PVCs are not, so the server (its OpenAPI validation and admission) says
     now what it would otherwise say in the middle of an apply. Nothing is stored.
     """
-    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
-    todo = [c for c in planned.changes if c.manifest is not None and not c.api_version.startswith("kvtool.io/")
+    # KubeVirt's VirtualMachines too: its CRD schema and webhooks have the last word on its clusters.
+    todo = [c for c in planned.changes if c.manifest is not None and not c.api_version.startswith(f"{GROUP}/")
             and c.action in (Action.CREATE, Action.UPDATE, Action.REPLACE)]
 
     def one(change: Any) -> str | None:
         try:
-            res.apply(kinds[(change.api_version, change.kind)], change.manifest, force=True, dry_run=True,
+            res.apply(BY_KEY[(change.api_version, change.kind)], change.manifest, force=True, dry_run=True,
                       parse=False)
         except KubeError as exc:
             if exc.status == 404:
@@ -182,15 +192,15 @@ def check_with_server(res: Resources, planned: Plan) -> None:
                              hint="fix them in the desired state and plan again")
 
 
-def destroy_plan(res: Resources, stack: str, server: str, only: DesiredState | None = None) -> Plan:
+def destroy_plan(res: Resources, stack: str, server: str, only: DesiredState | None = None,
+                 target: Target = KVTOOL) -> Plan:
     """Delete every object of the stack (or only those named in `only`)."""
-    live = fetch(res, stack)
+    live = fetch(res, stack, kinds=target.plannable)
     keep = None if only is None else {d.key for d in only.objects}
     p = Plan(stack=stack, server=server, destroy=True)
-    kinds = {(k.api_version, k.kind): k for k in PLANNABLE}
     for k, obj in live.members.items():
         if keep is None or k in keep:
-            p.changes.append(diff.diff_object(kinds[k[:2]], None, obj))
+            p.changes.append(diff.diff_object(BY_KEY[k[:2]], None, obj))
     order = {k.kind: i for i, k in enumerate(PLANNABLE)}
     p.changes.sort(key=lambda c: (-order.get(c.kind, 99), c.namespace or "", c.name))
     assert all(c.action == Action.DELETE for c in p.changes)

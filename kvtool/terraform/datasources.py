@@ -13,7 +13,7 @@ from tf import schema as s
 from tf import types as t
 from tf.iface import DataSource, ReadDataContext
 
-from kvtool.api.types import STACK_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import STACK_LABEL
 from kvtool.terraform import vmspec
 
 if TYPE_CHECKING:
@@ -91,13 +91,14 @@ class VirtualMachineDataSource(DataSource):
     def read(self, ctx: ReadDataContext, config: dict[str, Any]) -> dict[str, Any] | None:
         namespace = config.get("namespace") or self.provider.namespace
         try:
-            res = self.provider.connection().res
-            vm = res.get(VIRTUAL_MACHINE, namespace, config["name"])
+            conn = self.provider.connection()
+            res = conn.res
+            vm = res.get(conn.target.vm, namespace, config["name"])
             if vm is None:
                 ctx.diagnostics.add_error("VM not found", f"virtualmachine {namespace}/{config['name']} does not "
                                           "exist", path=["name"])
                 return None
-            vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, config["name"])
+            vmi = res.get(conn.target.vmi, namespace, config["name"])
         except Exception as exc:
             ctx.diagnostics.add_error(*vmspec.error_detail(exc))
             return None
@@ -130,10 +131,10 @@ class VirtualMachinesDataSource(DataSource):
         try:
             from kvtool import inventory
 
-            res = self.provider.connection().res
+            conn = self.provider.connection()
             selector = inventory.selector(stack, labels)
-            vms, _ = res.list(VIRTUAL_MACHINE, namespace, label_selector=selector)
-            vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, namespace, label_selector=selector)
+            vms, _ = conn.res.list(conn.target.vm, namespace, label_selector=selector)
+            vmis, _ = conn.res.list(conn.target.vmi, namespace, label_selector=selector)
         except Exception as exc:
             ctx.diagnostics.add_error(*vmspec.error_detail(exc))
             return None

@@ -25,7 +25,7 @@ from tf.types import Unknown
 from tf.utils import Diagnostics, read_dynamic_value, to_dynamic_value
 
 from kvtool.api import builder
-from kvtool.api.types import DEFAULT_STACK
+from kvtool.api.types import DEFAULT_STACK, KVTOOL, TARGETS, Target
 from kvtool.errors import KvtoolError
 from kvtool.kube import config as kubeconfig
 from kvtool.plan import desired
@@ -43,6 +43,7 @@ class Connection:
     res: Resources
     server: str
     kubeconfig: kubeconfig.ResolvedKubeconfig
+    target: Target = KVTOOL  # whose VM API the resources drive (the provider's `api`)
 
 
 def _attr(name: str, type_: t.TfType, description: str, **kwargs: Any) -> s.Attribute:
@@ -57,7 +58,11 @@ PROVIDER_SCHEMA = s.Schema(version=0, attributes=[
     _attr("stack", t.String(), f"kvtool stack the VMs belong to (default {DEFAULT_STACK!r}): the same stack "
           "`kvtool plan --stack` works on.", optional=True),
     _attr("force_conflicts", t.Bool(), "Take over fields another field manager (kubectl...) owns.", optional=True),
+    _attr("api", t.String(), "Whose VM API to drive: \"kvtool\" (kvtool.io), \"kubevirt\" (kubevirt.io/v1, on a "
+          "cluster running KubeVirt) or \"auto\" (the default: kvtool's where the cluster serves it, else "
+          "KubeVirt's).", optional=True),
 ])
+API_CHOICES = ("auto", *TARGETS)
 
 
 class KvtoolProvider(Provider):
@@ -67,6 +72,7 @@ class KvtoolProvider(Provider):
         self.namespace = "default"
         self.stack = DEFAULT_STACK
         self.force_conflicts = False
+        self.api = "auto"
         self.resolved: kubeconfig.ResolvedKubeconfig | None = None
         self._connection: Connection | None = None
         self._lock = threading.Lock()
@@ -88,12 +94,15 @@ class KvtoolProvider(Provider):
                 desired.validate_stack(stack)
             except KvtoolError as exc:
                 diags.add_error("Invalid stack", exc.message, path=["stack"])
+        api = config.get("api")
+        if isinstance(api, str) and api not in API_CHOICES:
+            diags.add_error("Invalid api", f"{api!r} is not one of {', '.join(API_CHOICES)}", path=["api"])
         if isinstance(namespace, str) and (not desired.DNS_LABEL.match(namespace) or len(namespace) > 63):
             diags.add_error("Invalid namespace", f"{namespace!r} is not a valid namespace name (a DNS-1123 label)",
                             path=["namespace"])
 
     def configure_provider(self, diags: Diagnostics, config: dict[str, Any]) -> None:
-        for key in ("kubeconfig", "context", "namespace", "stack", "force_conflicts"):
+        for key in ("kubeconfig", "context", "namespace", "stack", "force_conflicts", "api"):
             if config.get(key) is Unknown:
                 diags.add_error(f"provider setting {key} is not known yet",
                                 "The kvtool provider needs its settings at plan time; do not derive them from "
@@ -104,6 +113,7 @@ class KvtoolProvider(Provider):
         self.namespace = config.get("namespace") or "default"
         self.stack = config.get("stack") or DEFAULT_STACK
         self.force_conflicts = bool(config.get("force_conflicts"))
+        self.api = config.get("api") or "auto"
         try:
             self.resolved = kubeconfig.resolve(self.kubeconfig, self.context)
         except KvtoolError as exc:
@@ -115,11 +125,12 @@ class KvtoolProvider(Provider):
         with self._lock:
             if self._connection is None:
                 from kvtool.kube import clients  # the Kubernetes client costs ~0.5 s to import
-                from kvtool.kube.resources import Resources
-
                 resolved = kubeconfig.resolve(self.kubeconfig, self.context)
                 api = clients.api_client(resolved.path, resolved.context)
-                self._connection = Connection(Resources(api), api.configuration.host, resolved)
+                from kvtool.kube.resources import Resources, target_for
+
+                res = Resources(api)
+                self._connection = Connection(res, api.configuration.host, resolved, target_for(res, self.api))
             return self._connection
 
     def image_kind(self, image: str) -> str:

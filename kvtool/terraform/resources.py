@@ -30,7 +30,7 @@ from tf.iface import (
 )
 from tf.types import Unknown
 
-from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, VIRTUAL_MACHINE
 from kvtool.errors import KvtoolError
 from kvtool.plan import desired
 from kvtool.terraform import vmspec
@@ -186,7 +186,7 @@ class VirtualMachineResource(Resource):
             return None
         manifest, timeout = checked
         conn = self.provider.connection()
-        live = conn.res.get(VIRTUAL_MACHINE, planned["namespace"], planned["name"])
+        live = conn.res.get(conn.target.vm, planned["namespace"], planned["name"])
         if live is not None:
             labels = live["metadata"].get("labels") or {}
             owner = (f"stack {labels[STACK_LABEL]!r}" if labels.get(MANAGED_BY_LABEL) == MANAGED_BY
@@ -199,7 +199,7 @@ class VirtualMachineResource(Resource):
     @diagnosed(lambda args: args[0])
     def read(self, ctx: ReadContext, current: dict[str, Any]) -> dict[str, Any] | None:
         conn = self.provider.connection()
-        live = conn.res.get(VIRTUAL_MACHINE, current.get("namespace") or self.provider.namespace, current["name"])
+        live = conn.res.get(conn.target.vm, current.get("namespace") or self.provider.namespace, current["name"])
         if live is None:
             return None  # deleted outside Terraform: the next plan creates it again
         expected = vmspec.build({**current, "cpu": _number(current.get("cpu"))}, stack=self.provider.stack,
@@ -215,7 +215,7 @@ class VirtualMachineResource(Resource):
         manifest, timeout = checked
         conn = self.provider.connection()
         if self._changes_vm(current, planned):
-            live = conn.res.get(VIRTUAL_MACHINE, planned["namespace"], planned["name"])
+            live = conn.res.get(conn.target.vm, planned["namespace"], planned["name"])
             self._apply(conn, manifest, live, adopt=True)  # it is in our state: ours, even if imported
         return self._finish(ctx, conn, planned, timeout)
 
@@ -224,9 +224,9 @@ class VirtualMachineResource(Resource):
         conn = self.provider.connection()
         namespace, name = current.get("namespace") or self.provider.namespace, current["name"]
         timeout = vmspec.parse_duration(current.get("timeout"), DEFAULT_TIMEOUT)
-        conn.res.delete(VIRTUAL_MACHINE, namespace, name)
+        conn.res.delete(conn.target.vm, namespace, name)
         deadline = time.monotonic() + timeout
-        while conn.res.get(VIRTUAL_MACHINE, namespace, name) is not None:
+        while conn.res.get(conn.target.vm, namespace, name) is not None:
             if time.monotonic() > deadline:
                 raise KvtoolError(f"virtualmachine {namespace}/{name} was not deleted within {timeout:.0f}s",
                                   hint="see `kubectl describe vm` for finalizers; raise the timeout attribute")
@@ -248,7 +248,7 @@ class VirtualMachineResource(Resource):
             ctx.diagnostics.add_error("Invalid import ID", f"expected NAMESPACE/NAME (or NAME), got {id!r}")
             return None
         conn = self.provider.connection()
-        live = conn.res.get(VIRTUAL_MACHINE, namespace, name)
+        live = conn.res.get(conn.target.vm, namespace, name)
         if live is None:
             ctx.diagnostics.add_error("Cannot import a VM that does not exist",
                                       f"virtualmachine {namespace}/{name} was not found")
@@ -273,13 +273,15 @@ class VirtualMachineResource(Resource):
         """One object through kvtool's planner and applier: same diff, same SSA, same RestartRequired."""
         from kvtool.plan import apply, planner  # with the Kubernetes client: only when talking to the cluster
 
-        obj = desired.Desired(VIRTUAL_MACHINE, manifest, desired.Location("terraform", 0))
+        one = desired.DesiredState(self.provider.stack, [desired.Desired(VIRTUAL_MACHINE, manifest,
+                                                                        desired.Location("terraform", 0))])
+        obj = desired.retarget(one, conn.target).objects[0]
         labels = (live or {}).get("metadata", {}).get("labels") or {}
         mine = live is not None and labels.get(MANAGED_BY_LABEL) == MANAGED_BY and \
             labels.get(STACK_LABEL) == self.provider.stack
         state = planner.LiveState(members={obj.key: live} if mine and live is not None else {},
                                   others={obj.key: live} if live is not None and not mine else {})
-        plan = planner.make_plan(desired.DesiredState(self.provider.stack, [obj]), state, conn.server, adopt=adopt)
+        plan = planner.make_plan(one, state, conn.server, adopt=adopt)
         conflicts = [f for c in plan.changes for f in c.conflicts]
         if conflicts and not self.provider.force_conflicts:
             owners = sorted({m for f in conflicts for m in f.conflict_with})
@@ -298,7 +300,7 @@ class VirtualMachineResource(Resource):
     def _finish(self, ctx: Any, conn: Connection, planned: dict[str, Any], timeout: float) -> dict[str, Any]:
         """The planned values plus what only the cluster knows; waits for Running when asked."""
         namespace, name = planned["namespace"], planned["name"]
-        live = conn.res.get(VIRTUAL_MACHINE, namespace, name)
+        live = conn.res.get(conn.target.vm, namespace, name)
         if (planned.get("wait_for_running") or planned.get("wait_for_ip")) and live is not None:
             # A timeout still returns the state: Terraform keeps the VM (tainted) instead of losing it.
             live, problem = self._wait_running(conn, live, timeout, need_ip=bool(planned.get("wait_for_ip")))
@@ -318,7 +320,7 @@ class VirtualMachineResource(Resource):
         meta = live["metadata"]
         # The controller sets status.created when the VMI exists; a stopped VM costs no second GET.
         created = (live.get("status") or {}).get("created")
-        vmi = conn.res.get(VIRTUAL_MACHINE_INSTANCE, meta.get("namespace"), meta["name"]) if created else None
+        vmi = conn.res.get(conn.target.vmi, meta.get("namespace"), meta["name"]) if created else None
         row = inventory.vm_row(live, vmi)
         state.update(id=f"{meta.get('namespace')}/{meta['name']}", uid=meta.get("uid"),
                      stack=(meta.get("labels") or {}).get(STACK_LABEL), status=row["status"],
@@ -337,7 +339,7 @@ class VirtualMachineResource(Resource):
             status = (live.get("status") or {}).get("printableStatus")
             ip = ""
             if status == "Running" and need_ip:
-                ip = inventory.vm_row(live, conn.res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name))["ip"]
+                ip = inventory.vm_row(live, conn.res.get(conn.target.vmi, namespace, name))["ip"]
             if status == "Running" and (ip or not need_ip):
                 return live, None
             if time.monotonic() > deadline:
@@ -346,7 +348,7 @@ class VirtualMachineResource(Resource):
                               f"Its status is {status or 'not reported yet'}. Check `kvtool status` and the VM's "
                               "events, or raise the timeout attribute. Terraform marks the VM tainted.")
             time.sleep(1.0)
-            live = conn.res.get(VIRTUAL_MACHINE, namespace, name) or live
+            live = conn.res.get(conn.target.vm, namespace, name) or live
 
 
 def _number(value: Any) -> Any:
