@@ -60,6 +60,15 @@ class Cluster:
         return clients.api_client(self.kubeconfig)
 
 
+TINY_IMAGE = "tiny-linux"
+
+
+@pytest.fixture(scope="session")
+def tiny_image(cluster: Cluster) -> str:
+    """The tiny-linux guest's image name; the session cluster built it."""
+    return TINY_IMAGE
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     from kvtool.local import build
@@ -67,6 +76,9 @@ def cluster() -> Iterator[Cluster]:
 
     home = Path(os.environ["KVTOOL_HOME"])
     kvtool("cluster", "up", check=True, timeout=1800)
+    # The guest every VM test boots, in the machine's image store before any test needs it (cached by content
+    # hash: instant when built): tests must not depend on which of them happened to run first.
+    kvtool("image", "build", TINY_IMAGE, check=True, timeout=900)
     binary = build.ensure_binary(progress=False)
     yield Cluster(home=home, kubeconfig=home / "kubeconfig", kubectl_path=binary.parent / "kubectl")
     if FAILED:

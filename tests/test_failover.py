@@ -29,12 +29,6 @@ CONFIG = "kvtool-failover"
 STACK = "failover"
 
 
-@pytest.fixture(scope="module")
-def tiny_image(cluster: Cluster) -> str:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
-    return "tiny-linux"
-
-
 def _failover_setting(cluster: Cluster, **data: str) -> None:
     cluster.kubectl("-n", "kvtool-system", "patch", "configmap", CONFIG, "--type=merge",
                     "-p", json.dumps({"data": data}))

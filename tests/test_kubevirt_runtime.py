@@ -25,12 +25,6 @@ STACK = "kubevirt"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvtoolTestKeyNotARealKey0000000000000000 kv@kvtool-test"
 
 
-@pytest.fixture(scope="module")
-def tiny_image(cluster: Cluster) -> str:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=600)
-    return "tiny-linux"
-
-
 def console(name: str) -> str:
     return kvtool("console", name, "--tail").stdout
 

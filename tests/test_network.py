@@ -234,12 +234,6 @@ def baseline(cluster: Cluster) -> Baseline:
                     nh.root_nft_tables())
 
 
-@pytest.fixture(scope="module")
-def tiny_image(cluster: Cluster) -> str:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=600)
-    return "tiny-linux"
-
-
 def _launcher_pod(cluster: Cluster, vm_name: str) -> dict:
     pods = json.loads(cluster.kubectl("get", "pods", "-l", f"kvtool.io/vm={vm_name}", "-o", "json").stdout)["items"]
     return next(p for p in pods if (p.get("status") or {}).get("phase") == "Running")

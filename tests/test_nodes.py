@@ -28,12 +28,6 @@ NODES = ("kvtool-node-1", "kvtool-node-2")
 
 
 @pytest.fixture(scope="module")
-def tiny_image(cluster: Cluster) -> str:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=900)
-    return "tiny-linux"
-
-
-@pytest.fixture(scope="module")
 def image(cluster: Cluster) -> str:
     """The kvtool image every node imported (the handler DaemonSet runs it)."""
     return cluster.kubectl("-n", "kvtool-system", "get", "ds", "kvtool-handler",

@@ -35,12 +35,6 @@ from tests.vmfactory import vm
 CONTROLLER_USER = "system:serviceaccount:kvtool-system:kvtool-controller"
 
 
-@pytest.fixture(scope="session")
-def tiny_image(cluster: Cluster) -> str:
-    kvtool("image", "build", "tiny-linux", check=True, timeout=600)
-    return "tiny-linux"
-
-
 @pytest.fixture
 def name() -> str:
     return f"rt-{uuid.uuid4().hex[:6]}"
