@@ -271,18 +271,21 @@ def test_step_os() -> None:
     with pytest.raises(domain.ConversionError, match=r"kernelArgs: .* is not valid"):
         bad_args = {"kernelBoot": {"kernelArgs": "a\nb", "container": {}}}
         run_step(compute.configure_os, base_inputs(spec=with_spec(firmware=bad_args), kernel=Path("/k")))
-    efi = run_step(compute.configure_os, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}}})))
+    def efi_spec(efi: dict[str, Any], memory: str = "256Mi") -> dict[str, Any]:
+        return {"domain": {"memory": {"guest": memory}, "firmware": {"bootloader": {"efi": efi}}}}
+
+    efi = run_step(compute.configure_os, base_inputs(spec=efi_spec({})))
     assert (efi.os.firmware, [(f.name, f.enabled) for f in efi.os.firmware_features]) == (
         "efi", [("secure-boot", True), ("enrolled-keys", True)])
-    insecure = run_step(compute.configure_os, base_inputs(spec=with_spec(
-        firmware={"bootloader": {"efi": {"secureBoot": False}}})))
+    insecure = run_step(compute.configure_os, base_inputs(spec=efi_spec({"secureBoot": False})))
     assert [f.enabled for f in insecure.os.firmware_features] == [False, False]
     bios = run_step(compute.configure_os, base_inputs(spec=with_spec(
         firmware={"bootloader": {"bios": {"useSerial": True}}})))
     assert (bios.os.firmware, bios.os.bios_useserial) == (None, True)
     with pytest.raises(domain.ConversionError, match=r"efi.persistent: persistent EFI variables are not supported"):
-        run_step(compute.configure_os, base_inputs(spec=with_spec(
-            firmware={"bootloader": {"efi": {"persistent": True}}})))
+        run_step(compute.configure_os, base_inputs(spec=efi_spec({"persistent": True})))
+    with pytest.raises(domain.ConversionError, match=r"^spec.domain.memory.guest: EFI firmware \(OVMF\) needs"):
+        run_step(compute.configure_os, base_inputs(spec=efi_spec({}, memory="128Mi")))
     with pytest.raises(domain.ConversionError, match=r"^spec.domain.firmware.bootloader: set bios or efi, not both"):
         run_step(compute.configure_os, base_inputs(spec=with_spec(firmware={"bootloader": {"efi": {}, "bios": {}}})))
 

@@ -66,7 +66,7 @@ def test_kubevirt_manifests_apply_boot_and_the_guest_sees_the_fields(cluster: Cl
         text = wait_for(lambda: console_with("kv-every-field", "KV-EVERY-FIELD-UP"), timeout=120,
                         what="kv-every-field's user data to finish")
         for marker in ("KV-RNG-PRESENT", "KV-SERIAL-SEEN", "KV-CHASSIS-SEEN", "KV-BLOCK-4096", "KV-KEY-IN-SEED",
-                       "KVTOOL-GUEST-READY hostname=every"):
+                       "KVTOOL-GUEST-CLOUDINIT instance-id=kv-every-field.default local-hostname=every"):
             assert marker in text, f"{marker} on kv-every-field's console:\n{text[-3000:]}"
         efi_text = wait_for(lambda: console_with("kv-efi", "KV-EFI-UP"), timeout=120,
                             what="kv-efi's user data to finish")

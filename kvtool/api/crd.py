@@ -51,8 +51,7 @@ def structural(node: Any, base_id: str) -> Any:
         elif key == "properties":
             # A refused KubeVirt field keeps its name (so the server does not silently prune it) and is
             # refused by its parent's CEL rule with the same sentence the client gives.
-            out[key] = {k: ({"x-kubernetes-preserve-unknown-fields": True} if k in refused
-                            else structural(v, base_id)) for k, v in value.items()}
+            out[key] = {k: (_refused_field(v) if k in refused else structural(v, base_id)) for k, v in value.items()}
         elif key in ("items", "additionalProperties", "anyOf"):
             out[key] = structural(value, base_id)
         else:
@@ -64,6 +63,22 @@ def structural(node: Any, base_id: str) -> Any:
     if "const" in node:
         out.setdefault("type", "string")
     return out
+
+
+# KubeVirt's type of a refused field (x-kvtool-type, default object): CEL only sees typed fields, and a value
+# of KubeVirt's shape must reach the rule that names the field, not fail a type check first.
+_REFUSED_TYPES: dict[str, dict[str, Any]] = {
+    "object": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    "array": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    "quantity": {"x-kubernetes-int-or-string": True},
+    "string": {"type": "string"},
+    "integer": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+}
+
+
+def _refused_field(node: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(_REFUSED_TYPES[node.get("x-kvtool-type", "object")])
 
 
 def crd(schema_name: str) -> dict[str, Any]:

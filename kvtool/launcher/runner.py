@@ -207,7 +207,7 @@ class Runner:
         for i, entry in enumerate(s.sequence(devices.get("interfaces"), "spec.domain.devices.interfaces")):
             path = f"spec.domain.devices.interfaces[{i}]"
             iface = s.mapping(entry, path)
-            name = s.string(iface.get("name"), f"{path}.name", pattern=s.NAME)
+            name = s.string(iface.get("name"), f"{path}.name", pattern=s.IFACE_NAME)
             mac = iface.get("macAddress")
             mac = network.mac_address(mac, f"{path}.macAddress") if mac is not None else generated_mac(
                 self.config.uid, name)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MIN_MEMORY = 1 << 20  # 1 MiB; below that QEMU refuses, and it is surely a unit mistake
 MAX_MEMORY = 1 << 50  # 1 PiB
 MAX_CMDLINE = 2047  # x86 COMMAND_LINE_SIZE is 2048 including the NUL
+EFI_MIN_MEMORY = 256 << 20  # measured: OVMF (Debian 2022.11) at 128 MiB stops in a #GP under TCG
 METADATA_KEYS = ("namespace", "name", "uid")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
 
@@ -212,6 +213,10 @@ def _bootloader(inputs: DomainInputs, os: domain_model.OS, bootloader: Mapping[s
     if s.boolean(efi.get("persistent"), f"{path}.efi.persistent", default=False):
         raise s.ConversionError(f"{path}.efi.persistent", "persistent EFI variables are not supported by kvtool: "
                                 "they live as long as the launcher pod", hint="leave persistent unset")
+    if guest_memory_bytes(inputs.spec) < EFI_MIN_MEMORY:
+        raise s.ConversionError("spec.domain.memory.guest", "EFI firmware (OVMF) needs at least 256Mi of guest "
+                                "memory: with less it stops in a protection fault before the guest starts",
+                                hint="give the VM 256Mi or more, or boot it with bios")
     os.firmware = "efi"
     secure = secure_boot(inputs.spec)
     os.add(domain_model.FirmwareFeature(enabled=secure, name="secure-boot"))
