@@ -184,9 +184,9 @@ def test_kubevirt_as_the_target_plan_apply_drift_status_destroy(cluster: Cluster
         assert kvtool("plan", *files, "--detailed-exitcode").returncode == 0, "applied: nothing to do"
         cluster.kubectl(*cache, "patch", "virtualmachines.kubevirt.io", "kv-secureboot", "--type=merge",
                         "--field-manager=someone-else", "-p", '{"spec":{"template":{"spec":{"domain":'
-                        '{"cpu":{"cores":2}}}}}}')
+                        '{"memory":{"guest":"512Mi"}}}}}}')
         drift = kvtool("plan", *files, "--detailed-exitcode")
-        assert drift.returncode == 2 and "cores" in drift.stdout, drift.stdout + drift.stderr
+        assert drift.returncode == 2 and 'memory.guest = "512Mi" -> "256Mi"' in drift.stdout, drift.stdout
         rows = json.loads(kvtool("status", "--stack", stack, "--api", "kubevirt", "-o", "json", check=True).stdout)
         assert [r["name"] for r in rows] == ["kv-secureboot"], rows
         verb = kvtool("start", "kv-secureboot", "--api", "kubevirt")

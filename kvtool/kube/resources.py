@@ -120,7 +120,12 @@ class Resources:
         while True:
             result = self.request("GET", self.path(kind, namespace), query=query,
                                   what=f"list {kind.plural}")
-            items.extend(result.get("items", []))
+            for item in result.get("items", []):
+                # A LIST of built-in kinds leaves apiVersion and kind out of its items; make each self-describing,
+                # as a GET returns it (a plan compares them with the desired manifest).
+                item.setdefault("apiVersion", kind.api_version)
+                item.setdefault("kind", kind.kind)
+                items.append(item)
             token = result.get("metadata", {}).get("continue")
             if not token:
                 return items, result.get("metadata", {}).get("resourceVersion", "")

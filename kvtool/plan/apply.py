@@ -69,7 +69,9 @@ def check_fresh(res: Resources, plan: Plan, server: str) -> None:
                         hint="use the same kubeconfig as `kvtool plan`, or make a new plan")
     wanted = [Desired(_kind(rc), rc.manifest or {}, Location("<plan>", 0)) for rc in plan.changes
               if rc.manifest is not None]
-    live = planner.fetch(res, plan.stack, wanted)
+    # The plan's own kinds too: a plan for KubeVirt's API names kubevirt.io VirtualMachines.
+    kinds = tuple(dict.fromkeys([*PLANNABLE, *(_kind(rc) for rc in plan.changes)]))
+    live = planner.fetch(res, plan.stack, wanted, kinds)
     current = {**live.others, **live.members}
     moved = []
     known = set()

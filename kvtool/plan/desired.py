@@ -117,7 +117,8 @@ class DesiredState:
         kinds = sorted({what for _, what in self.converted})
         sources = sorted({loc.source for loc, _ in self.converted})
         return (f"Read {len(self.converted)} KubeVirt document(s) ({', '.join(kinds)}) as kvtool's VirtualMachines "
-                f"(a bare VirtualMachineInstance runs as a VM with runStrategy Always): {', '.join(sources)}. "
+                f"(a bare VirtualMachineInstance runs as a VM: runStrategy Always, or its kvtool.io/run-strategy "
+                f"annotation): {', '.join(sources)}. "
                 "`kvtool convert` writes them out.")
 
 
