@@ -84,14 +84,21 @@ def configure_serial_console(inputs: DomainInputs, domain: domain_model.Domain) 
         domain.add(Console(type="file", source_path=log, source_append=True, target_type="serial", target_port=0))
 
 
+def _named_device(spec: Mapping[str, Any], key: str) -> tuple[str, Mapping[str, Any], str] | None:
+    """(field path, entry, its DNS-label name) of a single named device (devices.watchdog, devices.sound)."""
+    if devices_spec(spec).get(key) is None:
+        return None
+    path = f"spec.domain.devices.{key}"
+    entry = s.mapping(devices_spec(spec)[key], path)
+    return path, entry, s.string(entry.get("name"), f"{path}.name", pattern=s.NAME)
+
+
 def configure_watchdog(inputs: DomainInputs, domain: domain_model.Domain) -> None:
     """devices.watchdog: an i6300esb whose action (default reset) ends or restarts the guest when it hangs."""
-    spec = devices_spec(inputs.spec).get("watchdog")
-    if spec is None:
+    found = _named_device(inputs.spec, "watchdog")
+    if found is None:
         return
-    path = "spec.domain.devices.watchdog"
-    watchdog = s.mapping(spec, path)
-    name = s.string(watchdog.get("name"), f"{path}.name", pattern=s.NAME)
+    path, watchdog, name = found
     model = s.one_of(watchdog, path, supported=("i6300esb",), known=("diag288",), what="watchdog model")
     action = s.string(s.mapping(watchdog[model], f"{path}.{model}").get("action"), f"{path}.{model}.action",
                       default="reset", choices=("poweroff", "reset", "shutdown"))
@@ -100,12 +107,10 @@ def configure_watchdog(inputs: DomainInputs, domain: domain_model.Domain) -> Non
 
 def configure_sound(inputs: DomainInputs, domain: domain_model.Domain) -> None:
     """devices.sound: an ich9 (default) or ac97 card."""
-    spec = devices_spec(inputs.spec).get("sound")
-    if spec is None:
+    found = _named_device(inputs.spec, "sound")
+    if found is None:
         return
-    path = "spec.domain.devices.sound"
-    sound = s.mapping(spec, path)
-    name = s.string(sound.get("name"), f"{path}.name", pattern=s.NAME)
+    path, sound, name = found
     domain.add(Sound(model=s.string(sound.get("model"), f"{path}.model", default="ich9", choices=("ich9", "ac97")),
                      alias=f"ua-sound-{name}"))
 
