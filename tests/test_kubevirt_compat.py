@@ -178,3 +178,19 @@ def test_every_field_of_kubevirts_own_crd_is_known_to_kvtool() -> None:
     walk(theirs, ours, "spec")
     assert compared > 300, f"compared only {compared} fields: the walk is broken"  # v1.6.0: 322
     assert not missing, f"KubeVirt fields kvtool's schemas do not name: {missing}"
+
+
+def test_retarget_addresses_vms_to_kubevirts_api_and_labels_their_template() -> None:
+    from kvtool.api.types import KUBEVIRT, KVTOOL, SECRET
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
+    state = desired.load(objects=[vm("a"), secret], stack="st")
+    assert state.target is KVTOOL
+    desired.retarget(state, KUBEVIRT)
+    by_kind = {o.kind: o.manifest for o in state.objects}
+    assert set(by_kind) == {KUBEVIRT.vm, SECRET}, "only VirtualMachines change API"
+    manifest = by_kind[KUBEVIRT.vm]
+    assert manifest["apiVersion"] == "kubevirt.io/v1"
+    assert manifest["spec"]["template"]["metadata"]["labels"] == {"kvtool.io/stack": "st",
+                                                                  "app.kubernetes.io/managed-by": "kvtool"}
+    assert KUBEVIRT.plannable == tuple(KUBEVIRT.vm if k is KVTOOL.vm else k for k in KVTOOL.plannable)

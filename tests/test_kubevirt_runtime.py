@@ -236,3 +236,21 @@ def test_our_kubevirt_manifests_pass_kubevirts_own_crds(cluster: Cluster, kubevi
     refused = cluster.kubectl(*cache, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(wrong),
                               check=False)
     assert refused.returncode != 0 and "cores" in refused.stderr, "the CRDs do validate"
+
+
+def test_the_lab_notebook_drives_kubevirts_api(cluster: Cluster, kubevirt_crds: list[str], tmp_path: Path) -> None:
+    """notebooks/lab_provisioning.ipynb top to bottom with API = "kubevirt": its VMs are KubeVirt's."""
+    from tests.test_notebooks import NOTEBOOKS, execute, text_of
+
+    cache, stack = kubevirt_crds, f"kvnb-{uuid.uuid4().hex[:4]}"
+    try:
+        nb = execute(NOTEBOOKS / "lab_provisioning.ipynb", tmp_path,
+                     parameters={"STACK": stack, "RUN_STRATEGY": "Halted", "API": "kubevirt"})
+    finally:
+        kvtool("destroy", "--stack", stack, "--api", "kubevirt", "--auto-approve")
+    text = text_of(nb)
+    assert "Plan: 3 to add, 0 to change, 0 to destroy." in text, text[-3000:]
+    assert f"Stack '{stack}' is empty again." in text
+    leftover = cluster.kubectl(*cache, "get", "virtualmachines.kubevirt.io", "-l", f"kvtool.io/stack={stack}",
+                               "-o", "name").stdout
+    assert leftover.strip() == "", leftover

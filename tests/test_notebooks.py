@@ -9,8 +9,9 @@ the end-to-end run: its VMs boot real tiny-linux guests.
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ from tests.vmfactory import vm
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def execute(path: Path, workdir: Path, timeout: int = 900) -> nbformat.NotebookNode:
-    """Run a notebook in a fresh kernel, with Jupyter's own dirs isolated under workdir."""
+def execute(path: Path, workdir: Path, timeout: int = 900,
+            parameters: Mapping[str, Any] | None = None) -> nbformat.NotebookNode:
+    """Run a notebook in a fresh kernel, with Jupyter's own dirs isolated under workdir; `parameters` replace
+    the values of the `NAME = value` lines of its "# Parameters" cell, as a user would edit them."""
     nb = nbformat.read(path, as_version=4)
+    if parameters:
+        cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# Parameters"))
+        for name, value in parameters.items():
+            cell.source, found = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", cell.source, flags=re.M)
+            assert found == 1, f"{path.name} has no parameter {name}"
     env = isolated_env(workdir / "jupyter")
     # nbclient waits only 4 s (iopub_timeout) after a cell's reply for its outputs, then drops what is late
     # with a warning: on a loaded 2-core machine a cell's printed line went missing that way. Wait longer, and

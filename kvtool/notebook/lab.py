@@ -166,7 +166,7 @@ class LabBuilder(w.VBox):
         self.save_button = w.Button(description="Save", icon="save")
         self.preview_button = w.Button(description="Preview plan", button_style="info", icon="search")
         self.message = w.HTML()
-        self.plan_view = PlanView(self.connection, lambda: self.lab.stack, self.portal)
+        self.plan_view = PlanView(self.connection, lambda: self.lab.stack, self.portal, api=api)
         for widget, cls in ((self.stack, "kvt-lab-stack"), (self.stack_error, "kvt-error-stack"),
                             (self.table, "kvt-lab-list"), (self.select, "kvt-lab-select"),
                             (self.remove_button, "kvt-lab-remove"), (self.path, "kvt-lab-path"),

@@ -21,6 +21,7 @@ from typing import Any
 import ipywidgets as w
 
 from kvtool.errors import KvtoolError
+from kvtool.kube.resources import target_for
 from kvtool.notebook.session import Connection, Portal, default_portal
 from kvtool.plan import apply, planner
 from kvtool.plan.apply import ApplyResult
@@ -132,9 +133,10 @@ class PlanView(w.VBox):
     """A previewed plan with Apply (exactly this plan) and Destroy (after a confirmation)."""
 
     def __init__(self, connection: Callable[[], Connection], stack: Callable[[], str],
-                 portal: Portal | None = None) -> None:
+                 portal: Portal | None = None, api: str = "auto") -> None:
         self._connection = connection
         self._stack = stack
+        self.api = api  # whose VM API a destroy plan lists: "kvtool", "kubevirt" or "auto"
         self.portal = portal or default_portal()
         self.plan: Plan | None = None
         self.busy = False
@@ -270,7 +272,7 @@ class PlanView(w.VBox):
         """The destroy plan of the stack, shown with a confirmation step; nothing is deleted yet."""
         try:
             conn = self._connection()
-            plan = planner.destroy_plan(conn.res, self._stack(), conn.server)
+            plan = planner.destroy_plan(conn.res, self._stack(), conn.server, target=target_for(conn.res, self.api))
 
             def show() -> None:
                 self.plan = plan
