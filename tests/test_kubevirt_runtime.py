@@ -254,3 +254,21 @@ def test_the_lab_notebook_drives_kubevirts_api(cluster: Cluster, kubevirt_crds: 
     leftover = cluster.kubectl(*cache, "get", "virtualmachines.kubevirt.io", "-l", f"kvtool.io/stack={stack}",
                                "-o", "name").stdout
     assert leftover.strip() == "", leftover
+
+
+def test_a_failing_liveness_probe_ends_the_vmi_and_always_starts_a_new_one(cluster: Cluster, tiny_image: str,
+                                                                           tmp_path: Path) -> None:
+    name = f"kv-live-{uuid.uuid4().hex[:4]}"
+    doc = vm(name, run_strategy="Always")
+    doc["spec"]["template"]["spec"]["livenessProbe"] = {"tcpSocket": {"port": 81}, "initialDelaySeconds": 5,
+                                                        "periodSeconds": 2, "failureThreshold": 2}
+    f = tmp_path / "vm.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    kvtool("apply", "-f", str(f), "--stack", STACK, "--auto-approve", check=True)
+    try:
+        first = vmi_running(cluster, name)["metadata"]["uid"]
+        wait_for(lambda: (v := get(cluster, "vmi", name)) is not None and v["metadata"]["uid"] != first,
+                 timeout=180, what="the kubelet's liveness kill to end the VMI and the VM to start a new one",
+                 describe=describe_vm(cluster, name))
+    finally:
+        kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
