@@ -169,6 +169,12 @@ def kubevirt_vm(cluster: Cluster, cache: list[str], name: str) -> dict | None:
 
 def test_kubevirt_as_the_target_plan_apply_drift_status_destroy(cluster: Cluster, kubevirt_crds: list[str],
                                                                 tmp_path: Path) -> None:
+    from kvtool.api.types import KVTOOL
+    from kvtool.kube.resources import Resources, target_for
+
+    res = Resources(cluster.api())
+    assert res.serves("kubevirt.io/v1") and res.serves("kvtool.io/v1alpha1") and not res.serves("nosuch.example/v1")
+    assert target_for(res, "auto") is KVTOOL, "auto prefers kvtool's API where the cluster serves both"
     cache, stack = kubevirt_crds, f"kvt-{uuid.uuid4().hex[:4]}"
     files = ["-f", str(MANIFESTS / "vmi-v1alpha3-secureboot.yaml"), "--stack", stack, "--api", "kubevirt"]
     plan = kvtool("plan", *files, "--detailed-exitcode")
