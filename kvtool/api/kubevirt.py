@@ -19,7 +19,6 @@ GROUP = "kubevirt.io"
 VERSIONS = ("v1", "v1alpha3")
 KINDS = ("VirtualMachine", "VirtualMachineInstance")
 RUN_STRATEGY_ANNOTATION = "kvtool.io/run-strategy"
-RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure", "Once")
 # What `kubectl get -o yaml` and KubeVirt's generators leave in a VM template's metadata: only labels and
 # annotations mean anything there (KubeVirt ignores the rest too).
 _TEMPLATE_METADATA = ("labels", "annotations")

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from kvtool import paths
-from kvtool.api import kubevirt
+from kvtool.api import builder, kubevirt
 from kvtool.errors import KvtoolError
 from kvtool.plan import desired
 
@@ -33,7 +33,7 @@ _BlockDumper.add_representer(str, _str)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories ('-' for stdin)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--run-strategy", choices=kubevirt.RUN_STRATEGIES,
+    parser.add_argument("--run-strategy", choices=builder.RUN_STRATEGIES,
                         help="for bare VirtualMachineInstances (default: their kvtool.io/run-strategy annotation, "
                              "else Always)")
     parser.add_argument("-n", "--namespace", default="default", help="namespace for the check (not written)")

@@ -7,22 +7,20 @@ import argparse
 
 from kvtool.cli import common
 from kvtool.kube import crds
+from kvtool.local import kubevirt_crds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60)
-    parser.add_argument("--kubevirt", nargs="?", const="v1.6.0", metavar="VERSION",
+    parser.add_argument("--kubevirt", nargs="?", const=kubevirt_crds.VERSION, metavar="VERSION",
                         help="install KubeVirt's VM and VMI CRDs (kubevirt.io, from KubeVirt's Go module at VERSION, "
-                             "default v1.6.0) instead of kvtool's: enough for plan/apply, not a KubeVirt runtime")
+                             f"default {kubevirt_crds.VERSION}) instead of kvtool's: enough for plan/apply, not a "
+                             "KubeVirt runtime")
 
 
 def run(args: argparse.Namespace) -> int:
     conn = common.connect(args)
-    docs = None
-    if args.kubevirt:
-        from kvtool.local import kubevirt_crds
-
-        docs = kubevirt_crds.crds(args.kubevirt)
+    docs = kubevirt_crds.crds(args.kubevirt) if args.kubevirt else None
     names = crds.install(conn.res, timeout=args.timeout, docs=docs)
     for name in names:
         print(f"customresourcedefinition/{name} established")

@@ -36,16 +36,20 @@ def load(args: argparse.Namespace) -> DesiredState:
     state = desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
     note = state.conversion_note()
     if note:
-        print(note, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+        _say(args, note)
     return state
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A line about the plan: on stdout with it, on stderr when stdout is the plan's JSON."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
 
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
     target = common.api_target(args, conn)
     if target is not state.target:
         desired.retarget(state, target)
-        print(f"Planning for {target.vm.api_version} (KubeVirt's VM API on this cluster).",
-              file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+        _say(args, f"Planning for {target.vm.api_version} (KubeVirt's VM API on this cluster).")
     return planner.plan(conn.res, state, conn.server, replace=args.replace, adopt=args.adopt)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from kvtool import __version__
 from kvtool.api import quantity
 from kvtool.api.types import API_VERSION, LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VALUE, VM_LABEL, VMI_LABEL, VMI_UID_LABEL
+from kvtool.domain.configure.devices import wants_vsock
 
 DEFAULT_LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
 DEFAULT_GRACE = 30
@@ -232,8 +233,7 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
     if service_account:
         pod_spec["serviceAccountName"] = service_account
     devices = [("kvm", "/dev/kvm"), ("tun", "/dev/net/tun")] if config.kvm_device else []
-    devices_spec = spec.get("domain", {}).get("devices", {})
-    if devices_spec.get("autoattachVSOCK") or devices_spec.get("vsock") is not None:
+    if wants_vsock(spec):
         # QEMU's vhost-vsock backend; a node without it leaves the pod Pending with the kubelet's reason.
         devices.append(("vhost-vsock", "/dev/vhost-vsock"))
     for dev_name, dev in devices:

@@ -258,13 +258,18 @@ def ssh_public_keys(vmi: Mapping[str, Any], config: Config) -> dict[str, str]:
             raise ConversionError(f"{path}.source.secret.secretName", f"the Secret {secret!r} mounted at {directory} "
                                   "has no keys", hint="put one or more SSH public keys in the Secret")
         for file in files:
-            if file.stat().st_size > SECRET_MAX:
-                raise ConversionError(path, f"{file.name} in the Secret {secret!r} is larger than {SECRET_MAX} bytes")
-            try:
-                keys[f"{secret}-{file.name}"] = file.read_bytes().decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise ConversionError(path, f"{file.name} in the Secret {secret!r} is not UTF-8 text") from None
+            keys[f"{secret}-{file.name}"] = _secret_text(file, path, f"the Secret {secret!r}").strip()
     return keys
+
+
+def _secret_text(file: Path, path: str, what: str) -> str:
+    """One key of a mounted Secret as text, bounded and UTF-8; the contents never reach a message or a log."""
+    if file.stat().st_size > SECRET_MAX:
+        raise ConversionError(path, f"{file.name} in {what} is larger than {SECRET_MAX} bytes")
+    try:
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConversionError(path, f"{file.name} in {what} is not UTF-8 text") from None
 
 
 def _secret_files(ctx: _Context, keys: tuple[str, ...], path: str) -> dict[str, str]:
@@ -275,12 +280,7 @@ def _secret_files(ctx: _Context, keys: tuple[str, ...], path: str) -> dict[str, 
         file = directory / key
         if not file.is_file():
             continue
-        if file.stat().st_size > SECRET_MAX:
-            raise ConversionError(path, f"{key} in the secret is larger than {SECRET_MAX} bytes")
-        try:
-            found[key] = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConversionError(path, f"{key} in the secret is not UTF-8 text") from None
+        found[key] = _secret_text(file, path, "the secret")
     if not found:
         raise ConversionError(path, f"the secret mounted at {directory} has no key {' or '.join(keys)}")
     return found

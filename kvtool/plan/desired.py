@@ -275,12 +275,9 @@ Check = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] = (), *,
-         stack: str = DEFAULT_STACK, namespace: str = "default", checks: Sequence[Check] = (),
-         target: Target = KVTOOL) -> DesiredState:
-    """Read, normalise and validate the desired state; raise InvalidInput listing every problem.
-
-    target: the VirtualMachines are checked as kvtool's, then addressed to that API (KubeVirt's: kubevirt.io/v1,
-    the same fields)."""
+         stack: str = DEFAULT_STACK, namespace: str = "default", checks: Sequence[Check] = ()) -> DesiredState:
+    """Read, normalise and validate the desired state (VirtualMachines as kvtool's; `retarget` addresses them
+    to KubeVirt's API); raise InvalidInput listing every problem."""
     validate_stack(stack)
     issues: list[InputIssue] = []
     raw: list[tuple[Location, Any]] = []
@@ -315,7 +312,7 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
                            for field, message in check(obj.manifest)]
     if issues:
         raise InvalidInput(issues)
-    return retarget(state, target)
+    return state
 
 
 def retarget(state: DesiredState, target: Target) -> DesiredState:

@@ -41,8 +41,9 @@ def virtio_model(spec: Mapping[str, Any]) -> str:
 
 def wants_vsock(spec: Mapping[str, Any]) -> bool:
     """autoattachVSOCK: true, or devices.vsock: {} (newer KubeVirt's form)."""
-    s.mapping(devices_spec(spec).get("vsock"), "spec.domain.devices.vsock")
-    return _autoattach(spec, "autoattachVSOCK", False) or devices_spec(spec).get("vsock") is not None
+    vsock = devices_spec(spec).get("vsock")
+    s.mapping(vsock, "spec.domain.devices.vsock")
+    return _autoattach(spec, "autoattachVSOCK", False) or vsock is not None
 
 
 def configure_inputs(inputs: DomainInputs, domain: domain_model.Domain) -> None:
