@@ -136,8 +136,19 @@ def test_convert_writes_kvtool_yaml_that_validates(tmp_path: Path) -> None:
     assert check.returncode == 0 and "Valid: 1 object(s)" in check.stdout, check.stdout + check.stderr
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(vm("x")))
-    nothing = subprocess.run([*KVTOOL_CLI, "convert", str(plain)], capture_output=True, text=True, timeout=60)
+    nothing = subprocess.run([*KVTOOL_CLI, "convert", str(plain), "-o", str(tmp_path / "none.yaml")],
+                             capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 1 and "no KubeVirt VirtualMachine or VirtualMachineInstance" in nothing.stderr
+    assert not (tmp_path / "none.yaml").exists() and nothing.stdout == "", "a refusal writes nothing"
+    bad = tmp_path / "bad.yaml"
+    gpu = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "g"},
+           "spec": {**copy.deepcopy(vm("g")["spec"]["template"]["spec"])}}
+    gpu["spec"]["domain"]["devices"]["gpus"] = [{"name": "gpu", "deviceName": "nvidia.com/GPU"}]
+    bad.write_text(yaml.safe_dump(gpu))
+    refused = subprocess.run([*KVTOOL_CLI, "convert", str(bad), "-o", str(tmp_path / "bad-out.yaml")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and f"devices.gpus: {REFUSED}" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "bad-out.yaml").exists()
 
 
 def test_the_compat_table_is_generated_from_the_schemas() -> None:

@@ -132,6 +132,16 @@ def test_start_strategy_paused_starts_paused_until_unpaused(cluster: Cluster, ti
         kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
 
 
+def test_api_kubevirt_without_kubevirts_api_is_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
+    f = tmp_path / "vm.yaml"
+    f.write_text(yaml.safe_dump(vm("kv-none")))
+    result = kvtool("plan", "-f", str(f), "--stack", "kv-none", "--api", "kubevirt")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "this cluster does not serve kubevirt.io/v1" in result.stderr and "install-crds --kubevirt" in \
+        result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_api_server_refuses_an_unsupported_field_by_name(cluster: Cluster) -> None:
     doc = vm("kv-gpu")
     doc["spec"]["template"]["spec"]["domain"]["devices"]["gpus"] = [{"name": "g", "deviceName": "nvidia.com/GPU"}]

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
                 documents.append(item)
     if problems:
         raise desired.InvalidInput(problems)
+    if not converted:  # before writing anything: a refusal leaves no output behind
+        raise KvtoolError("no KubeVirt VirtualMachine or VirtualMachineInstance in the input",
+                          hint=f"kvtool converts {' and '.join(kubevirt.KINDS)} of {kubevirt.GROUP}/"
+                               f"{', '.join(kubevirt.VERSIONS)}")
     # Check what we write, as plan would: a refused field is named now, not when it is applied.
     desired.load(objects=documents, namespace=args.namespace)
     text = yaml.dump_all(documents, Dumper=_BlockDumper, sort_keys=False, width=120)
@@ -61,9 +65,5 @@ def run(args: argparse.Namespace) -> int:
         paths.write_atomic(Path(args.output), text)
     else:
         sys.stdout.write(text)
-    if not converted:
-        raise KvtoolError("no KubeVirt VirtualMachine or VirtualMachineInstance in the input",
-                          hint=f"kvtool converts {' and '.join(kubevirt.KINDS)} of {kubevirt.GROUP}/"
-                               f"{', '.join(kubevirt.VERSIONS)}")
     print(f"Converted {converted} KubeVirt document(s); {len(documents)} written.", file=sys.stderr)
     return 0

@@ -218,6 +218,10 @@ class Resources:
 def target_for(res: Resources, choice: str) -> Target:
     """"kvtool" / "kubevirt" as a Target; "auto": kvtool's VM API where the cluster serves it, else KubeVirt's
     where that is served, else kvtool's (whose CRDs `kvtool install-crds` adds)."""
+    if choice == KUBEVIRT.name and not res.serves(KUBEVIRT_API_VERSION):
+        raise KvtoolError(f"--api kubevirt: this cluster does not serve {KUBEVIRT_API_VERSION} (KubeVirt's VM API)",
+                          hint="install KubeVirt, or only its CRDs with `kvtool install-crds --kubevirt`; "
+                               "or drop --api to use kvtool's own")
     if choice != "auto":
         return TARGETS[choice]
     if res.serves(API_VERSION) or not res.serves(KUBEVIRT_API_VERSION):
