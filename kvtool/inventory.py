@@ -62,6 +62,20 @@ def problem(vm: Mapping[str, Any]) -> str:
     return ""
 
 
+def migration_note(vmi_status: Mapping[str, Any]) -> tuple[bool, str]:
+    """(migrating now, what to say) from a VMI's migrationState: where it goes while under way, why the last one
+    failed after that (until the next one)."""
+    state = vmi_status.get("migrationState") or {}
+    if not state.get("migrationUid") or state.get("completed"):
+        return False, ""
+    if state.get("failed"):
+        return False, f"MigrationFailed: {state.get('failureReason') or 'no reason given'} (the VM stays on " \
+                      f"{state.get('sourceNode') or 'its node'})"
+    target = state.get("targetNode") or "a node the scheduler picks"
+    step = "copying" if state.get("startTimestamp") else "preparing the target"
+    return True, f"Migrating: {state.get('sourceNode')} -> {target} ({step})"
+
+
 def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetime | None = None) -> dict[str, Any]:
     meta, spec, status = vm.get("metadata", {}), vm.get("spec", {}), vm.get("status") or {}
     tspec = spec.get("template", {}).get("spec", {})
@@ -74,11 +88,13 @@ def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetim
     vmi_status = (vmi or {}).get("status") or {}
     ifaces = vmi_status.get("interfaces") or []
     strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
+    migrating, note = migration_note(vmi_status)
+    printable = status.get("printableStatus") or ("Stopped" if strategy == "Halted" else "Provisioning")
     return {
         "namespace": meta.get("namespace"),
         "stack": (meta.get("labels") or {}).get(STACK_LABEL, ""),
         "name": meta.get("name"),
-        "status": status.get("printableStatus") or ("Stopped" if strategy == "Halted" else "Provisioning"),
+        "status": "Migrating" if migrating and printable == "Running" else printable,
         "ready": bool(status.get("ready")),
         "phase": vmi_status.get("phase", ""),
         "node": vmi_status.get("nodeName", ""),
@@ -89,7 +105,7 @@ def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetim
         "image": ",".join(images) or (kernel or ""),
         "restart_required": _condition(vm, "RestartRequired") == "True",
         "age": age(meta.get("creationTimestamp"), now),
-        "message": problem(vm),
+        "message": problem(vm) or note,
         "created": meta.get("creationTimestamp"),
     }
 

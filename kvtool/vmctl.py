@@ -1,4 +1,4 @@
-"""VM verbs as virtctl has them: start, stop, restart, pause, unpause.
+"""VM verbs as virtctl has them: start, stop, restart, pause, unpause, migrate, migrate-cancel.
 
 Like virtctl, start/stop edit runStrategy where that says what the user
 means (Halted ⇄ Always) and otherwise post a state-change request the
@@ -11,11 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvtool.api.types import PAUSE_ANNOTATION, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool.api.types import (
+    KUBEVIRT_API_VERSION,
+    KUBEVIRT_VIRTUAL_MACHINE_INSTANCE,
+    PAUSE_ANNOTATION,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    VIRTUAL_MACHINE_INSTANCE_MIGRATION,
+    Kind,
+)
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
 
 FIELD_MANAGER = "kvtool-vmctl"
+KUBEVIRT_MIGRATION = Kind(KUBEVIRT_API_VERSION, "VirtualMachineInstanceMigration", "virtualmachineinstancemigrations")
 
 
 def _vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
@@ -125,3 +134,74 @@ def kubevirt_verb(res: Resources, verb: str, namespace: str, name: str) -> str:
                                    "installed, change runStrategy with `kvtool apply`") from exc
         raise
     return f"{name}: {verb} requested (KubeVirt)"
+
+
+# ---- live migration (virtctl migrate / migrate-cancel): a VirtualMachineInstanceMigration object
+
+MIGRATION_FINAL = ("Succeeded", "Failed")
+
+
+def _migration_kind(kubevirt: bool) -> Kind:
+    return KUBEVIRT_MIGRATION if kubevirt else VIRTUAL_MACHINE_INSTANCE_MIGRATION
+
+
+def _in_flight(res: Resources, kind: Kind, namespace: str, name: str) -> list[dict[str, Any]]:
+    items, _ = res.list(kind, namespace)
+    return [m for m in items
+            if (m.get("spec") or {}).get("vmiName") == name
+            and (m.get("status") or {}).get("phase") not in MIGRATION_FINAL
+            and not m["metadata"].get("deletionTimestamp")]
+
+
+def migrate(res: Resources, namespace: str, name: str, to_node: str | None = None,
+            kubevirt: bool = False) -> dict[str, Any]:
+    """Create a migration of the running VMI `name` (refused, with the reason, when it cannot move)."""
+    vmi_kind = KUBEVIRT_VIRTUAL_MACHINE_INSTANCE if kubevirt else VIRTUAL_MACHINE_INSTANCE
+    vmi = res.get(vmi_kind, namespace, name)
+    if vmi is None or (vmi.get("status") or {}).get("phase") != "Running":
+        phase = ((vmi or {}).get("status") or {}).get("phase")
+        raise KvtoolError(f"virtualmachineinstance {namespace}/{name} is not running"
+                          + (f" (phase {phase})" if phase else ""),
+                          hint="only a running VM can be live-migrated; `kvtool start` it first")
+    cond = next((c for c in (vmi.get("status") or {}).get("conditions") or [] if c.get("type") == "LiveMigratable"),
+                None)
+    if cond is not None and cond.get("status") != "True":
+        raise KvtoolError(f"virtualmachineinstance {namespace}/{name} cannot be live-migrated: "
+                          f"{cond.get('message') or cond.get('reason')}")
+    busy = _in_flight(res, _migration_kind(kubevirt), namespace, name)
+    if busy:
+        raise KvtoolError(f"virtualmachineinstance {namespace}/{name} is already migrating "
+                          f"({busy[0]['metadata']['name']}, phase "
+                          f"{(busy[0].get('status') or {}).get('phase') or 'Pending'})",
+                          hint=f"`kvtool migrate-cancel {name}` cancels it")
+    if to_node is not None and to_node == (vmi.get("status") or {}).get("nodeName"):
+        raise KvtoolError(f"virtualmachineinstance {namespace}/{name} already runs on node {to_node}")
+    kind = _migration_kind(kubevirt)
+    spec: dict[str, Any] = {"vmiName": name}
+    if to_node:
+        spec["addedNodeSelector"] = {"kubernetes.io/hostname": to_node}
+    body = {"apiVersion": kind.api_version, "kind": kind.kind,
+            "metadata": {"generateName": f"kvtool-migrate-{name}-"[:58], "namespace": namespace}, "spec": spec}
+    created: dict[str, Any] = res.create(kind, body, FIELD_MANAGER)
+    return created
+
+
+def migrate_cancel(res: Resources, namespace: str, name: str, kubevirt: bool = False) -> str:
+    """Delete the VMI's migration in flight: the controller aborts it and the guest stays on the source."""
+    kind = _migration_kind(kubevirt)
+    busy = _in_flight(res, kind, namespace, name)
+    if not busy:
+        raise KvtoolError(f"virtualmachineinstance {namespace}/{name} has no migration in progress")
+    for migration in busy:
+        res.delete(kind, namespace, migration["metadata"]["name"])
+    return f"{name}: cancelled migration {', '.join(m['metadata']['name'] for m in busy)}"
+
+
+def migration_outcome(migration: dict[str, Any]) -> str:
+    """One line on a migration that ended, from its status."""
+    status = migration.get("status") or {}
+    state = status.get("migrationState") or {}
+    if status.get("phase") == "Succeeded":
+        return f"migrated from {state.get('sourceNode')} to {state.get('targetNode')}"
+    failed: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), {})
+    return f"failed: {state.get('failureReason') or failed.get('message') or 'no reason given'}"

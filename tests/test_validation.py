@@ -183,6 +183,7 @@ def test_crd_schema_is_structural() -> None:
         version = doc["spec"]["versions"][0]
         assert version["subresources"] == {"status": {}}
         names = doc["spec"]["names"]
-        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"])
+        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"], ["vmim", "vmims"])
         cols = {c["name"] for c in version["additionalPrinterColumns"]}
-        assert {"Age", "Ready"} <= cols
+        assert ({"Age", "Phase", "VMI"} if names["kind"] == "VirtualMachineInstanceMigration" else {"Age", "Ready"}) \
+            <= cols

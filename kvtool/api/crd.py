@@ -15,7 +15,7 @@ import yaml
 from kvtool.api import schema
 from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL
 
-CRD_SCHEMAS = ("virtualmachine.json", "virtualmachineinstance.json")
+CRD_SCHEMAS = ("virtualmachine.json", "virtualmachineinstance.json", "virtualmachineinstancemigration.json")
 _DROP = {"$schema", "$id", "$defs", "title", "x-kvtool-crd", "propertyNames", "const", "examples"}
 
 

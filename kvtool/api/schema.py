@@ -29,7 +29,8 @@ from kvtool.api import rules
 if TYPE_CHECKING:
     import jsonschema
 
-SCHEMA_FILES = ("common.json", "virtualmachine.json", "virtualmachineinstance.json")
+SCHEMA_FILES = ("common.json", "virtualmachine.json", "virtualmachineinstance.json",
+                "virtualmachineinstancemigration.json")
 # Marks a KubeVirt field kvtool refuses; its value says why. The field's schema is {"not": {}, UNSUPPORTED: why}.
 UNSUPPORTED = "x-kvtool-unsupported"
 

@@ -22,6 +22,8 @@ VMI_LABEL = "kvtool.io/vmi"
 VMI_UID_LABEL = "kvtool.io/vmi-uid"
 LAUNCHER_LABEL_KEY = "kvtool.io"
 LAUNCHER_LABEL_VALUE = "virt-launcher"
+# On a migration's target launcher pod: the VirtualMachineInstanceMigration's uid (KubeVirt's label).
+MIGRATION_JOB_LABEL = "kvtool.io/migrationJobUID"
 # "true"/"false" on a VMI: `kvtool pause`/`unpause` set it, its node's handler makes the domain follow.
 PAUSE_ANNOTATION = "kvtool.io/paused"
 
@@ -79,6 +81,9 @@ VIRTUAL_MACHINE = Kind(
 )
 VIRTUAL_MACHINE_INSTANCE = Kind(API_VERSION, "VirtualMachineInstance", "virtualmachineinstances",
                                 schema="virtualmachineinstance.json")
+VIRTUAL_MACHINE_INSTANCE_MIGRATION = Kind(API_VERSION, "VirtualMachineInstanceMigration",
+                                          "virtualmachineinstancemigrations",
+                                          schema="virtualmachineinstancemigration.json")
 # KubeVirt's own kinds, for clusters that run KubeVirt: same fields, checked against kvtool's schemas first.
 KUBEVIRT_API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VIRTUAL_MACHINE = Kind(KUBEVIRT_API_VERSION, "VirtualMachine", "virtualmachines",
@@ -96,6 +101,7 @@ POD = Kind("v1", "Pod", "pods")  # read and made by the runtime (launcher pods),
 # What `kvtool plan` accepts in desired state, in the order it applies creates.
 PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)
 BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE,
+                                                         VIRTUAL_MACHINE_INSTANCE_MIGRATION,
                                                          KUBEVIRT_VIRTUAL_MACHINE, KUBEVIRT_VIRTUAL_MACHINE_INSTANCE)}
 
 

@@ -29,12 +29,14 @@ from kvtool.api.types import (
     SECRET,
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
+    VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     Kind,
 )
 from kvtool.controller import conditions, failover, fence, metrics, template, timeutil
+from kvtool.controller import migration as migration_logic
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
-from kvtool.kube import events, kopfbase
+from kvtool.kube import events, kopfbase, migrationtls
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.kube.workqueue import WorkQueue
 
@@ -53,6 +55,7 @@ API_THREADS = 32  # threads for those calls: one connection each in the client's
 FENCE_RETRY_MAX = 60.0
 VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
+VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
 LAUNCHER = {LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE}
 
 
@@ -79,6 +82,7 @@ class Controller:
         self.config = config
         self.namespace = namespace  # kvtool's own: its failover ConfigMap, fence Secret and handler Leases
         self.failover_cache: tuple[float, failover.Config] | None = None
+        self.migration_cache: tuple[float, migration_logic.Config] | None = None
         self.fence_retry: dict[str, tuple[float, float]] = {}  # node -> (next attempt, backoff)
         self.monitor: asyncio.Task[None] | None = None
         self.queue: WorkQueue[tuple[str, str, str]] = WorkQueue("controller", self.process, workers=QUEUE_WORKERS,
@@ -163,17 +167,146 @@ class Controller:
         kind, namespace, name = key
         if kind == "vm":
             return await self.sync_vm(namespace, name)
+        if kind == "vmim":
+            return await self.sync_migration(namespace, name)
         await self.sync_vmi(namespace, name)
         return None
 
     def all_keys(self) -> list[tuple[str, str, str]]:
         keys = [("vm", ns, name) for ns, name in self.indexes.get("vm_index", {})]
+        keys += [("vmim", ns, name) for ns, name in self.indexes.get("vmim_index", {})]
         return keys + [("vmi", ns, name) for ns, name in self.indexes.get("vmi_index", {})]
 
     def enqueue_vm(self, namespace: str, name: str) -> None:
-        """A VM and its VMI (same name) to sync: what any event about either of them calls for."""
+        """A VM and its VMI (same name) to sync: what any event about either of them calls for; and the VMI's
+        migrations, which follow its status and pods."""
         self.queue.add(("vmi", namespace, name))
         self.queue.add(("vm", namespace, name))
+        self.enqueue_migrations(namespace, name)
+
+    def enqueue_migrations(self, namespace: str, vmi_name: str) -> None:
+        for body in self.indexes.get("vmim_by_vmi", {}).get((namespace, vmi_name), []):
+            self.queue.add(("vmim", namespace, body["metadata"]["name"]))
+
+    # -- live migration (decisions in migration.py) -----------------------------------
+    async def migration_config(self) -> migration_logic.Config:
+        if self.migration_cache and time.monotonic() - self.migration_cache[0] < CONFIG_TTL:
+            return self.migration_cache[1]
+        cm = await self._call(self.res.get, CONFIG_MAP, self.namespace, migration_logic.CONFIG_MAP)
+        cfg = migration_logic.Config.from_data((cm or {}).get("data"))
+        self.migration_cache = (time.monotonic(), cfg)
+        return cfg
+
+    def _busy(self, migration: dict[str, Any], node: str | None) -> tuple[int, int]:
+        """Migrations under way (past Pending) other than this one: in the cluster, and leaving `node`."""
+        cluster = outbound = 0
+        uid = migration["metadata"]["uid"]
+        for store in self.indexes.get("vmim_index", {}).values():
+            for body in store:
+                phase = (body.get("status") or {}).get("phase") or ""
+                if body["metadata"]["uid"] == uid or phase in ("", "Pending", *migration_logic.FINAL):
+                    continue
+                cluster += 1
+                source = ((body.get("status") or {}).get("migrationState") or {}).get("sourceNode")
+                outbound += int(bool(node) and source == node)
+        return cluster, outbound
+
+    async def sync_migration(self, namespace: str, name: str) -> float | None:
+        migration = self._one("vmim_index", (namespace, name))
+        if migration is None:
+            return None
+        vmi_name = (migration.get("spec") or {}).get("vmiName", "")
+        vmi = self._one("vmi_index", (namespace, vmi_name))
+        pods = self._all("pod_index", (namespace, vmi_name))
+        cfg = await self.migration_config()
+        node = ((vmi or {}).get("status") or {}).get("nodeName")
+        d = migration_logic.decide(migration, vmi, pods, cfg, self._busy(migration, node), timeutil.now())
+        meta = migration["metadata"]
+        if d.add_finalizer:
+            meta["finalizers"] = [*(meta.get("finalizers") or []), migration_logic.FINALIZER]
+            await self._patch_migration(migration, {"metadata": {"finalizers": meta["finalizers"]}})
+        if d.create_target_pod and vmi is not None:
+            state = (d.vmi_status or {}).get("migrationState") or {}
+            pod = template.migration_target_pod(vmi, self.config, state["targetPod"], meta["uid"],
+                                                state["sourceNode"], migration["spec"].get("addedNodeSelector"))
+            try:
+                await self._call(self.res.create, POD, pod, FIELD_MANAGER)
+                log.info("vmi=%s/%s event=migration-target-pod-created migration=%s pod=%s", namespace, vmi_name,
+                         name, pod["metadata"]["name"])
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        if vmi is not None and d.vmi_labels:
+            vmi = await self._patch(vmi, {"metadata": {"labels": d.vmi_labels}}) or vmi
+        if vmi is not None and d.vmi_status:
+            written = await self._patch(vmi, {"status": d.vmi_status}, subresource="status")
+            if written is None:
+                return 0.5  # the VMI changed meanwhile: decide again from its new version
+            vmi = written
+        for pod_name in d.delete_pods:
+            try:
+                await self._call(self.res.delete, POD, namespace, pod_name, grace_period=0)
+                log.info("vmi=%s/%s event=migration-target-pod-deleted migration=%s pod=%s", namespace, vmi_name,
+                         name, pod_name)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+        await self._write_migration_status(migration, vmi, d)
+        if d.labels:
+            await self._patch_migration(migration, {"metadata": {"labels": d.labels}})
+        if d.remove_finalizer:
+            kept = [f for f in meta.get("finalizers") or [] if f != migration_logic.FINALIZER]
+            await self._patch_migration(migration, {"metadata": {"finalizers": kept}})
+        for etype, reason, message in d.events:
+            target = vmi or migration
+            await events.post(self.res, target, etype, reason, f"migration {name}: {message}", FIELD_MANAGER)
+        if d.phase:
+            log.info("vmi=%s/%s event=migration-phase migration=%s phase=%s message=%r", namespace, vmi_name, name,
+                     d.phase, d.message)
+        return d.requeue_after
+
+    async def _write_migration_status(self, migration: dict[str, Any], vmi: dict[str, Any] | None,
+                                      d: migration_logic.Decision) -> None:
+        status = migration.get("status") or {}
+        patch: dict[str, Any] = {}
+        if d.phase and d.phase != status.get("phase"):
+            patch["phase"] = d.phase
+            stamps = list(status.get("phaseTransitionTimestamps") or [])[-15:]
+            patch["phaseTransitionTimestamps"] = [*stamps, {"phase": d.phase,
+                                                            "phaseTransitionTimestamp": timeutil.stamp_precise()}]
+        if d.phase == "Failed" or d.message:
+            cond = conditions.condition("Failed" if d.phase == "Failed" else "Pending", True,
+                                        "MigrationFailed" if d.phase == "Failed" else "Waiting", d.message)
+            merged = conditions.put(status.get("conditions"), cond)
+            if not conditions.same(status.get("conditions"), merged):
+                patch["conditions"] = merged
+        state = ((vmi or {}).get("status") or {}).get("migrationState") or {}
+        if state.get("migrationUid") == migration["metadata"]["uid"] and state != status.get("migrationState"):
+            patch["migrationState"] = {**dict.fromkeys(status.get("migrationState") or {}), **state}
+        if patch:
+            await self._patch_migration(migration, {"status": patch}, subresource="status")
+
+    async def _patch_migration(self, migration: dict[str, Any], patch: dict[str, Any],
+                               subresource: str | None = None) -> None:
+        meta = migration["metadata"]
+        try:
+            await self._call(self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE_MIGRATION, meta["namespace"],
+                             meta["name"], patch, subresource=subresource, field_manager=FIELD_MANAGER)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    async def live_migratable(self, vmi: dict[str, Any]) -> None:
+        """Say once, on a running VMI, whether it can be live-migrated and if not why (LiveMigratable)."""
+        status = vmi.get("status") or {}
+        if status.get("phase") != "Running" or conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
+            return
+        ns = vmi["metadata"]["namespace"]
+        claims = {claim: await self._call(self.res.get, PVC, ns, claim)
+                  for _volume, claim in migration_logic.claim_names(vmi.get("spec") or {})}
+        cond = migration_logic.migratable(vmi.get("spec") or {}, claims)
+        await self._patch(vmi, {"status": {"conditions": conditions.put(status.get("conditions"), cond)}},
+                          subresource="status")
 
     # -- VMI -----------------------------------------------------------------
     async def sync_vmi(self, namespace: str, name: str) -> None:
@@ -218,7 +351,8 @@ class Controller:
             # (409) and redone on the next event (a third of all VMI status requests at 1000 VMs).
             vmi = await self._patch(vmi, {"metadata": {"labels": decision.labels}}) or vmi
         if decision.status:
-            await self._patch(vmi, {"status": decision.status}, subresource="status")
+            vmi = await self._patch(vmi, {"status": decision.status}, subresource="status") or vmi
+        await self.live_migratable(vmi)
 
     def _one_value(self, index: str, key: Any) -> Any:
         store = self.indexes.get(index, {}).get(key)
@@ -461,7 +595,16 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
             return {(namespace, name): slim(body)}
         return {}
 
-    indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index")
+    @kopf.index(*VMIM_R, id="vmim_index", registry=registry)
+    def vmim_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body)}
+
+    @kopf.index(*VMIM_R, id="vmim_by_vmi", registry=registry)
+    def vmim_by_vmi(*, namespace: str | None, spec: Mapping[str, Any], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, spec.get("vmiName", "")): {"metadata": {"name": body["metadata"]["name"]}}}
+
+    indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index", "vmim_index",
+               "vmim_by_vmi")
 
     def remember(kwargs: Mapping[str, Any]) -> None:
         ctl.indexes = {k: kwargs[k] for k in indexes}
@@ -472,6 +615,12 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         # which capped the controller at ~13 VMs/s at 1000 VMs while it waited on the apiserver, not the CPU.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="api"))
+        # The handlers' migration TLS material: made once per cluster (by whichever controller gets here first).
+        try:
+            await asyncio.to_thread(migrationtls.ensure, ctl.res, ctl.namespace, FIELD_MANAGER)
+        except KubeError as exc:
+            log.error("event=migration-tls-failed error=%r (live migration cannot start until it exists)",
+                      exc.message)
         ctl.queue.start()
         ctl.monitor = asyncio.get_running_loop().create_task(ctl.monitor_nodes(), name="node-monitor")
 
@@ -494,9 +643,16 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         if namespace is None:  # never: VirtualMachineInstances are namespaced
             return
         ctl.queue.add(("vmi", namespace, name))
+        ctl.enqueue_migrations(namespace, name)
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("kind") == "VirtualMachine":
                 ctl.queue.add(("vm", namespace, ref["name"]))
+
+    @kopf.on.event(*VMIM_R, registry=registry)
+    async def on_vmim(*, namespace: str | None, name: str, **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("vmim", namespace, name))
 
     @kopf.on.event("v1", "pods", labels=LAUNCHER, registry=registry)
     async def on_pod(*, namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:

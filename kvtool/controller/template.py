@@ -8,13 +8,22 @@ contract of docs/runtime.md.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from kvtool import __version__
 from kvtool.api import quantity
-from kvtool.api.types import API_VERSION, LAUNCHER_LABEL_KEY, LAUNCHER_LABEL_VALUE, VM_LABEL, VMI_LABEL, VMI_UID_LABEL
+from kvtool.api.types import (
+    API_VERSION,
+    LAUNCHER_LABEL_KEY,
+    LAUNCHER_LABEL_VALUE,
+    MIGRATION_JOB_LABEL,
+    VM_LABEL,
+    VMI_LABEL,
+    VMI_UID_LABEL,
+)
 from kvtool.domain.configure.devices import wants_vsock
 
 DEFAULT_LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
@@ -259,3 +268,27 @@ def pod_requests_summary(pod: dict[str, Any]) -> str:
     req = pod["spec"]["containers"][0]["resources"]["requests"]
     mem = math.ceil(quantity.to_bytes(req["memory"]) / 2**20)
     return f"cpu {req['cpu']}, memory {mem}Mi"
+
+
+def migration_target_pod(vmi: dict[str, Any], config: LauncherConfig, name: str, migration_uid: str,
+                         source_node: str, added_node_selector: dict[str, str] | None) -> dict[str, Any]:
+    """The launcher pod a live migration moves the guest into: the VMI's own pod, on any node but the source
+    (KubeVirt: anti-affinity to the source) and one that has the migration's addedNodeSelector labels."""
+    pod = launcher_pod(vmi, config)
+    pod["metadata"].pop("generateName", None)
+    pod["metadata"]["name"] = name
+    pod["metadata"]["labels"][MIGRATION_JOB_LABEL] = migration_uid
+    spec = pod["spec"]
+    if added_node_selector:
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **added_node_selector}
+    not_source = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [source_node]}
+    affinity = copy.deepcopy(spec.get("affinity") or {})
+    required = affinity.setdefault("nodeAffinity", {}).setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({"matchExpressions": []})
+    for term in terms:  # terms are ORed: every one must exclude the source
+        term.setdefault("matchExpressions", []).append(not_source)
+    spec["affinity"] = affinity
+    return pod

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtool.api.types import VMI_UID_LABEL
+from kvtool.api.types import MIGRATION_JOB_LABEL, VMI_UID_LABEL
 from kvtool.controller import conditions, timeutil
 
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5,
@@ -37,6 +37,17 @@ def pod_name(vmi: dict[str, Any]) -> str:
 def launcher_pods(vmi: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     uid = vmi["metadata"]["uid"]
     return [p for p in pods if (p["metadata"].get("labels") or {}).get(VMI_UID_LABEL) == uid]
+
+
+def current_pods(vmi: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The launcher pods that run (or will run) the VMI itself. A live migration adds a target pod on another
+    node and leaves the source pod behind on the old one: once the VMI has a node, only pods there count; before,
+    only pods no migration made."""
+    mine = launcher_pods(vmi, pods)
+    node = (vmi.get("status") or {}).get("nodeName")
+    if node:
+        return [p for p in mine if (p.get("spec") or {}).get("nodeName") == node]
+    return [p for p in mine if not (p["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL)]
 
 
 def _pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -73,6 +84,14 @@ def _readiness(vmi: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any] | Non
     return conditions.condition("Ready", False, "GuestNotReady", f"the readiness probe does not pass ({detail})")
 
 
+def _migrated_away(status: dict[str, Any]) -> bool:
+    """A live migration started from the VMI's node and has not failed: its source launcher ends with 0 when the
+    guest has left, before the migration's sync moved the VMI to the target."""
+    state = status.get("migrationState") or {}
+    return bool(state.get("startTimestamp")) and not state.get("failed") and \
+        state.get("sourceNode") == status.get("nodeName") != state.get("targetNode")
+
+
 def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | None) -> VMIDecision:
     """node_ready: whether the VMI's node is Ready (None when unknown or not yet scheduled)."""
     d = VMIDecision()
@@ -82,7 +101,7 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
     phase = status.get("phase")
     if phase in ("Succeeded", "Failed"):
         return d
-    mine = launcher_pods(vmi, pods)
+    mine = current_pods(vmi, pods)
     live = [p for p in mine if not p["metadata"].get("deletionTimestamp")]
     new: dict[str, Any] = {}
     conds: list[dict[str, Any]] = []
@@ -107,9 +126,12 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
                                               sched.get("reason", ""), sched.get("message", "")))
         if node:
             new["nodeName"] = node
-            new["activePods"] = {pod["metadata"]["uid"]: node}
+            if (status.get("activePods") or {}).get(pod["metadata"]["uid"]) != node:
+                new["activePods"] = {pod["metadata"]["uid"]: node}  # merged: a migration target's entry stays
             if (vmi["metadata"].get("labels") or {}).get(NODE_LABEL) != node:
                 d.labels[NODE_LABEL] = node
+        if pstatus.get("phase") == "Succeeded" and _migrated_away(status):
+            return d  # the guest left this pod for the migration's target; the migration's sync moves the VMI
         if pstatus.get("phase") in ("Failed", "Succeeded"):
             reason, message = _termination(pod)
             if pstatus.get("phase") == "Succeeded":

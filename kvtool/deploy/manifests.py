@@ -18,6 +18,8 @@ from kvtool.api import crd
 NAMESPACE = "kvtool-system"
 FAILOVER_CONFIG = "kvtool-failover"
 FENCE_SECRET = "kvtool-fence-embedded"
+MIGRATION_CONFIG = "kvtool-migration"
+MIGRATION_TLS_SECRET = "kvtool-migration-tls"  # made by the controller (kvtool.kube.migrationtls)
 CONTROLLER_EVICTION_SECONDS = 5
 HANDLER_LEASE_PREFIX = "kvtool-handler-"  # + node name: each handler's heartbeat
 DEFAULT_IMAGE = f"ghcr.io/kvtool/kvtool:{__version__}"
@@ -65,6 +67,11 @@ def controller_rules() -> list[dict[str, Any]]:
         _rule(["kvtool.io"], ["virtualmachines/status"], ["get", "patch", "update"]),
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
+        # Live migration: the controller runs VirtualMachineInstanceMigrations (finalizers: abort on delete) and
+        # makes them for evictions of LiveMigrate VMs.
+        _rule(["kvtool.io"], ["virtualmachineinstancemigrations"],
+              ["get", "list", "watch", "create", "patch", "update", "delete"]),
+        _rule(["kvtool.io"], ["virtualmachineinstancemigrations/status"], ["get", "patch", "update"]),
         _rule([""], ["pods"], ["get", "list", "watch", "create", "delete"]),
         # Node loss: heartbeats are Leases; fencing annotates and taints the Node (out-of-service).
         _rule([""], ["nodes"], ["get", "list", "watch", "patch"]),
@@ -78,6 +85,7 @@ def controller_rules() -> list[dict[str, Any]]:
 def handler_rules() -> list[dict[str, Any]]:
     return [
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch"]),
+        _rule(["kvtool.io"], ["virtualmachineinstancemigrations"], ["get", "list", "watch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
         _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
     ]
@@ -102,12 +110,22 @@ def rbac(ns: str = NAMESPACE) -> list[Manifest]:
                 "rules": [{**_rule([""], ["configmaps"], ["get"]), "resourceNames": [FAILOVER_CONFIG]},
                           {**_rule([""], ["secrets"], ["get"]), "resourceNames": [FENCE_SECRET]},
                           _rule(["batch"], ["jobs"], ["get", "create", "delete"])]})
+    # Live migration: its setting, and the handlers' TLS Secret, which the controller makes once.
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": _meta(f"{CONTROLLER}-migration", ns, CONTROLLER),
+                "rules": [{**_rule([""], ["configmaps"], ["get"]), "resourceNames": [MIGRATION_CONFIG]},
+                          {**_rule([""], ["secrets"], ["get"]), "resourceNames": [MIGRATION_TLS_SECRET]},
+                          _rule([""], ["secrets"], ["create"])]})
+    out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": _meta(f"{HANDLER}-migration", ns, HANDLER),
+                "rules": [{**_rule([""], ["secrets"], ["get"]), "resourceNames": [MIGRATION_TLS_SECRET]}]})
     # Heartbeats: each handler renews its own Lease (kvtool-handler-<node>) in kvtool's namespace.
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{HANDLER}-heartbeat", ns, HANDLER),
                 "rules": [_rule(["coordination.k8s.io"], ["leases"], ["get", "create", "patch", "update"])]})
     for name, account in ((f"{CONTROLLER}-leader-election", CONTROLLER), (f"{CONTROLLER}-failover", CONTROLLER),
-                          (f"{HANDLER}-heartbeat", HANDLER)):
+                          (f"{CONTROLLER}-migration", CONTROLLER), (f"{HANDLER}-heartbeat", HANDLER),
+                          (f"{HANDLER}-migration", HANDLER)):
         out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                     "metadata": _meta(name, ns, account),
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -124,6 +142,16 @@ def failover_config(fence_agent: str = "none", grace_seconds: int = 40, enabled:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(FAILOVER_CONFIG, ns, CONTROLLER),
             "data": {"enabled": "true" if enabled else "false", "nodeLostGraceSeconds": str(grace_seconds),
                      "fenceAgent": fence_agent}}
+
+
+def migration_config(ns: str = NAMESPACE, **settings: str) -> Manifest:
+    """The cluster's live-migration setting (KubeVirt's MigrationConfiguration and its default eviction strategy),
+    with KubeVirt's defaults; the controller reads it for each new migration (kvtool.controller.migration)."""
+    data = {"evictionStrategy": "None", "parallelMigrationsPerCluster": "5", "parallelOutboundMigrationsPerNode": "2",
+            "completionTimeoutPerGiB": "150", "progressTimeout": "150", "allowAutoConverge": "false",
+            "allowPostCopy": "false", "bandwidthPerMigrationMiB": "0", **settings}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(MIGRATION_CONFIG, ns, CONTROLLER),
+            "data": data}
 
 
 def embedded_fence_secret(endpoint: str, token: str, ca_pem: str, ns: str = NAMESPACE) -> Manifest:
@@ -152,9 +180,15 @@ def handler_policy(ns: str = NAMESPACE) -> list[Manifest]:
                   "reason": "Forbidden"},
                  {"expression": "has(oldObject.status) && has(oldObject.status.nodeName) && "
                                 "has(object.status) && has(object.status.nodeName) && "
-                                f"oldObject.status.nodeName == {node} && object.status.nodeName == {node}",
+                                f"((oldObject.status.nodeName == {node} && object.status.nodeName == {node}) || "
+                                # the target of a live migration writes its part of migrationState
+                                "(has(oldObject.status.migrationState) && "
+                                "has(oldObject.status.migrationState.targetNode) && "
+                                f"oldObject.status.migrationState.targetNode == {node} && "
+                                "object.status.nodeName == oldObject.status.nodeName))",
                   "messageExpression": "'a kvtool handler on node ' + " + node
-                                       + " + ' may only update VirtualMachineInstances on that node'",
+                                       + " + ' may only update VirtualMachineInstances on that node, or migrating "
+                                         "to it'",
                   "reason": "Forbidden"},
              ]}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
@@ -241,16 +275,21 @@ def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
                         "name": "handler", "image": image,
                         "command": ["kvtool", "handler", "--in-cluster", "--node", "$(NODE_NAME)",
                                     "--sockets-dir", "/var/run/kvtool/sockets", "--namespace", ns,
-                                    "--health-port", str(HEALTH_PORT)],
-                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                                    "--health-port", str(HEALTH_PORT), "--migration-address", "$(POD_IP)"],
+                        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                                # live migration: other nodes' handlers reach this one's proxy on the pod's IP
+                                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                         "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
                         "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
                         "securityContext": security,
-                        "volumeMounts": [{"name": "sockets", "mountPath": "/var/run/kvtool/sockets"}],
+                        "volumeMounts": [{"name": "sockets", "mountPath": "/var/run/kvtool/sockets"},
+                                         # the migration TLS key's file while the TLS contexts load it
+                                         {"name": "tmp", "mountPath": "/tmp"}],
                         **_probes(HEALTH_PORT),
                     }],
                     "volumes": [{"name": "sockets",
-                                 "hostPath": {"path": "/var/run/kvtool/sockets", "type": "DirectoryOrCreate"}}],
+                                 "hostPath": {"path": "/var/run/kvtool/sockets", "type": "DirectoryOrCreate"}},
+                                {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
                 },
             },
         },
@@ -270,4 +309,4 @@ def workloads(image: str, ns: str = NAMESPACE) -> list[Manifest]:
 def all_manifests(image: str = DEFAULT_IMAGE, ns: str = NAMESPACE) -> list[Manifest]:
     """In apply order: namespace and CRDs first, workloads last."""
     return [namespace(ns), *crd.all_crds(), *service_accounts(ns), *rbac(ns), *handler_policy(ns),
-            failover_config(ns=ns), *workloads(image, ns)]
+            failover_config(ns=ns), migration_config(ns=ns), *workloads(image, ns)]

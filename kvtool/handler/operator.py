@@ -14,6 +14,7 @@ import kopf
 
 from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE
 from kvtool.handler import heartbeat
+from kvtool.handler import migration as migration_mod
 from kvtool.handler import status as status_mod
 from kvtool.handler.worker import VMIWorker
 from kvtool.kube import kopfbase
@@ -27,6 +28,8 @@ RETRY_AFTER, RETRY_MAX = 2.0, 60.0  # a stopped worker's restart: 2 s, doubling 
 RESYNC = 300.0  # every cached VMI is processed again this often, so even a lost event heals
 NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
+VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
+TARGET_NODE_LABEL = "kvtool.io/migrationTargetNodeName"  # the controller's mark on a migration, once scheduled
 
 
 def precise_now() -> str:
@@ -43,11 +46,14 @@ class Handler:
     """The node's VMIs: watch events only add keys to a rate-limited work queue (kvtool.kube.workqueue); one
     key at a time, `process` starts, restarts or stops that VMI's worker from the cached VMI."""
 
-    def __init__(self, res: Resources, node: str, sockets_dir: Path, namespace: str = "kvtool-system") -> None:
+    def __init__(self, res: Resources, node: str, sockets_dir: Path, namespace: str = "kvtool-system",
+                 address: str = "") -> None:
         self.res = res
         self.node = node
         self.sockets_dir = sockets_dir
         self.namespace = namespace  # where its heartbeat Lease lives
+        self.migration = migration_mod.Support(res, node, address, sockets_dir, namespace)
+        self.targets: dict[str, migration_mod.TargetWorker] = {}  # migration uid -> this node's target side
         self.heartbeat: asyncio.Task[None] | None = None
         self.cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.workers: dict[tuple[str, str], VMIWorker] = {}
@@ -94,7 +100,7 @@ class Handler:
                 worker = None
         if worker is None and pods and not ended:
             worker = VMIWorker(key, pods[0], self.sockets_dir, functools.partial(self.cache.get, key),
-                               functools.partial(self.report, key))
+                               functools.partial(self.report, key), migration_mod.SourceSide(self.migration, key))
             self.workers[key] = worker
             worker.start()
             assert worker.task is not None
@@ -107,10 +113,35 @@ class Handler:
         elif worker is not None:
             worker.poke()
 
+    async def on_migration(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A migration whose target pod is on this node: run its target side while it is under way."""
+        meta = body["metadata"]
+        uid = meta["uid"]
+        phase = (body.get("status") or {}).get("phase")
+        active = event_type != "DELETED" and not meta.get("deletionTimestamp") and phase in (
+            "Scheduled", "PreparingTarget", "TargetReady", "Running")
+        if active and uid not in self.targets:
+            vmi_name = (body.get("spec") or {}).get("vmiName", "")
+            target = migration_mod.TargetWorker(self.migration, (meta["namespace"], vmi_name), uid,
+                                                self.patch_migration_state)
+            self.targets[uid] = target
+            target.start()
+            log.info("vmi=%s/%s event=migration-target migration=%s", meta["namespace"], vmi_name, uid)
+        elif not active and uid in self.targets:
+            await self.targets.pop(uid).stop()
+
+    async def patch_migration_state(self, key: tuple[str, str], fields: dict[str, Any]) -> None:
+        """The target side's part of status.migrationState (a merge patch: the source's keys stay)."""
+        body = {"status": {"migrationState": fields}}
+        await asyncio.to_thread(self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, key[0], key[1], body,
+                                subresource="status", field_manager=FIELD_MANAGER)
+
     async def stop(self) -> None:
         await self.queue.stop()
         for worker in self.workers.values():
             worker.stop()
+        for target in self.targets.values():
+            await target.stop()
         if self.heartbeat is not None:
             self.heartbeat.cancel()
 
@@ -154,6 +185,7 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kopfbase.configure(settings, "kvtool-handler")
         settings.watching.label_selectors[VMI_R[0], VMI_R[2]] = f"{NODE_LABEL}={handler.node}"
+        settings.watching.label_selectors[VMIM_R[0], VMIM_R[2]] = f"{TARGET_NODE_LABEL}={handler.node}"
         # Before following any VMI: no domain that a live VMI does not claim survives a return of this node.
         destroyed = await asyncio.to_thread(heartbeat.sweep_leftovers, handler.res, handler.node,
                                             handler.sockets_dir, NODE_LABEL)
@@ -169,6 +201,10 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:  # async: workers live in this loop
         handler.on_event(event.get("type"), body)
+
+    @kopf.on.event(*VMIM_R, registry=registry)
+    async def on_vmim(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        await handler.on_migration(event.get("type"), body)
 
     kopf.on.login(registry=registry)(kopfbase.login)
     return registry

@@ -24,6 +24,10 @@ def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: 
         return None
     dphase = domain.get("phase")
     new: dict[str, Any] = {}
+    if migration := migration_patch(status, domain):
+        new["migrationState"] = migration
+    if dphase == "Migrated":
+        return new or None  # the guest left for the target: the controller moves the VMI there
     target = {"Running": "Running", "Paused": "Running", "Succeeded": "Succeeded", "Failed": "Failed"}.get(dphase or "")
     if target and ORDER.get(target, 0) > ORDER.get(phase, 0):
         new["phase"] = target
@@ -67,3 +71,22 @@ def probed_readiness(vmi: dict[str, Any]) -> bool:
 def _key(conds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in conds)
 
+
+
+def migration_patch(status: dict[str, Any], domain: dict[str, Any]) -> dict[str, Any] | None:
+    """The source launcher's view of the VMI's current migration -> changes to status.migrationState."""
+    local = domain.get("migration") or {}
+    state = status.get("migrationState") or {}
+    if local.get("role") != "source" or not local.get("uid") or local.get("uid") != state.get("migrationUid"):
+        return None
+    want: dict[str, Any] = {"mode": local.get("mode") or "PreCopy"}
+    if local.get("startedAt"):
+        want["startTimestamp"] = local["startedAt"]
+    if local.get("state") == "Completed":
+        want.update(completed=True, endTimestamp=local.get("endedAt"))
+    elif local.get("state") == "Failed":
+        want.update(failed=True, endTimestamp=local.get("endedAt"), failureReason=local.get("message", "")[:1000])
+    if local.get("abortStatus"):
+        want["abortStatus"] = local["abortStatus"]
+    changed = {k: v for k, v in want.items() if v is not None and state.get(k) != v}
+    return changed or None

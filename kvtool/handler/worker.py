@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtool.api.types import wants_paused
+from kvtool.handler.migration import SourceSide
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
 
 log = logging.getLogger("kvtool.handler")
@@ -28,8 +29,9 @@ Latest = Callable[[], dict[str, Any] | None]
 
 class VMIWorker:
     def __init__(self, key: tuple[str, str], pod_uid: str, sockets_dir: Path, latest: Latest,
-                 report: Reporter) -> None:
+                 report: Reporter, source: SourceSide | None = None) -> None:
         self.key = key
+        self.source = source  # the source half of a live migration of this VMI
         self.pod_uid = pod_uid
         self.socket = sockets_dir / f"{pod_uid}.sock"
         self.latest = latest
@@ -78,12 +80,15 @@ class VMIWorker:
             try:
                 while not watcher.done():
                     await self._reconcile_pause(client)
+                    await self._reconcile_migration(client)
                     self.poked.clear()
                     waiter = asyncio.get_running_loop().create_task(self.poked.wait())
                     await asyncio.wait({watcher, waiter}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
             finally:
                 watcher.cancel()
+                if self.source is not None:
+                    await self.source.close()
             self.outcome = "the launcher's domain watch ended"
         except asyncio.CancelledError:
             raise
@@ -122,27 +127,25 @@ class VMIWorker:
             self.domain = domain
             await self.report(domain, self.version)
 
-    async def _watch(self) -> AsyncIterator[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        client = LauncherClient(self.socket, timeout=None)
-        done = object()
+    def _watch(self) -> AsyncIterator[dict[str, Any]]:
+        return watch_launcher(self.socket, self.key)
 
-        def pump() -> None:
-            try:
-                for st in client.watch():
-                    loop.call_soon_threadsafe(queue.put_nowait, st)
-            except (LauncherError, OSError) as exc:
-                log.debug("vmi=%s/%s event=watch-ended detail=%r", *self.key, str(exc))
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        threading.Thread(target=pump, daemon=True, name=f"watch-{self.key[1]}").start()
+    async def _reconcile_migration(self, client: LauncherClient) -> None:
+        vmi = self.latest()
+        if vmi is None or self.source is None:
+            return
         try:
-            while (item := await queue.get()) is not done:
-                yield item
-        finally:
-            client.close()
+            domain = await self.source.reconcile(vmi, self.domain, client)
+        except LauncherError as exc:
+            # Refused (not running, another migration): say so in migrationState, the controller fails it.
+            log.warning("vmi=%s/%s event=migrate-refused reason=%s message=%r", *self.key, exc.reason, exc.message)
+            uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid", "")
+            domain = {**self.domain, "migration": {"uid": uid, "role": "source", "state": "Failed", "mode": "PreCopy",
+                                                   "startedAt": None, "endedAt": None, "message": exc.message,
+                                                   "abortRequested": False, "abortStatus": ""}}
+        if domain is not None:
+            self.domain = domain
+            await self.report(domain, self.version)
 
     async def _reconcile_pause(self, client: LauncherClient) -> None:
         vmi = self.latest()
@@ -157,3 +160,27 @@ class VMIWorker:
         else:
             return
         await self.report(self.domain, self.version)
+
+
+async def watch_launcher(socket: Path, key: tuple[str, str]) -> AsyncIterator[dict[str, Any]]:
+    """The launcher's `watch` stream (a blocking client pumped from a thread) as an async iterator."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    client = LauncherClient(socket, timeout=None)
+    done = object()
+
+    def pump() -> None:
+        try:
+            for st in client.watch():
+                loop.call_soon_threadsafe(queue.put_nowait, st)
+        except (LauncherError, OSError) as exc:
+            log.debug("vmi=%s/%s event=watch-ended detail=%r", *key, str(exc))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    threading.Thread(target=pump, daemon=True, name=f"watch-{key[1]}").start()
+    try:
+        while (item := await queue.get()) is not done:
+            yield item
+    finally:
+        client.close()

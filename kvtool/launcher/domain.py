@@ -27,12 +27,20 @@ _EVENTS: dict[int, tuple[str, dict[int, str]]] = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: ("Running", {
         libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED: "Booted", libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED: "Restored",
         libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "FromSnapshot",
-        libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "Wakeup"}),
+        libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "Wakeup",
+        # An incoming migration made the domain here (paused until the migration ends).
+        libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED: "IncomingMigration"}),
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: ("Paused", {
         libvirt.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED: "User", libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR: "IOError",
         libvirt.VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG: "Watchdog",
-        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR: "APIError"}),
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: ("Running", {libvirt.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED: "Unpaused"}),
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR: "APIError",
+        # The source's last moment of a live migration (stop-and-copy), and a post-copy one.
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED: "Migration",
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY: "Migration"}),
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: ("Running", {libvirt.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED: "Unpaused",
+                                                   # the target runs the guest, or a failed migration left it here
+                                                   libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED: "Migrated",
+                                                   libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY: "PostCopy"}),
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: ("Shutdown", {}),  # the guest finished shutting down; Shutoff follows
     libvirt.VIR_DOMAIN_EVENT_STOPPED: ("Shutoff", {
         libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "Shutdown", libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "Destroyed",
@@ -155,6 +163,11 @@ class Hypervisor:
             _quietly(dom.undefine)
             raise
         self.dom = dom
+
+    def adopt(self, name: str) -> None:
+        """Take the domain a live migration brought to this libvirtd as this launcher's own."""
+        assert self.conn is not None
+        self.dom = self.conn.lookupByName(name)
 
     def state(self) -> tuple[str, str]:
         assert self.dom is not None

@@ -29,12 +29,14 @@ from kvtool.launcher import guestinfo
 from kvtool.launcher.console import ConsoleSession
 from kvtool.launcher.libvirtd import Libvirtd
 from kvtool.launcher.status import StatusBoard
-from kvtool.launchercom.protocol import LauncherError, Reason
+from kvtool.launchercom.protocol import LauncherError, Reason, migration_status
 from kvtool.podnet.netcmd import NetError
 
 log = logging.getLogger("kvtool.launcher")
 
 FAILED_EXIT_DELAY = 1.0  # after a failed start: time for the handler to read the Failed status
+MIGRATED_EXIT_DELAY = 2.0  # after the domain left by migration: time for the handler to report it
+ADOPT_WAIT = 30.0  # a sync on a migration target waits this long for the migrated domain
 POWER_BUTTON_REPEAT = 5.0  # a guest still booting misses the first press; pressing again is harmless
 
 
@@ -71,6 +73,11 @@ class Runner:
         self._network: Any = None  # network.PodNetworking, once the pod network is wired
         self._wired: dict[str, Any] = {}  # interface name -> network.Wired
         self._warm = threading.Thread(target=self._warm_up, name="warm-up", daemon=True)
+        # Live migration: this launcher as a target (prepared, waiting for the domain) or a source.
+        self._target_ready = False
+        self._target_interfaces: list[tuple[str, str]] = []
+        self._adopted = threading.Event()
+        self._outgoing: Any = None  # migration.Outgoing
 
     # ---- startup
 
@@ -102,7 +109,7 @@ class Runner:
     def status(self) -> dict[str, Any]:
         return self.board.get()
 
-    def sync(self, vmi: Mapping[str, Any]) -> dict[str, Any]:
+    def sync(self, vmi: Mapping[str, Any], migration_target: bool = False) -> dict[str, Any]:
         self._check_identity(vmi)
         with self._sync_lock:
             if self._start_error is not None:
@@ -111,6 +118,16 @@ class Runner:
                 return self.board.get()
             if self._stopping:
                 raise LauncherError("the launcher is shutting down", Reason.SHUTTING_DOWN)
+            if self._target_ready:
+                if migration_target:
+                    return self.board.get()
+                # The VMI moved here while libvirt's "resumed" event is still on its way: wait for it.
+                if not self._adopted.wait(ADOPT_WAIT):
+                    raise LauncherError("this launcher waits for its domain to arrive by live migration",
+                                        Reason.NO_DOMAIN)
+                return self.board.get()
+            if migration_target:
+                return self._prepare_target(vmi)
             return self._first_sync(vmi)
 
     def _check_identity(self, vmi: Mapping[str, Any]) -> None:
@@ -126,6 +143,48 @@ class Runner:
                                     f"(uid {self.config.uid}); the sync has metadata.{key} {got!r}", Reason.WRONG_VMI)
 
     def _first_sync(self, vmi: Mapping[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        xml, interfaces, virt_type = self._prepare(vmi)
+        before_start = time.monotonic()
+        try:
+            self.hypervisor.start(xml, paused=wants_paused(vmi))
+        except libvirt.libvirtError as exc:
+            self._fail_start(Reason.DOMAIN_START_FAILED, domain_mod.error_message(exc))
+        self.timings["define_and_start"] = time.monotonic() - before_start
+        self.timings["sync"] = time.monotonic() - started
+        self._started = True
+        log.info("event=domain-started domain=%s virt_type=%s sync_seconds=%.3f start_seconds=%.3f",
+                 self.config.domain_name, virt_type, self.timings["sync"], self.timings["define_and_start"])
+        threading.Thread(target=self.daemon.save_cache, name="save-cache", daemon=True).start()
+        changes: dict[str, Any] = {"startedAt": now_rfc3339(),
+                                   "interfaces": [self._interface_status(name, mac) for name, mac in interfaces]}
+        try:
+            state, reason = self.hypervisor.state()
+        except libvirt.libvirtError:  # gone already: its Shutoff event decides the phase
+            return self.board.update(changes)
+        if state in ("Running", "Paused"):
+            changes.update({"phase": state, "domainState": state, "reason": reason})
+        return self.board.update(changes)
+
+    def _prepare_target(self, vmi: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything the domain needs here - volumes (the same overlays and empty disks, for the disk copy to
+        fill), the cloud-init ISOs, the pod network - but no domain: it arrives by live migration."""
+        from kvtool.launcher import migration
+
+        started = time.monotonic()
+        _xml, interfaces, _virt_type = self._prepare(vmi)
+        proxy = self.config.sockets_dir / migration.proxy_dir_name(self.config.uid)
+        proxy.mkdir(mode=0o700, parents=True, exist_ok=True)  # the target QEMU listens in here
+        self._target_interfaces = interfaces
+        self._target_ready = True
+        log.info("event=migration-target-ready seconds=%.3f", time.monotonic() - started)
+        uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid") or ""
+        return self.board.update({"migration": migration_status(uid=str(uid), role="target", state="Ready",
+                                                                started_at=now_rfc3339())})
+
+    def _prepare(self, vmi: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]], str]:
+        """Volumes, the pod network, the domain XML, the connection and the console tailer: (xml, [(interface,
+        mac)], virt type). A failure fails the start (_fail_start)."""
         from kvtool.domain import ConversionError, DomainInputs, ResolvedInterface, XMLModelError, domain_xml
         from kvtool.launcher import volumes
 
@@ -158,26 +217,7 @@ class Runner:
             self._fail_start(Reason.DOMAIN_START_FAILED, _message(exc))
         self._watcher = guestinfo.ConsoleLogWatcher(self.config.console_log, self._on_guest_ready, self._on_guest_ip)
         self._watcher.start()
-        before_start = time.monotonic()
-        try:
-            self.hypervisor.start(xml, paused=wants_paused(vmi))
-        except libvirt.libvirtError as exc:
-            self._fail_start(Reason.DOMAIN_START_FAILED, domain_mod.error_message(exc))
-        self.timings["define_and_start"] = time.monotonic() - before_start
-        self.timings["sync"] = time.monotonic() - started
-        self._started = True
-        log.info("event=domain-started domain=%s virt_type=%s sync_seconds=%.3f start_seconds=%.3f",
-                 self.config.domain_name, virt_type, self.timings["sync"], self.timings["define_and_start"])
-        threading.Thread(target=self.daemon.save_cache, name="save-cache", daemon=True).start()
-        changes: dict[str, Any] = {"startedAt": now_rfc3339(),
-                                   "interfaces": [self._interface_status(name, mac) for name, mac in interfaces]}
-        try:
-            state, reason = self.hypervisor.state()
-        except libvirt.libvirtError:  # gone already: its Shutoff event decides the phase
-            return self.board.update(changes)
-        if state in ("Running", "Paused"):
-            changes.update({"phase": state, "domainState": state, "reason": reason})
-        return self.board.update(changes)
+        return xml, interfaces, virt_type
 
     def _wire(self, spec: Mapping[str, Any]) -> None:
         """The guest's NIC behind the pod interface (launcher/network.py); none without a pod network."""
@@ -243,6 +283,56 @@ class Runner:
             return self.board.update({"phase": phase if state == phase else self.board.phase,
                                       "domainState": state, "reason": reason})
         return self.board.get()
+
+    def migrate(self, migration_uid: str, proxy_dir: str, raw_options: Mapping[str, Any]) -> dict[str, Any]:
+        """Start migrating the running domain out (launcher/migration.py); idempotent for one migration uid."""
+        from kvtool.launcher import migration
+
+        options = migration.Options.parse(raw_options)
+        if proxy_dir != migration.proxy_dir_name(self.config.uid):
+            raise LauncherError(f"proxyDir must be {migration.proxy_dir_name(self.config.uid)!r}, got {proxy_dir!r}",
+                                Reason.BAD_REQUEST)
+        with self._state_lock:
+            current = self._outgoing
+            if current is not None and current.uid == migration_uid:
+                return self.board.get()
+            if current is not None and not current.done.is_set():
+                raise LauncherError(f"migration {current.uid} is still running", Reason.NOT_MIGRATABLE)
+            if not self._started or self._stopping or self.board.phase not in ("Running", "Paused") \
+                    or self.hypervisor.dom is None:
+                raise LauncherError(f"cannot migrate: the domain is not running (phase {self.board.phase})",
+                                    Reason.NOT_MIGRATABLE)
+            dom = self.hypervisor.dom
+            try:
+                disks = migration.plan_disks(dom.XMLDesc(0), self.config.state_dir,
+                                             lambda path: int(dom.blockInfo(path)[0]))
+                memory = int(dom.maxMemory()) * 1024
+            except libvirt.libvirtError as exc:
+                raise LauncherError(f"cannot migrate: {domain_mod.error_message(exc)}", Reason.LIBVIRT_ERROR) from None
+            self._outgoing = migration.Outgoing(
+                migration_uid, dom, self.config.sockets_dir / proxy_dir, options, disks, memory,
+                self._report_outgoing)
+            status = self.board.update({"migration": migration_status(
+                uid=migration_uid, role="source", state="Running", started_at=now_rfc3339())})
+        self._outgoing.start()
+        return status
+
+    def migrate_abort(self) -> dict[str, Any]:
+        with self._state_lock:
+            outgoing = self._outgoing
+        if outgoing is None or not outgoing.abort("aborted on request"):
+            raise LauncherError("no migration is running", Reason.NOT_MIGRATABLE)
+        self._report_outgoing({"abortRequested": True})
+        return self.board.get()
+
+    def _report_outgoing(self, changes: Mapping[str, Any]) -> None:
+        current = self.board.get()["migration"]
+        if current is None:
+            return
+        doc = {**current, **changes}
+        if changes.get("state") in ("Completed", "Failed") and not current.get("endedAt"):
+            doc["endedAt"] = now_rfc3339()
+        self.board.update({"migration": doc})
 
     def console(self, sock: socket.socket, pending: bytes, send_ok: Callable[[], None]) -> None:
         """Open the console stream, confirm with send_ok(), then pump the connection in a session."""
@@ -321,8 +411,13 @@ class Runner:
     # ---- events
 
     def _on_lifecycle(self, state: str, reason: str) -> None:
+        if self._target_ready and not self._started:
+            self._on_incoming(state, reason)
+            return
         if state in ("Running", "Paused", "Shutdown", "Crashed", "PMSuspended") and not self._started:
             return  # libvirt starts QEMU paused, then resumes it; the sync reports the state it ends in
+        if state == "Paused" and reason == "Migration":
+            return  # the last stop-and-copy moment of an outgoing migration: not the user's pause
         if state in ("Running", "Paused"):
             changes: dict[str, Any] = {"phase": state, "domainState": state, "reason": reason}
             if state == "Running" and self.board.get()["startedAt"] is None:
@@ -333,9 +428,49 @@ class Runner:
         elif state == "Shutoff":
             self._on_stopped(reason)
 
+    def _on_incoming(self, state: str, reason: str) -> None:
+        """A migration target's domain: adopted when it resumes here (the migration's end), a failure when it
+        stops before that (the incoming migration failed or was cancelled: the guest stays on the source)."""
+        if state == "Running" and reason in ("Migrated", "PostCopy"):
+            try:
+                self.hypervisor.adopt(self.config.domain_name)
+            except libvirt.libvirtError as exc:
+                log.error("event=adopt-failed error=%r", domain_mod.error_message(exc))
+                return
+            self._started = True
+            log.info("event=domain-arrived domain=%s reason=%s", self.config.domain_name, reason)
+            migration = self.board.get()["migration"] or {}
+            self.board.update({
+                "phase": "Running", "domainState": "Running", "reason": reason, "startedAt": now_rfc3339(),
+                "interfaces": [self._interface_status(name, mac) for name, mac in self._target_interfaces],
+                "migration": {**migration, "state": "Completed", "endedAt": now_rfc3339()} if migration else None})
+            self._adopted.set()
+        elif state == "Shutoff":
+            migration = self.board.get()["migration"] or {}
+            message = f"the incoming migration ended without the domain ({reason})"
+            log.warning("event=incoming-migration-failed reason=%s", reason)
+            self.board.update({"phase": "Failed", "domainState": "Shutoff", "reason": "MigrationFailed",
+                               "message": message, "migration": {**migration, "state": "Failed", "message": message,
+                                                                 "endedAt": now_rfc3339()} if migration else None})
+            timer = threading.Timer(FAILED_EXIT_DELAY, self._finish, args=(1,))
+            timer.daemon = True
+            timer.start()
+
     def _on_stopped(self, reason: str) -> None:
         with self._state_lock:
             stopping = self._stopping
+        if reason == "Migrated":
+            # The guest runs on the target now. Stay a moment so the handler reports the migration's end.
+            migration = self.board.get()["migration"] or {}
+            self.board.update({"phase": "Migrated", "domainState": "Shutoff", "reason": reason,
+                               "message": "the domain moved to the migration target",
+                               "migration": {**migration, "state": "Completed",
+                                             "endedAt": migration.get("endedAt") or now_rfc3339()}
+                               if migration else None})
+            timer = threading.Timer(MIGRATED_EXIT_DELAY, self._finish, args=(0,))
+            timer.daemon = True
+            timer.start()
+            return
         if reason == "Shutdown":
             phase, message = "Succeeded", "the guest shut down"
         elif reason == "Destroyed" and stopping:

@@ -142,7 +142,12 @@ class Server:
         handlers: dict[str, Callable[[], dict[str, Any]]] = {
             "ping": self.runner.ping,
             "status": self.runner.status,
-            "sync": lambda: self.runner.sync(_field(message, "vmi", dict)),
+            "sync": lambda: self.runner.sync(_field(message, "vmi", dict),
+                                             migration_target=message.get("migrationTarget") is True),
+            "migrate": lambda: self.runner.migrate(_field(message, "migrationUid", str),
+                                                   _field(message, "proxyDir", str),
+                                                   _field(message, "options", dict)),
+            "migrate-abort": self.runner.migrate_abort,
             "shutdown": lambda: self.runner.shutdown(_grace(message, self.default_grace)),
             "pause": self.runner.pause,
             "unpause": self.runner.unpause,

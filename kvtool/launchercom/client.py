@@ -45,11 +45,23 @@ class LauncherClient:
         """{"launcherVersion", "pid", "libvirtVersion", "status"}."""
         return self._call("ping")
 
-    def sync(self, vmi: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Send the full VMI; the launcher defines and starts the domain the first time. Returns DomainStatus."""
+    def sync(self, vmi: dict[str, Any], timeout: float | None = None, migration_target: bool = False) -> dict[str, Any]:
+        """Send the full VMI; the launcher defines and starts the domain the first time. Returns DomainStatus.
+        migration_target: prepare everything the domain needs (volumes, network) and wait for it to arrive by
+        live migration instead of starting it."""
         if timeout is None and self.timeout is not None:
             timeout = max(self.timeout, SYNC_TIMEOUT)
-        return protocol.check_status(self._call("sync", timeout=timeout, vmi=vmi))
+        extra = {"migrationTarget": True} if migration_target else {}
+        return protocol.check_status(self._call("sync", timeout=timeout, vmi=vmi, **extra))
+
+    def migrate(self, migration_uid: str, proxy_dir: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Start live-migrating the running domain through the handler's sockets in `proxy_dir` (relative to the
+        sockets dir); returns at once with DomainStatus (its `migration` follows the job)."""
+        return protocol.check_status(self._call("migrate", migrationUid=migration_uid, proxyDir=proxy_dir,
+                                                options=options))
+
+    def migrate_abort(self) -> dict[str, Any]:
+        return protocol.check_status(self._call("migrate-abort"))
 
     def status(self) -> dict[str, Any]:
         return protocol.check_status(self._call("status"))

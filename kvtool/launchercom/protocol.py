@@ -20,11 +20,19 @@ VERSION = 1
 # A VMI is a few KiB; the cap keeps a broken peer from making the other side buffer without end.
 MAX_LINE = 4 << 20
 
-COMMANDS = ("ping", "sync", "status", "shutdown", "pause", "unpause", "watch", "console")
-PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed")
-FINAL_PHASES = ("Succeeded", "Failed")
+COMMANDS = ("ping", "sync", "status", "shutdown", "pause", "unpause", "watch", "console", "migrate",
+            "migrate-abort")
+# Migrated: the domain left by live migration (it runs on the target now): not the VMI's end.
+PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed", "Migrated")
+FINAL_PHASES = ("Succeeded", "Failed", "Migrated")
 STATUS_KEYS = ("phase", "domainState", "reason", "message", "name", "uuid", "startedAt", "interfaces",
-               "guestReady", "consoleLog")
+               "guestReady", "consoleLog", "migration")
+# DomainStatus.migration: null, or this launcher's side of one live migration.
+MIGRATION_KEYS = ("uid", "role", "state", "mode", "startedAt", "endedAt", "message", "abortRequested",
+                  "abortStatus")
+MIGRATION_ROLES = ("source", "target")
+# source: Running -> Completed | Failed; target: Preparing -> Ready -> Completed | Failed.
+MIGRATION_STATES = ("Preparing", "Ready", "Running", "Completed", "Failed")
 INTERFACE_KEYS = ("name", "mac", "ipAddress", "ipAddresses", "interfaceName", "infoSource")
 PING_KEYS = ("launcherVersion", "pid", "libvirtVersion", "status")
 
@@ -40,6 +48,7 @@ class Reason:
     DOMAIN_START_FAILED = "DomainStartFailed"  # libvirt refused to define or start the domain
     NETWORK_SETUP_FAILED = "NetworkSetupFailed"  # the guest's NIC could not be wired behind the pod interface
     NO_DOMAIN = "NoDomain"  # pause/unpause/console before the first sync
+    NOT_MIGRATABLE = "NotMigratable"  # migrate of a domain that is not running, or a second migration
     SHUTTING_DOWN = "ShuttingDown"  # sync while the launcher stops
     LIBVIRT_ERROR = "LibvirtError"
     INTERNAL = "InternalError"
@@ -136,11 +145,11 @@ def result_of(reply: Mapping[str, Any]) -> dict[str, Any]:
 def domain_status(*, phase: str = "Pending", domain_state: str = "NoState", reason: str = "", message: str = "",
                   name: str = "", uuid: str = "", started_at: str | None = None,
                   interfaces: list[dict[str, Any]] | None = None, guest_ready: bool = False,
-                  console_log: str = "") -> dict[str, Any]:
+                  console_log: str = "", migration: dict[str, Any] | None = None) -> dict[str, Any]:
     """A DomainStatus dict with every key, so readers never need .get() defaults."""
     status = {"phase": phase, "domainState": domain_state, "reason": reason, "message": message, "name": name,
               "uuid": uuid, "startedAt": started_at, "interfaces": list(interfaces or []),
-              "guestReady": guest_ready, "consoleLog": console_log}
+              "guestReady": guest_ready, "consoleLog": console_log, "migration": migration}
     check_status(status)
     return status
 
@@ -172,7 +181,21 @@ def check_status(status: Any) -> dict[str, Any]:
             isinstance(i, dict) and all(k in i for k in INTERFACE_KEYS) for i in status["interfaces"]):
         raise LauncherError(f"DomainStatus interfaces must be objects with {', '.join(INTERFACE_KEYS)}",
                             Reason.PROTOCOL)
+    migration = status["migration"]
+    if migration is not None and not (
+            isinstance(migration, dict) and all(k in migration for k in MIGRATION_KEYS)
+            and migration["role"] in MIGRATION_ROLES and migration["state"] in MIGRATION_STATES):
+        raise LauncherError(f"DomainStatus migration must be null or an object with {', '.join(MIGRATION_KEYS)}, "
+                            f"a role of {', '.join(MIGRATION_ROLES)} and a state of {', '.join(MIGRATION_STATES)}",
+                            Reason.PROTOCOL)
     return status
+
+
+def migration_status(*, uid: str, role: str, state: str, mode: str = "PreCopy", started_at: str | None = None,
+                     ended_at: str | None = None, message: str = "", abort_requested: bool = False,
+                     abort_status: str = "") -> dict[str, Any]:
+    return {"uid": uid, "role": role, "state": state, "mode": mode, "startedAt": started_at, "endedAt": ended_at,
+            "message": message, "abortRequested": abort_requested, "abortStatus": abort_status}
 
 
 # ---- framing on a socket

@@ -139,7 +139,7 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
     def install_kvtool() -> None:
         from kvtool.deploy import manifests
 
-        fencing = [manifests.failover_config(fence_agent="embedded"),
+        fencing = [manifests.failover_config(fence_agent="embedded"), manifests.migration_config(),
                    manifests.embedded_fence_secret(f"https://{net.gateway}:{switch_port}", switch_token,
                                                    p.ca_cert.read_text())]
         bootstrap.install_kvtool(layout.kubeconfig, images["launcher"]["ref"], timeout=240, extra=fencing)
