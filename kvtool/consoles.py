@@ -45,7 +45,8 @@ def _active_pod(res: Resources, namespace: str, name: str) -> tuple[str, str]:
     pods = status.get("activePods") or {}
     if not pods:
         raise KvtoolError(f"virtualmachine {namespace}/{name} has no launcher pod yet")
-    pod_uid, node = next(iter(pods.items()))
+    # During a live migration the target pod is active too: the VMI's node says which one runs the guest.
+    pod_uid, node = next(((u, n) for u, n in pods.items() if n == status.get("nodeName")), next(iter(pods.items())))
     return pod_uid, node
 
 

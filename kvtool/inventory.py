@@ -69,7 +69,8 @@ def migration_note(vmi_status: Mapping[str, Any]) -> tuple[bool, str]:
     if not state.get("migrationUid") or state.get("completed"):
         return False, ""
     if state.get("failed"):
-        return False, f"MigrationFailed: {state.get('failureReason') or 'no reason given'} (the VM stays on " \
+        reason = "MigrationCancelled" if state.get("abortStatus") == "Succeeded" else "MigrationFailed"
+        return False, f"{reason}: {state.get('failureReason') or 'no reason given'} (the VM stays on " \
                       f"{state.get('sourceNode') or 'its node'})"
     target = state.get("targetNode") or "a node the scheduler picks"
     step = "copying" if state.get("startTimestamp") else "preparing the target"

@@ -264,8 +264,8 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
                          f"{cfg.parallel_outbound_per_node})")
             d.requeue_after = 2.0
             return d
-        source = next((p["metadata"]["name"] for p in pods if p.get("spec", {}).get("nodeName") ==
-                       vstatus.get("nodeName") and not (p["metadata"].get("labels") or {}).get(JOB_LABEL)), "")
+        running = {uid for uid, node in (vstatus.get("activePods") or {}).items() if node == vstatus.get("nodeName")}
+        source = next((p["metadata"]["name"] for p in pods if p["metadata"].get("uid") in running), "")
         d.create_target_pod = target is None
         d.phase = "Scheduling"
         d.vmi_status = {"migrationState": fresh_state(migration, vmi, source, target_pod_name(vmi, migration), cfg),
@@ -288,7 +288,7 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
         if state.get("startTimestamp"):
             # The source's job breaks when its peer does; ask it to stop in case it has not noticed yet.
             if not state.get("abortRequested"):
-                d.vmi_status = {"migrationState": {"abortRequested": True}}
+                d.vmi_status = {"migrationState": {"abortRequested": True, "failureReason": gone[:1000]}}
             return d
         return fail(f"{gone} before the migration started", "TargetPodFailed")
     started = timeutil.parse(meta.get("creationTimestamp"))
@@ -349,7 +349,8 @@ def _deleting(d: Decision, phase: str, state: Mapping[str, Any], vmi: dict[str, 
     if state and not ended(state):
         if state.get("startTimestamp"):
             if not state.get("abortRequested"):
-                d.vmi_status = {"migrationState": {"abortRequested": True}}
+                d.vmi_status = {"migrationState": {"abortRequested": True,
+                                                   "failureReason": "cancelled: the migration was deleted"}}
             d.requeue_after = 2.0
             return d  # the source reports the abort's outcome, which ends the migration
         d.vmi_status = {"migrationState": {"failed": True, "abortRequested": True, "abortStatus": "Succeeded",

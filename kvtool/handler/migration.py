@@ -92,7 +92,8 @@ class SourceSide:
             # Cancelled (the migration was deleted), or failed by the controller (its target pod ended).
             self.abort_sent = uid
             try:
-                return await asyncio.to_thread(client.migrate_abort)
+                why = state.get("failureReason") or "cancelled: the migration was deleted"
+                return await asyncio.to_thread(client.migrate_abort, why)
             except LauncherError as exc:
                 log.info("vmi=%s/%s event=abort-not-sent reason=%s detail=%r", *self.key, exc.reason, exc.message)
                 return None

@@ -317,10 +317,10 @@ class Runner:
         self._outgoing.start()
         return status
 
-    def migrate_abort(self) -> dict[str, Any]:
+    def migrate_abort(self, reason: str) -> dict[str, Any]:
         with self._state_lock:
             outgoing = self._outgoing
-        if outgoing is None or not outgoing.abort("aborted on request"):
+        if outgoing is None or not outgoing.abort(reason):
             raise LauncherError("no migration is running", Reason.NOT_MIGRATABLE)
         self._report_outgoing({"abortRequested": True})
         return self.board.get()

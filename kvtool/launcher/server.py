@@ -147,7 +147,8 @@ class Server:
             "migrate": lambda: self.runner.migrate(_field(message, "migrationUid", str),
                                                    _field(message, "proxyDir", str),
                                                    _field(message, "options", dict)),
-            "migrate-abort": self.runner.migrate_abort,
+            "migrate-abort": lambda: self.runner.migrate_abort(
+                str(message.get("reason") or "aborted on request")[:500]),
             "shutdown": lambda: self.runner.shutdown(_grace(message, self.default_grace)),
             "pause": self.runner.pause,
             "unpause": self.runner.unpause,

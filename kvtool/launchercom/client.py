@@ -60,8 +60,9 @@ class LauncherClient:
         return protocol.check_status(self._call("migrate", migrationUid=migration_uid, proxyDir=proxy_dir,
                                                 options=options))
 
-    def migrate_abort(self) -> dict[str, Any]:
-        return protocol.check_status(self._call("migrate-abort"))
+    def migrate_abort(self, reason: str = "aborted on request") -> dict[str, Any]:
+        """Cancel the running outgoing migration; `reason` leads its failure message."""
+        return protocol.check_status(self._call("migrate-abort", reason=reason))
 
     def status(self) -> dict[str, Any]:
         return protocol.check_status(self._call("status"))

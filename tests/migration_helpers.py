@@ -1,0 +1,131 @@
+"""Watch a guest through a live migration: a counter on its serial console, read from both launchers' logs.
+
+The guest prints `TICK <n> <uptime>` every 100 ms. A thread tails the console logs of every launcher pod
+of the VMI (source and target, on this machine's view of each node's kubelet dir) and stamps each new line
+with the host's monotonic clock when it first appears. The guest's own clock stops while it is paused for
+the last copy, so only the host sees the downtime: the longest gap between two consecutive ticks. Shared by
+tests/test_migration.py and bench/migration.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvtool import consoles
+
+TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
+COUNTER_USER_DATA = ("#!/bin/sh\n"
+                     "i=0\n"
+                     "while true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"; i=$((i+1)); usleep 100000; done\n")
+# A guest that keeps rewriting memory while it counts: `dd` into tmpfs over and over (the 512Mi figure).
+DIRTY_USER_DATA = ("#!/bin/sh\n"
+                   "mkdir -p /dirty && mount -t tmpfs -o size=300m tmpfs /dirty\n"
+                   "(while true; do dd if=/dev/urandom of=/dirty/blob bs=1M count=256 2>/dev/null; done) &\n"
+                   + COUNTER_USER_DATA.split("\n", 1)[1])
+
+
+@dataclass
+class Tick:
+    n: int
+    uptime: float
+    seen: float  # host monotonic time the line appeared
+    pod: str
+
+
+@dataclass
+class CounterWatch:
+    """Tails the console logs of a VMI's launcher pods; call `add_pods` as pods appear."""
+
+    home: Path
+    period: float = 0.005
+    ticks: list[Tick] = field(default_factory=list)
+    _files: dict[str, tuple[Path, int]] = field(default_factory=dict)  # pod uid -> (log, offset)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_pods(self, active_pods: dict[str, str]) -> None:
+        for uid, node in active_pods.items():
+            with self._lock:
+                if uid not in self._files:
+                    path = consoles.node_path(node, uid, Path(consoles.PRIVATE) / "console.log", self.home)
+                    self._files[uid] = (path, 0)
+
+    def start(self) -> CounterWatch:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="counter-watch")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        partial: dict[str, bytes] = {}
+        while not self._stop.wait(self.period):
+            with self._lock:
+                files = dict(self._files)
+            for uid, (path, offset) in files.items():
+                try:
+                    with path.open("rb") as f:
+                        f.seek(offset)
+                        data = f.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                now = time.monotonic()
+                with self._lock:
+                    self._files[uid] = (path, offset + len(data))
+                text = partial.pop(uid, b"") + data
+                lines = text.split(b"\n")
+                partial[uid] = lines.pop()
+                for line in lines:
+                    if m := TICK.search(line):
+                        self.ticks.append(Tick(int(m.group(1)), float(m.group(2)), now, uid))
+
+    def last(self) -> Tick | None:
+        return self.ticks[-1] if self.ticks else None
+
+    def wait_ticks(self, pod: str | None = None, after: int = -1, timeout: float = 60) -> Tick:
+        """The first tick with n > after (from `pod`, if given), waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for tick in list(self.ticks):
+                if tick.n > after and (pod is None or tick.pod == pod):
+                    return tick
+            time.sleep(0.02)
+        raise AssertionError(f"no TICK > {after}{' from pod ' + pod if pod else ''} within {timeout} s; "
+                             f"last: {self.last()}")
+
+    def report(self, since: float, until: float) -> dict[str, Any]:
+        """Over ticks first seen in [since, until]: the longest host-time gap between consecutive counter values,
+        whether the counter ever went back (a reboot) or skipped, and the guest uptime across."""
+        window = sorted((t for t in self.ticks if since <= t.seen <= until), key=lambda t: t.n)
+        unique: dict[int, Tick] = {}
+        for t in window:
+            unique.setdefault(t.n, t)
+        ordered = [unique[n] for n in sorted(unique)]
+        gaps = [(b.seen - a.seen, a, b) for a, b in zip(ordered, ordered[1:], strict=False)]
+        longest = max(gaps, default=(0.0, None, None), key=lambda g: g[0])
+        resets = [(a.n, b.n) for a, b in zip(ordered, ordered[1:], strict=False) if b.uptime < a.uptime]
+        skipped = [(a.n, b.n) for a, b in zip(ordered, ordered[1:], strict=False) if b.n != a.n + 1]
+        return {"ticks": len(ordered), "longest_gap_s": longest[0],
+                "gap_between": (longest[1].n, longest[2].n) if longest[1] else None,
+                "uptime_resets": resets, "skipped": skipped,
+                "pods": sorted({t.pod for t in ordered})}
+
+
+def active_pods(vmi: dict[str, Any]) -> dict[str, str]:
+    return dict((vmi.get("status") or {}).get("activePods") or {})
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)[:4000]
