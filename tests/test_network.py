@@ -6,7 +6,8 @@ namespaces with busybox's udhcpc as the guest (no VM needed), then the real thin
 two-node cluster. Cluster objects are shared by the tests below them (module fixtures) so that only
 two VMs boot: A (masquerade, node 1) and B (bridge, node 2), plus one plain "container" pod.
 
-Pod IPs are routed between the nodes' network namespaces only: "from the host" below means from a
+Pod IPs are routed between the nodes' network namespaces (and to them from the machine, for the control
+plane's webhook calls, as on any cluster): "from the host" below means from a
 node's namespace (as a process on a real node would), "from another pod" from the container pod's
 own namespace (entered through one of its processes).
 """

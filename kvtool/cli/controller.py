@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renew-deadline", type=int, default=10, help="seconds (default 10)")
     parser.add_argument("--retry-period", type=int, default=2, help="seconds (default 2)")
     parser.add_argument("--health-port", type=int, default=0, help="serve /healthz, /readyz, /metrics (0: off)")
+    parser.add_argument("--webhook-port", type=int, default=0,
+                        help="serve the eviction webhook (HTTPS) on this port, on every replica (0: off)")
     common.add_in_cluster(parser)
 
 
@@ -39,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
         # A follower is healthy and ready too: it is waiting, as it should.
         observe.serve(args.health_port, healthy=lambda: True)
+    if args.webhook_port:
+        from kvtool.controller import webhook
+
+        webhook.serve(res, args.lease_namespace, args.webhook_port)
     if args.leader_elect:
         leading = leader.elect(api, leader.ElectionSettings(args.lease_namespace, lease_duration=args.lease_duration,
                                                             renew_deadline=args.renew_deadline,

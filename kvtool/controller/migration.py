@@ -338,7 +338,7 @@ def _completed(d: Decision, vmi: dict[str, Any], state: Mapping[str, Any], targe
     if vstatus.get("nodeName") != node and target is not None:
         active = {uid: None for uid in vstatus.get("activePods") or {}}
         active[target["metadata"]["uid"]] = node
-        d.vmi_status = {"nodeName": node, "activePods": active}
+        d.vmi_status = {"nodeName": node, "activePods": active, "evacuationNodeName": None}
         d.vmi_labels["kvtool.io/nodeName"] = node
     return d
 

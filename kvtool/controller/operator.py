@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     Kind,
 )
-from kvtool.controller import conditions, failover, fence, metrics, template, timeutil
+from kvtool.controller import conditions, eviction, failover, fence, metrics, template, timeutil
 from kvtool.controller import migration as migration_logic
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
@@ -53,6 +54,7 @@ RESYNC = 300.0  # seconds between re-adds of every key (client-go controllers: 3
 QUEUE_WORKERS = 16  # keys synced at once (one key never twice at once); each waits mostly on API calls
 API_THREADS = 32  # threads for those calls: one connection each in the client's pool (kube.clients.POOL_SIZE)
 FENCE_RETRY_MAX = 60.0
+EVACUATION_RETRY = 10.0  # seconds between a failed evacuation's migration and the next attempt
 VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
@@ -296,6 +298,36 @@ class Controller:
             if exc.status != 404:
                 raise
 
+    async def evacuate(self, vmi: dict[str, Any]) -> None:
+        """The VMI was asked to leave its node (an eviction of its pod): start its migration, one per node it is
+        asked to leave; a failed one is replaced after a pause (the drain keeps asking meanwhile)."""
+        meta, status = vmi["metadata"], vmi.get("status") or {}
+        digest = hashlib.sha256(f"{meta['uid']}/{status.get('evacuationNodeName')}".encode()).hexdigest()[:6]
+        name = f"kvtool-evacuation-{meta['name'][:36]}-{digest}"
+        existing = self._one("vmim_index", (meta["namespace"], name))
+        if existing is not None:
+            phase = (existing.get("status") or {}).get("phase")
+            if phase != "Failed":
+                return
+            ended = timeutil.parse(((existing.get("status") or {}).get("migrationState") or {}).get("endTimestamp"))
+            if ended and (timeutil.now() - ended).total_seconds() < EVACUATION_RETRY:
+                self.queue.add_after(("vmi", meta["namespace"], meta["name"]), EVACUATION_RETRY)
+                return
+            await self._call(self.res.delete, VIRTUAL_MACHINE_INSTANCE_MIGRATION, meta["namespace"], name)
+            return  # its deletion's event brings the next sync, which makes a new one
+        body = {"apiVersion": VIRTUAL_MACHINE_INSTANCE_MIGRATION.api_version,
+                "kind": VIRTUAL_MACHINE_INSTANCE_MIGRATION.kind,
+                "metadata": {"name": name, "namespace": meta["namespace"],
+                             "labels": {"kvtool.io/evacuation": "true"}},
+                "spec": {"vmiName": meta["name"]}}
+        try:
+            await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE_MIGRATION, body, FIELD_MANAGER)
+            log.info("vmi=%s/%s event=evacuation node=%s migration=%s", meta["namespace"], meta["name"],
+                     status.get("evacuationNodeName"), name)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+
     async def live_migratable(self, vmi: dict[str, Any]) -> None:
         """Say once, on a running VMI, whether it can be live-migrated and if not why (LiveMigratable)."""
         status = vmi.get("status") or {}
@@ -353,6 +385,8 @@ class Controller:
         if decision.status:
             vmi = await self._patch(vmi, {"status": decision.status}, subresource="status") or vmi
         await self.live_migratable(vmi)
+        if eviction.evacuation_pending(vmi):
+            await self.evacuate(vmi)
 
     def _one_value(self, index: str, key: Any) -> Any:
         store = self.indexes.get(index, {}).get(key)

@@ -20,6 +20,9 @@ FAILOVER_CONFIG = "kvtool-failover"
 FENCE_SECRET = "kvtool-fence-embedded"
 MIGRATION_CONFIG = "kvtool-migration"
 MIGRATION_TLS_SECRET = "kvtool-migration-tls"  # made by the controller (kvtool.kube.migrationtls)
+WEBHOOK_TLS_SECRET = "kvtool-webhook-tls"  # the eviction webhook's serving certificate, made by the controller
+EVICTION_WEBHOOK = "kvtool-eviction"  # ValidatingWebhookConfiguration: evictions of launcher pods migrate VMs
+WEBHOOK_PORT = 8443
 CONTROLLER_EVICTION_SECONDS = 5
 HANDLER_LEASE_PREFIX = "kvtool-handler-"  # + node name: each handler's heartbeat
 DEFAULT_IMAGE = f"ghcr.io/kvtool/kvtool:{__version__}"
@@ -79,6 +82,9 @@ def controller_rules() -> list[dict[str, Any]]:
         # Whether a lost node's VM may move: is its disk on a PV that lives only on that node?
         _rule([""], ["persistentvolumeclaims", "persistentvolumes"], ["get"]),
         _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
+        # The eviction webhook's CA bundle, set by the controller that made its certificate.
+        {**_rule(["admissionregistration.k8s.io"], ["validatingwebhookconfigurations"], ["get", "patch"]),
+         "resourceNames": [EVICTION_WEBHOOK]},
     ]
 
 
@@ -114,7 +120,8 @@ def rbac(ns: str = NAMESPACE) -> list[Manifest]:
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{CONTROLLER}-migration", ns, CONTROLLER),
                 "rules": [{**_rule([""], ["configmaps"], ["get"]), "resourceNames": [MIGRATION_CONFIG]},
-                          {**_rule([""], ["secrets"], ["get"]), "resourceNames": [MIGRATION_TLS_SECRET]},
+                          {**_rule([""], ["secrets"], ["get"]),
+                           "resourceNames": [MIGRATION_TLS_SECRET, WEBHOOK_TLS_SECRET]},
                           _rule([""], ["secrets"], ["create"])]})
     out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": _meta(f"{HANDLER}-migration", ns, HANDLER),
@@ -237,20 +244,42 @@ def controller_deployment(image: str, ns: str = NAMESPACE) -> list[Manifest]:
                         "command": ["kvtool", "controller", "--in-cluster", "--leader-elect",
                                     "--lease-namespace", ns, "--launcher-image", image,
                                     "--kvm", "device",
-                                    "--health-port", str(HEALTH_PORT)],
+                                    "--health-port", str(HEALTH_PORT), "--webhook-port", str(WEBHOOK_PORT)],
                         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+                        "ports": [{"name": "health", "containerPort": HEALTH_PORT},
+                                  {"name": "webhook", "containerPort": WEBHOOK_PORT}],
                         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
                         "securityContext": _container_security(non_root=True),
+                        # the webhook's TLS key's file while its context loads it
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         **_probes(HEALTH_PORT),
                     }],
+                    "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
                 },
             },
         },
     }
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(CONTROLLER, ns, CONTROLLER),
            "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}}}
-    return [deployment, pdb]
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(CONTROLLER, ns, CONTROLLER),
+               "spec": {"selector": labels, "ports": [{"name": "webhook", "port": 443, "targetPort": WEBHOOK_PORT}]}}
+    return [deployment, pdb, service]
+
+
+def eviction_webhook(ns: str = NAMESPACE) -> Manifest:
+    """KubeVirt's eviction webhook: an eviction of a launcher pod (kubectl drain) asks the controller, which
+    answers 429 and migrates the VM when its evictionStrategy says LiveMigrate. The controller sets caBundle."""
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": _meta(EVICTION_WEBHOOK, component=CONTROLLER),
+            "webhooks": [{
+                "name": "evictions.kvtool.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+                # Fail: while no controller answers, a VM's pod is not killed by an eviction meant to move it.
+                "failurePolicy": "Fail", "timeoutSeconds": 10,
+                "clientConfig": {"service": {"name": CONTROLLER, "namespace": ns, "path": "/evict", "port": 443}},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods/eviction"], "scope": "Namespaced"}],
+                "matchConditions": [{"name": "launcher-pods",
+                                     "expression": "request.name.startsWith('virt-launcher-')"}]}]}
 
 
 def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
@@ -298,7 +327,7 @@ def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
 
 def rbac_and_policy(ns: str = NAMESPACE) -> list[Manifest]:
     """What the embedded cluster shares with real installs: accounts, roles, the admission policy."""
-    return [namespace(ns), *service_accounts(ns), *rbac(ns), *handler_policy(ns)]
+    return [namespace(ns), *service_accounts(ns), *rbac(ns), *handler_policy(ns), eviction_webhook(ns)]
 
 
 def workloads(image: str, ns: str = NAMESPACE) -> list[Manifest]:
@@ -309,4 +338,4 @@ def workloads(image: str, ns: str = NAMESPACE) -> list[Manifest]:
 def all_manifests(image: str = DEFAULT_IMAGE, ns: str = NAMESPACE) -> list[Manifest]:
     """In apply order: namespace and CRDs first, workloads last."""
     return [namespace(ns), *crd.all_crds(), *service_accounts(ns), *rbac(ns), *handler_policy(ns),
-            failover_config(ns=ns), migration_config(ns=ns), *workloads(image, ns)]
+            eviction_webhook(ns), failover_config(ns=ns), migration_config(ns=ns), *workloads(image, ns)]

@@ -110,6 +110,9 @@ def apiserver(layout: Layout, binary: Path, host: str, port: int, etcd_port: int
               f"--service-account-signing-key-file={p.sa_key}",
               "--authorization-mode=Node,RBAC",
               "--enable-admission-plugins=NodeRestriction",
+              # Webhooks behind Services (kvtool's eviction webhook) are called at their endpoints' pod IPs,
+              # which the machine routes to the nodes (nodenet.ensure_node): no kube-proxy runs beside the apiserver.
+              "--enable-aggregator-routing=true",
               "--allow-privileged=true",
               "--profiling=false",
               "--watch-cache=true",

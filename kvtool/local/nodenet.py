@@ -7,7 +7,8 @@ The machine keeps `.1` of the cluster subnet on that bridge; the apiserver liste
 so kubelets reach it and it reaches each kubelet (logs, exec, port-forward) directly.
 Pod subnets (10.244.<n-1>.0/24) are routed between the node namespaces only; traffic from a
 pod to anything outside the cluster's pods (the apiserver) is masqueraded to its node's
-address. Nothing but the bridge and its connected /24 is added to the machine.
+address. The machine gets the bridge, its connected /24, and a route to each node's pod subnet via the node
+(the apiserver calls webhooks at pod IPs); all of them go with the bridge.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def ensure_node(net: ClusterNetwork, index: int, nodes: int) -> None:
     for other in range(1, nodes + 1):
         if other != index:
             netcmd.ip("route", "replace", net.pod_cidr(other), "via", net.node_ip(other), netns=ns)
+    # The control plane reaches pods as a real cluster's does (webhooks): this node's pods via its address. The
+    # route goes with the bridge.
+    netcmd.ip("route", "replace", net.pod_cidr(index), "via", net.node_ip(index))
     netcmd.set_sysctl("net.ipv4.ip_forward", "1", netns=ns)
     # kube-proxy's service rules must see traffic between pods on the node's own CNI bridge.
     with contextlib.suppress(netcmd.NetError):
