@@ -12,19 +12,19 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
-from kvtool.api.types import CONFIG_MAP, POD, VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.api.types import CONFIG_MAP, POD, VIRTUAL_MACHINE_INSTANCE
 from kvtool.controller import eviction
 from kvtool.controller import migration as migration_logic
-from kvtool.deploy import manifests
+from kvtool.deploy import install, manifests
 from kvtool.kube import migrationtls
 from kvtool.kube.resources import KubeError, Resources
 
 log = logging.getLogger("kvtool.controller.webhook")
 
 FIELD_MANAGER = "kvtool-controller"
-WEBHOOK_CONFIG = Kind("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration",
-                      "validatingwebhookconfigurations", namespaced=False)
+WEBHOOK_CONFIG = install.KINDS[("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration")]
 MAX_BODY = 1 << 20
 
 
@@ -62,8 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if self.path != "/evict" or not 0 < length <= MAX_BODY:
-            self.send_error(404 if self.path != "/evict" else 400)
+        path = urlsplit(self.path).path  # the API server adds ?timeout=10s
+        if path != "/evict" or not 0 < length <= MAX_BODY:
+            self.send_error(404 if path != "/evict" else 400)
             return
         try:
             body = json.loads(self.rfile.read(length))

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvtool.api.types import CONFIG_MAP, SECRET, VIRTUAL_MACHINE, Kind
+from kvtool.api.types import CONFIG_MAP, SECRET, SERVICE, VIRTUAL_MACHINE, Kind
 from kvtool.deploy import manifests
 from kvtool.errors import KvtoolError
 from kvtool.kube import crds
@@ -32,6 +32,10 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): Kind(
         "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding",
         "validatingadmissionpolicybindings", namespaced=False),
+    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"): Kind(
+        "admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations",
+        namespaced=False),
+    ("v1", "Service"): SERVICE,
     ("v1", "ConfigMap"): CONFIG_MAP,
     ("v1", "Secret"): SECRET,
     ("apps/v1", "Deployment"): Kind("apps/v1", "Deployment", "deployments"),
