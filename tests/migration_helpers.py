@@ -9,6 +9,7 @@ tests/test_migration.py and bench/migration.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -23,11 +24,6 @@ TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
 COUNTER_USER_DATA = ("#!/bin/sh\n"
                      "i=0\n"
                      "while true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"; i=$((i+1)); usleep 100000; done\n")
-# A guest that keeps rewriting memory while it counts: `dd` into tmpfs over and over (the 512Mi figure).
-DIRTY_USER_DATA = ("#!/bin/sh\n"
-                   "mkdir -p /dirty && mount -t tmpfs -o size=300m tmpfs /dirty\n"
-                   "(while true; do dd if=/dev/urandom of=/dirty/blob bs=1M count=256 2>/dev/null; done) &\n"
-                   + COUNTER_USER_DATA.split("\n", 1)[1])
 
 
 @dataclass
@@ -56,6 +52,11 @@ class CounterWatch:
                 if uid not in self._files:
                     path = consoles.node_path(node, uid, Path(consoles.PRIVATE) / "console.log", self.home)
                     self._files[uid] = (path, 0)
+
+    def add_file(self, key: str, path: Path) -> None:
+        """A console log by its path (launchers run outside a cluster: the plain-libvirt floor)."""
+        with self._lock:
+            self._files.setdefault(key, (path, 0))
 
     def start(self) -> CounterWatch:
         self._thread = threading.Thread(target=self._run, daemon=True, name="counter-watch")
@@ -113,10 +114,10 @@ class CounterWatch:
         for t in window:
             unique.setdefault(t.n, t)
         ordered = [unique[n] for n in sorted(unique)]
-        gaps = [(b.seen - a.seen, a, b) for a, b in zip(ordered, ordered[1:], strict=False)]
+        gaps = [(b.seen - a.seen, a, b) for a, b in itertools.pairwise(ordered)]
         longest = max(gaps, default=(0.0, None, None), key=lambda g: g[0])
-        resets = [(a.n, b.n) for a, b in zip(ordered, ordered[1:], strict=False) if b.uptime < a.uptime]
-        skipped = [(a.n, b.n) for a, b in zip(ordered, ordered[1:], strict=False) if b.n != a.n + 1]
+        resets = [(a.n, b.n) for a, b in itertools.pairwise(ordered) if b.uptime < a.uptime]
+        skipped = [(a.n, b.n) for a, b in itertools.pairwise(ordered) if b.n != a.n + 1]
         return {"ticks": len(ordered), "longest_gap_s": longest[0],
                 "gap_between": (longest[1].n, longest[2].n) if longest[1] else None,
                 "uptime_resets": resets, "skipped": skipped,

@@ -231,10 +231,10 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
         if vmi is not None and ours and not ended(state):
             d.vmi_status = {"migrationState": {"failed": True, "failureReason": message[:1000],
                                                "endTimestamp": timeutil.stamp(now)}}
-        if vmi is not None and target is not None:
+        if target is not None:
             d.delete_pods = [target["metadata"]["name"]]
-            if (vstatus.get("activePods") or {}).get(target["metadata"]["uid"]):
-                d.vmi_status = {**(d.vmi_status or {}), "activePods": {target["metadata"]["uid"]: None}}
+        if vmi is not None and (stale := _stale_active(vstatus)):
+            d.vmi_status = {**(d.vmi_status or {}), "activePods": stale}
         return d
 
     if vmi is None:
@@ -281,7 +281,8 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
         d.events.append(("Warning", "MigrationFailed", d.message))
         if target is not None:
             d.delete_pods = [target["metadata"]["name"]]
-            d.vmi_status = {"activePods": {target["metadata"]["uid"]: None}}
+        if stale := _stale_active(vstatus):
+            d.vmi_status = {"activePods": stale}
         return d
     gone = _pod_ended(target) if phase != "Scheduling" or target is not None else ""
     if gone:
@@ -329,6 +330,12 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
     return d
 
 
+def _stale_active(vstatus: Mapping[str, Any]) -> dict[str, None]:
+    """activePods entries of a migration that ended without the guest moving (its target pod, gone or going): the
+    merge patch that removes them."""
+    return {uid: None for uid, node in (vstatus.get("activePods") or {}).items() if node != vstatus.get("nodeName")}
+
+
 def _completed(d: Decision, vmi: dict[str, Any], state: Mapping[str, Any], target: dict[str, Any] | None) -> Decision:
     """The guest runs on the target: the VMI moves there (node, label, active pods), the migration succeeds."""
     vstatus = vmi.get("status") or {}
@@ -359,11 +366,8 @@ def _deleting(d: Decision, phase: str, state: Mapping[str, Any], vmi: dict[str, 
     completed = bool(state.get("completed"))
     if not completed:
         d.delete_pods = [p["metadata"]["name"] for p in targets if not p["metadata"].get("deletionTimestamp")]
-        vstatus = (vmi or {}).get("status") or {}
-        active = vstatus.get("activePods") or {}
-        gone = {p["metadata"]["uid"]: None for p in targets if p["metadata"]["uid"] in active}
-        if gone and vmi is not None:
-            d.vmi_status = {**(d.vmi_status or {}), "activePods": gone}
+        if vmi is not None and (stale := _stale_active(vmi.get("status") or {})):
+            d.vmi_status = {**(d.vmi_status or {}), "activePods": stale}
     if phase not in FINAL and state:
         d.phase = "Succeeded" if completed else "Failed"
         d.message = "" if completed else "cancelled: the migration was deleted"

@@ -1,0 +1,209 @@
+"""Live migration's figures (issue 13): total time and guest-visible downtime, next to the physical floor.
+
+Scenarios: an idle 128Mi guest, and a 512Mi guest rewriting 256 MiB of memory in a loop (auto-converge on,
+KubeVirt's allowAutoConverge, for kvtool and the floor alike: without it a TCG guest that dirties memory
+faster than the copy never converges). Each guest prints a counter every 100 ms; the downtime is the longest
+gap between two counter lines as the host sees them appear in the launchers' console logs (the guest's own
+clock stops while it is paused). p50 of --runs runs each.
+
+- kvtool: `kvtool migrate` between the embedded cluster's two real nodes: controller, target pod, both
+  handlers, the TLS proxy. Total = the migration object's creation to its Succeeded, as a client sees it.
+- floor: the same launcher (its private libvirtd, the same domain XML) run twice as plain processes on this
+  machine, the target prepared the same way (`sync` with migrationTarget), then `virsh migrate --live --p2p`
+  straight from one libvirtd to the other over unix sockets: no Kubernetes, no handlers, no TLS.
+
+Usage: python bench/migration.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchlib
+
+from kvtool.api.types import (
+    CONFIG_MAP,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    VIRTUAL_MACHINE_INSTANCE_MIGRATION,
+)
+from kvtool.images import store
+from kvtool.kube.resources import Resources
+from kvtool.launcher import migration as launcher_migration
+from tests import launcher_helpers as lh
+from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch
+from tests.vmfactory import vm
+
+DIRTY_USER_DATA = ("#!/bin/sh\n"
+                   "mkdir -p /dirty && mount -t tmpfs -o size=300m tmpfs /dirty\n"
+                   "dd if=/dev/urandom of=/dirty/r bs=1M count=1 2>/dev/null\n"
+                   "(while true; do for i in $(seq 256); do cat /dirty/r; done >/dirty/blob; done) &\n"
+                   + COUNTER_USER_DATA.split("\n", 1)[1])
+SCENARIOS = {"idle-128Mi": ("128Mi", COUNTER_USER_DATA, False), "dirty-512Mi": ("512Mi", DIRTY_USER_DATA, True)}
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---- kvtool on the embedded cluster
+
+
+def set_config(res: Resources, **data: str) -> None:
+    res.merge_patch(CONFIG_MAP, "kvtool-system", "kvtool-migration", {"data": data})
+    time.sleep(6)  # the controller reads the setting at most every 5 s
+
+
+def kvtool_runs(res: Resources, home: Path, memory: str, user_data: str, converge: bool, runs: int) -> list[dict]:
+    name = f"bench-mig-{uuid.uuid4().hex[:4]}"
+    res.create(VIRTUAL_MACHINE, vm(name, memory=memory, run_strategy="Always", user_data=user_data))
+    set_config(res, allowAutoConverge="true" if converge else "false")
+    out = []
+    watch = CounterWatch(home).start()
+    try:
+        vmi = wait(lambda: (v := res.get(VIRTUAL_MACHINE_INSTANCE, "default", name)) and
+                   (v.get("status") or {}).get("phase") == "Running" and v, 240, f"{name} running")
+        watch.add_pods(vmi["status"]["activePods"])
+        watch.wait_ticks(after=30, timeout=180)  # booted, its user data running for 3 s
+        for run in range(runs):
+            body = {"apiVersion": VIRTUAL_MACHINE_INSTANCE_MIGRATION.api_version,
+                    "kind": VIRTUAL_MACHINE_INSTANCE_MIGRATION.kind,
+                    "metadata": {"name": f"{name}-{run}", "namespace": "default"}, "spec": {"vmiName": name}}
+            started = time.monotonic()
+            res.create(VIRTUAL_MACHINE_INSTANCE_MIGRATION, body)
+
+            def ended(run: int = run) -> dict | None:
+                watch.add_pods((res.get(VIRTUAL_MACHINE_INSTANCE, "default", name) or {}).get("status", {}).get(
+                    "activePods") or {})
+                m = res.get(VIRTUAL_MACHINE_INSTANCE_MIGRATION, "default", f"{name}-{run}") or {}
+                return m if (m.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+            done = wait(ended, 600, f"migration {name}-{run}", period=0.05)
+            total = time.monotonic() - started
+            if done["status"]["phase"] != "Succeeded":
+                raise SystemExit(f"migration {name}-{run} failed: {json.dumps(done['status'])[:2000]}")
+            last = watch.last()
+            watch.wait_ticks(after=last.n + 10, timeout=60)
+            report = watch.report(started, time.monotonic())
+            out.append({"total": total, "downtime": report["longest_gap_s"], "resets": report["uptime_resets"]})
+            print(f"  kvtool run {run + 1}: total {total:.2f} s, longest gap {report['longest_gap_s'] * 1000:.0f} ms",
+                  flush=True)
+    finally:
+        watch.stop()
+        set_config(res, allowAutoConverge="false")
+        res.delete(VIRTUAL_MACHINE, "default", name)
+    return out
+
+
+# ---- the floor: two launcher processes, virsh migrate
+
+
+def floor_runs(memory: str, user_data: str, converge: bool, runs: int) -> list[dict]:
+    root = Path(tempfile.mkdtemp(prefix="kvt-migbench-"))
+    sockets = Path(f"/run/kvt-migbench-{uuid.uuid4().hex[:6]}")
+    sockets.mkdir(mode=0o700)
+    images, cache = store.ImageStore().root, root / "cache"
+    spec = {"domain": {"memory": {"guest": memory}, "firmware": {"kernelBoot": {"container": {"image": "tiny-linux"}}},
+                       "devices": {"disks": [{"name": "cloudinit", "disk": {"bus": "virtio"}}]}},
+            "volumes": [{"name": "cloudinit", "cloudInitNoCloud": {"userData": user_data}}]}
+    made: list[lh.Launcher] = []
+
+    def launcher(uid: str) -> lh.Launcher:
+        directory = root / f"pod{len(made)}"
+        directory.mkdir()
+        one = lh.Launcher(directory, sockets, images, cache, name="floor")
+        one.uid = uid
+        made.append(one.start())
+        one.wait_socket(30)
+        return one
+
+    out = []
+    watch = CounterWatch(root).start()
+    try:
+        source = launcher(str(uuid.uuid4()))
+        source.client(120).sync(source.vmi(spec))
+        watch.add_file(source.pod_uid, source.state / "console.log")
+        watch.wait_ticks(after=30, timeout=180)
+        for run in range(runs):
+            target = launcher(source.uid)
+            target.client(120).sync(target.vmi(spec), migration_target=True)
+            watch.add_file(target.pod_uid, target.state / "console.log")
+            uri = f"qemu+unix:///system?socket={source.sockets}/{source.pod_uid}.libvirt/libvirt-sock"
+            dest = f"qemu+unix:///system?socket={target.sockets}/{target.pod_uid}.libvirt/libvirt-sock"
+            domain = f"{source.namespace}_{source.name}"
+            xml = subprocess.run(["virsh", "-c", uri, "dumpxml", "--migratable", domain], check=True,
+                                 capture_output=True, text=True).stdout.replace(str(source.state), str(target.state))
+            (root / "dest.xml").write_text(xml)
+            proxy = sockets / launcher_migration.proxy_dir_name(source.uid)
+            argv = ["virsh", "-c", uri, "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
+                    "--xml", str(root / "dest.xml"), "--migrateuri", f"unix://{proxy}/migration.sock",
+                    *(["--auto-converge"] if converge else []), domain, dest]
+            started = time.monotonic()
+            result = subprocess.run(argv, capture_output=True, text=True)
+            total = time.monotonic() - started
+            if result.returncode != 0:
+                raise SystemExit(f"virsh migrate failed: {result.stderr}")
+            last = watch.last()
+            watch.wait_ticks(pod=target.pod_uid, after=last.n + 10, timeout=60)
+            report = watch.report(started, time.monotonic())
+            out.append({"total": total, "downtime": report["longest_gap_s"], "resets": report["uptime_resets"]})
+            print(f"  floor run {run + 1}: total {total:.2f} s, longest gap {report['longest_gap_s'] * 1000:.0f} ms",
+                  flush=True)
+            source.kill()  # its domain left; the target is the next run's source
+            source = target
+    finally:
+        watch.stop()
+        for one in made:
+            one.kill()
+        shutil.rmtree(sockets, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def wait(predicate: Any, timeout: float, what: str, period: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(period)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
+    args = parser.parse_args()
+    layout, res = benchlib.runtime()
+    lh.require_tools()
+    rows = []
+    for scenario in args.scenario or list(SCENARIOS):
+        memory, user_data, converge = SCENARIOS[scenario]
+        print(f"== {scenario} ==", flush=True)
+        ours = kvtool_runs(res, layout.home, memory, user_data, converge, args.runs)
+        floor = floor_runs(memory, user_data, converge, args.runs)
+        assert not any(r["resets"] for r in ours + floor), "a guest rebooted"
+        rows.append((scenario, p50([r["total"] for r in ours]), p50([r["downtime"] for r in ours]),
+                     p50([r["total"] for r in floor]), p50([r["downtime"] for r in floor])))
+    print(f"\n{'scenario':<12} {'kvtool total':>12} {'downtime':>9} {'floor total':>12} {'downtime':>9} "
+          f"{'total ratio':>11}  (p50 of {args.runs}; downtime = longest counter gap incl. its 100 ms period)")
+    for scenario, total, down, ftotal, fdown in rows:
+        print(f"{scenario:<12} {total:>11.2f}s {down * 1000:>7.0f}ms {ftotal:>11.2f}s {fdown * 1000:>7.0f}ms "
+              f"{total / ftotal:>10.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
