@@ -62,13 +62,13 @@ def p50(values: list[float]) -> float:
 
 
 def set_config(res: Resources, **data: str) -> None:
-    res.merge_patch(CONFIG_MAP, "kvtool-system", "kvtool-migration", {"data": data})
-    time.sleep(6)  # the controller reads the setting at most every 5 s
+    res.merge_patch(CONFIG_MAP, "kvtool-system", "kvtool-migration", {"data": data})  # read as each one starts
 
 
 def kvtool_runs(res: Resources, home: Path, memory: str, user_data: str, converge: bool, runs: int) -> list[dict]:
     name = f"bench-mig-{uuid.uuid4().hex[:4]}"
-    res.create(VIRTUAL_MACHINE, vm(name, memory=memory, run_strategy="Always", user_data=user_data))
+    res.create(VIRTUAL_MACHINE, vm(name, memory=memory, run_strategy="Always", user_data=user_data,
+                                   namespace="default"))
     set_config(res, allowAutoConverge="true" if converge else "false")
     out = []
     watch = CounterWatch(home).start()

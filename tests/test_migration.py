@@ -11,6 +11,9 @@ node with two LiveMigrate VMs.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,15 +173,32 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
         assert f"PVC-BEFORE {token}" in marker
         assert f"kvtool guest {name}" in wait_for(lambda: nh.try_get(client, f"http://{ip}/"), timeout=60,
                                                   what="the guest's page through its Service after the move")
-        def pods_by_node() -> dict[str, str]:
+        def pods_by_node() -> dict[str, list[str]]:
             pods = json.loads(cluster.kubectl("get", "pods", "-l", f"{VMI_LABEL}={name}", "-o", "json").stdout)
-            return {p["spec"]["nodeName"]: p["status"]["phase"] for p in pods["items"]}
+            out: dict[str, list[str]] = {}
+            for p in pods["items"]:
+                out.setdefault(p["spec"]["nodeName"], []).append(p["status"]["phase"])
+            return {node: sorted(phases) for node, phases in out.items()}
 
         # The source launcher ends by itself (exit 0) once the guest has left.
-        wait_for(lambda: pods_by_node() == {source: "Succeeded", target: "Running"}, timeout=60,
+        wait_for(lambda: pods_by_node() == {source: ["Succeeded"], target: ["Running"]}, timeout=60,
                  what="the source pod to complete", describe=lambda: str(pods_by_node()))
         status = kvtool("status", check=True).stdout
         assert any(name in line and target in line and "Running" in line for line in status.splitlines()), status
+
+        # And back: the pod the guest came to is a migration's target itself; the first source pod, completed, is
+        # still on the node it returns to.
+        back = _migrate(name, "--to-node", source, "--wait")
+        home = get(cluster, "vmi", name)
+        assert home["status"]["nodeName"] == source and home["metadata"]["uid"] == before["metadata"]["uid"]
+        assert _migration(cluster, back)["status"]["phase"] == "Succeeded"
+        _follow_pods(cluster, watch, name)
+        returned = next(iter(home["status"]["activePods"]))
+        watch.wait_ticks(pod=returned, after=watch.last().n, timeout=30)
+        wait_for(lambda: pods_by_node() == {source: ["Running", "Succeeded"], target: ["Succeeded"]}, timeout=60,
+                 what="the pods' phases after the return", describe=lambda: str(pods_by_node()))
+        assert not watch.report(0, time.monotonic())["uptime_resets"], "no reboot after two moves"
+        assert get(cluster, "vmi", name)["status"]["phase"] == "Running"
     finally:
         cluster.kubectl("delete", "vm", name, "--wait=true", timeout=120)
         cluster.kubectl("delete", "svc,pvc", name, claim, "--ignore-not-found", "--wait=false")
@@ -218,7 +238,13 @@ def test_a_cancelled_or_broken_migration_leaves_the_guest_on_its_node(cluster: C
         assert any(name in line and "MigrationCancelled" in line for line in status.splitlines()), status
 
         # Broken: the target pod is killed mid-way; the source notices, the guest stays, the reason says why.
-        migration = _migrate(name)
+        # (Started through kubectl's plugin mechanism, as `kubectl virt migrate`.)
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   KUBECONFIG=str(cluster.kubeconfig))
+        out = subprocess.run([str(cluster.kubectl_path), "virt", "migrate", name], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        migration = out.stdout.split("migration ", 1)[1].split()[0]
         running(migration)
         target_pod = get(cluster, "vmi", name)["status"]["migrationState"]["targetPod"]
         cluster.kubectl("delete", "pod", target_pod, "--grace-period=0", "--force")
@@ -315,3 +341,49 @@ def test_draining_a_node_migrates_its_live_migrate_vms(cluster: Cluster, tiny_im
         cluster.kubectl("uncordon", NODES[0])
         for name in names:
             cluster.kubectl("delete", "vm", name, "--wait=false")
+
+
+@pytest.fixture
+def bounded_migrations(cluster: Cluster) -> Iterator[None]:
+    """1 MiB/s and 1 s per GiB: a 128Mi guest's copy cannot finish in its 1 s."""
+    ns, cm = MIGRATION_CONFIG
+    cluster.kubectl("-n", ns, "patch", "configmap", cm, "--type", "merge", "-p",
+                    json.dumps({"data": {"bandwidthPerMigrationMiB": "1", "completionTimeoutPerGiB": "1"}}))
+    try:
+        yield
+    finally:
+        cluster.kubectl("-n", ns, "patch", "configmap", cm, "--type", "merge", "-p", json.dumps({"data": {
+            "bandwidthPerMigrationMiB": "0", "completionTimeoutPerGiB": "150", "allowPostCopy": "false"}}))
+
+
+def test_a_migration_past_its_completion_timeout_aborts_or_switches_to_post_copy(
+        cluster: Cluster, tiny_image: str, tmp_path: Path, watch: CounterWatch, bounded_migrations: None) -> None:
+    name = _name()
+    before = _counting_vm(cluster, tmp_path, name)
+    source = before["status"]["nodeName"]
+    try:
+        _follow_pods(cluster, watch, name)
+        watch.wait_ticks(timeout=120)
+        # Pre-copy only: aborted when the time is up, the guest stays, the reason names the setting.
+        migration = _migrate(name)
+        failed = wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Failed" and m,
+                          timeout=120, what=f"{migration} Failed",
+                          describe=lambda: dumps(_migration(cluster, migration).get("status")))
+        reason = failed["status"]["migrationState"]["failureReason"]
+        assert "not completed within 1 s" in reason and "completionTimeoutPerGiB" in reason, reason
+        assert get(cluster, "vmi", name)["status"]["nodeName"] == source
+        # With post-copy allowed, the same deadline switches the migration to post-copy, which finishes it.
+        ns, cm = MIGRATION_CONFIG
+        cluster.kubectl("-n", ns, "patch", "configmap", cm, "--type", "merge", "-p",
+                        json.dumps({"data": {"allowPostCopy": "true"}}))
+        migration = _migrate(name, "--wait")
+        done = _migration(cluster, migration)
+        assert done["status"]["phase"] == "Succeeded", dumps(done["status"])
+        assert done["status"]["migrationState"]["mode"] == "PostCopy", dumps(done["status"]["migrationState"])
+        after = get(cluster, "vmi", name)
+        assert after["status"]["nodeName"] != source and after["metadata"]["uid"] == before["metadata"]["uid"]
+        _follow_pods(cluster, watch, name)
+        watch.wait_ticks(pod=next(iter(after["status"]["activePods"])), after=watch.last().n, timeout=30)
+        assert not watch.report(0, time.monotonic())["uptime_resets"]
+    finally:
+        cluster.kubectl("delete", "vm", name, "--wait=false")

@@ -202,6 +202,11 @@ def test_the_vmi_follows_the_pod_on_its_node() -> None:
     assert vmi_logic.current_pods(vmi(), [SOURCE, target]) == [SOURCE]
     moved = vmi(node="n2", pods={"tgt-uid": "n2"})
     assert vmi_logic.current_pods(moved, [SOURCE, target]) == [target]
+    # Back and forth: node 1 holds the first source pod (completed) and the pod the guest came back to.
+    back = pod("back", "back-uid", "n1", target=True)
+    done_first = pod("src", "src-uid", "n1", phase="Succeeded")
+    assert vmi_logic.current_pods(vmi(pods={"back-uid": "n1"}), [done_first, target, back]) == [back]
+    assert vmi_logic.decide(vmi(pods={"back-uid": "n1"}), [done_first, target, back], True).status is None
     left = pod("src", "src-uid", "n1", phase="Succeeded")
     leaving = vmi(migrationState=state(startTimestamp="t", targetNode="n2", completed=True))
     assert vmi_logic.decide(leaving, [left, target], True).status is None, "the source's end is not the VMI's"
@@ -334,3 +339,58 @@ def test_the_status_table_says_where_a_vm_goes() -> None:
                             "status": {"printableStatus": "Running"}},
                            {"status": {"migrationState": state(targetNode="n2")}})
     assert row["status"] == "Migrating" and "n1 -> n2" in row["message"]
+
+
+# ---- the TLS proxy, on real sockets
+
+
+def test_the_proxy_carries_bytes_between_handlers_only_with_the_clusters_certificate(tmp_path: Any) -> None:
+    import asyncio
+    import ssl
+
+    from kvtool.handler.migration_proxy import SourceProxy, TargetProxy
+    from kvtool.kube import migrationtls
+
+    pems = migrationtls.make_material()
+    server_ctx, client_ctx = migrationtls.contexts(pems)
+    stranger = migrationtls.contexts(migrationtls.make_material())[1]  # another CA's certificate
+
+    async def scenario() -> None:
+        # The target launcher's side: a unix socket that echoes in upper case.
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write((await reader.read(100)).upper())
+            await writer.drain()
+            writer.close()
+
+        qemu = await asyncio.start_unix_server(echo, str(tmp_path / "migration-target.sock"))
+        target = TargetProxy("m1", "127.0.0.1", {"migration": tmp_path / "migration-target.sock"}, server_ctx)
+        ports = await target.start()
+        assert list(ports.values()) == [49152]
+        source = SourceProxy("m1", tmp_path / "src", "127.0.0.1", ports, client_ctx, migrationtls.PEER_NAME)
+        await source.start()
+        assert oct((tmp_path / "src" / "migration.sock").stat().st_mode & 0o777) == "0o600"
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "src" / "migration.sock"))
+        writer.write(b"guest memory")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(100), 10) == b"GUEST MEMORY"
+        writer.close()
+        # A handler without the cluster's certificate gets nowhere.
+        port = int(next(iter(ports)))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _r, _w0 = await asyncio.open_connection("127.0.0.1", port, ssl=stranger,
+                                                  server_hostname=migrationtls.PEER_NAME)
+            await _r.read(1)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            plain = ssl.create_default_context()
+            plain.check_hostname, plain.verify_mode = False, ssl.CERT_NONE
+            r2, _w = await asyncio.open_connection("127.0.0.1", port, ssl=plain)
+            _w.write(b"x")
+            await _w.drain()
+            if not await r2.read(1):
+                raise ConnectionError("closed: no client certificate")
+        await source.close()
+        await target.close()
+        qemu.close()
+        assert not (tmp_path / "src" / "migration.sock").exists()
+
+    asyncio.run(scenario())

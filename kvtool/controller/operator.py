@@ -191,8 +191,10 @@ class Controller:
             self.queue.add(("vmim", namespace, body["metadata"]["name"]))
 
     # -- live migration (decisions in migration.py) -----------------------------------
-    async def migration_config(self) -> migration_logic.Config:
-        if self.migration_cache and time.monotonic() - self.migration_cache[0] < CONFIG_TTL:
+    async def migration_config(self, fresh: bool = False) -> migration_logic.Config:
+        """The cluster's migration setting; `fresh` (a migration about to start) reads it now, so a change
+        applies to the next migration without waiting out the cache."""
+        if not fresh and self.migration_cache and time.monotonic() - self.migration_cache[0] < CONFIG_TTL:
             return self.migration_cache[1]
         cm = await self._call(self.res.get, CONFIG_MAP, self.namespace, migration_logic.CONFIG_MAP)
         cfg = migration_logic.Config.from_data((cm or {}).get("data"))
@@ -220,7 +222,7 @@ class Controller:
         vmi_name = (migration.get("spec") or {}).get("vmiName", "")
         vmi = self._one("vmi_index", (namespace, vmi_name))
         pods = self._all("pod_index", (namespace, vmi_name))
-        cfg = await self.migration_config()
+        cfg = await self.migration_config(fresh=(migration.get("status") or {}).get("phase") in (None, "", "Pending"))
         node = ((vmi or {}).get("status") or {}).get("nodeName")
         d = migration_logic.decide(migration, vmi, pods, cfg, self._busy(migration, node), timeutil.now())
         meta = migration["metadata"]

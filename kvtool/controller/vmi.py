@@ -41,11 +41,14 @@ def launcher_pods(vmi: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[
 
 def current_pods(vmi: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The launcher pods that run (or will run) the VMI itself. A live migration adds a target pod on another
-    node and leaves the source pod behind on the old one: once the VMI has a node, only pods there count; before,
-    only pods no migration made."""
+    node and leaves the source pod behind (completed) on the old one, and after migrations back and forth a
+    node holds several: once the VMI has a node, its pod is the active one there; before, the one no migration
+    made."""
     mine = launcher_pods(vmi, pods)
-    node = (vmi.get("status") or {}).get("nodeName")
-    if node:
+    status = vmi.get("status") or {}
+    if node := status.get("nodeName"):
+        if active := {uid for uid, on in (status.get("activePods") or {}).items() if on == node}:
+            return [p for p in mine if p["metadata"].get("uid") in active]
         return [p for p in mine if (p.get("spec") or {}).get("nodeName") == node]
     return [p for p in mine if not (p["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL)]
 
