@@ -287,6 +287,10 @@ def test_a_vm_that_cannot_move_says_why_and_migrate_refuses_it(cluster: Cluster,
         assert "cannot be live-migrated" in result.stderr and "bridge binding" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert not _vmi_migrations(cluster, name), "nothing was created"
+        missing = kvtool("migrate", f"{name}-nowhere")
+        assert missing.returncode == 1 and f"{name}-nowhere is not running" in missing.stderr, missing.stderr
+        cancel = kvtool("migrate-cancel", name)
+        assert cancel.returncode == 1 and "has no migration in progress" in cancel.stderr, cancel.stderr
         # A migration object made anyway (kubectl) fails with the same reason.
         cluster.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "kvtool.io/v1alpha1", "kind": "VirtualMachineInstanceMigration",

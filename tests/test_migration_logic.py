@@ -228,6 +228,10 @@ def test_target_pod_avoids_the_source_and_honours_the_selector() -> None:
     assert all({"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n1"]} in t["matchExpressions"]
                for t in terms) and len(terms) == 2
     assert "nodeSelector" not in template.launcher_pod(vmi(), config)["spec"], "the VMI's own pod is untouched"
+    caps = made["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert "SYS_PTRACE" not in caps
+    post = template.migration_target_pod(inst, config, "tgt", "mig-uid", "n1", None, post_copy=True)
+    assert "SYS_PTRACE" in post["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
 
 
 # ---- evictions

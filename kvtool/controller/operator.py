@@ -232,7 +232,8 @@ class Controller:
         if d.create_target_pod and vmi is not None:
             state = (d.vmi_status or {}).get("migrationState") or {}
             pod = template.migration_target_pod(vmi, self.config, state["targetPod"], meta["uid"],
-                                                state["sourceNode"], migration["spec"].get("addedNodeSelector"))
+                                                state["sourceNode"], migration["spec"].get("addedNodeSelector"),
+                                                post_copy=bool(state["migrationConfiguration"]["allowPostCopy"]))
             try:
                 await self._call(self.res.create, POD, pod, FIELD_MANAGER)
                 log.info("vmi=%s/%s event=migration-target-pod-created migration=%s pod=%s", namespace, vmi_name,

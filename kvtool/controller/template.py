@@ -271,10 +271,15 @@ def pod_requests_summary(pod: dict[str, Any]) -> str:
 
 
 def migration_target_pod(vmi: dict[str, Any], config: LauncherConfig, name: str, migration_uid: str,
-                         source_node: str, added_node_selector: dict[str, str] | None) -> dict[str, Any]:
+                         source_node: str, added_node_selector: dict[str, str] | None,
+                         post_copy: bool = False) -> dict[str, Any]:
     """The launcher pod a live migration moves the guest into: the VMI's own pod, on any node but the source
-    (KubeVirt: anti-affinity to the source) and one that has the migration's addedNodeSelector labels."""
+    (KubeVirt: anti-affinity to the source) and one that has the migration's addedNodeSelector labels.
+    post_copy: the target QEMU needs userfaultfd(2), which a kernel with vm.unprivileged_userfaultfd=0 (the
+    default) grants only with CAP_SYS_PTRACE; only this pod gets it, only when post-copy is allowed."""
     pod = launcher_pod(vmi, config)
+    if post_copy:
+        pod["spec"]["containers"][0]["securityContext"]["capabilities"]["add"].append("SYS_PTRACE")
     pod["metadata"].pop("generateName", None)
     pod["metadata"]["name"] = name
     pod["metadata"]["labels"][MIGRATION_JOB_LABEL] = migration_uid
