@@ -101,18 +101,22 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "standard",
                     "resources": {"requests": {"storage": "64Mi"}}}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pvc))
-    # The claim's disk is /dev/vdb (after the cloud-init disk): written once, then read back with O_DIRECT (past the
-    # guest's page cache) every second, wherever the guest runs.
+    # The claim's disk is /dev/vdb (after the cloud-init disk), an emptyDisk /dev/vdc: each written once, then read
+    # back with O_DIRECT (past the guest's page cache) every second, wherever the guest runs. The claim is shared
+    # by both pods; the emptyDisk lives in the source pod and is copied to the target (block migration).
     user_data = (f"#!/bin/sh\necho 'PVC-BEFORE {token}' | dd of=/dev/vdb bs=4096 conv=sync,fsync oflag=direct "
                  "2>/dev/null\n"
+                 f"echo 'SCRATCH-BEFORE {token}' | dd of=/dev/vdc bs=4096 conv=sync,fsync oflag=direct 2>/dev/null\n"
                  "i=0\nwhile true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"\n"
                  "  [ $((i % 10)) -eq 0 ] && echo \"PVC-READ $i $(dd if=/dev/vdb bs=4096 count=1 iflag=direct "
-                 "2>/dev/null | head -c 40)\"\n"
+                 "2>/dev/null | head -c 40) $(dd if=/dev/vdc bs=4096 count=1 iflag=direct 2>/dev/null | head -c 40)\"\n"
                  "  i=$((i+1)); usleep 100000; done\n")
     doc = vm(name, run_strategy="Always", user_data=user_data)
     tspec = doc["spec"]["template"]["spec"]
-    tspec["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
-    tspec["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": claim}})
+    tspec["domain"]["devices"]["disks"] += [{"name": "data", "disk": {"bus": "virtio"}},
+                                            {"name": "scratch", "disk": {"bus": "virtio"}}]
+    tspec["volumes"] += [{"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+                         {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}}]
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                "spec": {"selector": {VMI_LABEL: name}, "ports": [{"port": 80, "targetPort": 80}]}}
     _apply(tmp_path, doc, service)
@@ -148,7 +152,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
         assert after["status"]["nodeName"] == target and after["metadata"]["labels"]["kvtool.io/nodeName"] == target
         state = after["status"]["migrationState"]
         assert state["completed"] is True and state["sourceNode"] == source and state["targetNode"] == target, state
-        assert after["status"]["migrationMethod"] == "LiveMigration", "a shared claim and no local disk: nothing copied"
+        assert after["status"]["migrationMethod"] == "BlockMigration", "the emptyDisk is copied"
         assert list(after["status"]["activePods"].values()) == [target], after["status"]["activePods"]
 
         # The guest kept counting on the target: no reboot (its uptime goes on), and the longest silence is reported.
@@ -170,7 +174,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
                                         if line.startswith("PVC-READ") and token in line
                                         and int(line.split()[1]) > moved.n), None), timeout=30,
                           what="the claim's marker read back on the target")
-        assert f"PVC-BEFORE {token}" in marker
+        assert f"PVC-BEFORE {token}" in marker and f"SCRATCH-BEFORE {token}" in marker, marker
         assert f"kvtool guest {name}" in wait_for(lambda: nh.try_get(client, f"http://{ip}/"), timeout=60,
                                                   what="the guest's page through its Service after the move")
         def pods_by_node() -> dict[str, list[str]]:

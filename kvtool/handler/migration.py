@@ -18,6 +18,7 @@ from typing import Any
 
 from kvtool.api.types import SECRET, VIRTUAL_MACHINE_INSTANCE
 from kvtool.handler.migration_proxy import SourceProxy, TargetProxy
+from kvtool.handler.watch import watch_launcher
 from kvtool.kube import migrationtls
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
@@ -167,8 +168,6 @@ class TargetWorker:
             await self.patch(self.key, {"migrationUid": self.migration_uid, "targetNodeAddress": self.support.address,
                                         "targetDirectMigrationNodePorts": ports})
             self.published = True
-            from kvtool.handler.worker import watch_launcher
-
             async for domain in watch_launcher(socket, self.key):
                 if domain.get("phase") == "Running":
                     await self.patch(self.key, {"migrationUid": self.migration_uid, "targetNodeDomainDetected": True,
@@ -229,4 +228,4 @@ class TargetWorker:
 def _now() -> str:
     import datetime as dt
 
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from kvtool.api.types import wants_paused
 from kvtool.handler.migration import SourceSide
+from kvtool.handler.watch import watch_launcher
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
 
 log = logging.getLogger("kvtool.handler")
@@ -161,26 +161,3 @@ class VMIWorker:
             return
         await self.report(self.domain, self.version)
 
-
-async def watch_launcher(socket: Path, key: tuple[str, str]) -> AsyncIterator[dict[str, Any]]:
-    """The launcher's `watch` stream (a blocking client pumped from a thread) as an async iterator."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    client = LauncherClient(socket, timeout=None)
-    done = object()
-
-    def pump() -> None:
-        try:
-            for st in client.watch():
-                loop.call_soon_threadsafe(queue.put_nowait, st)
-        except (LauncherError, OSError) as exc:
-            log.debug("vmi=%s/%s event=watch-ended detail=%r", *key, str(exc))
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, done)
-
-    threading.Thread(target=pump, daemon=True, name=f"watch-{key[1]}").start()
-    try:
-        while (item := await queue.get()) is not done:
-            yield item
-    finally:
-        client.close()

@@ -40,6 +40,11 @@ ADOPT_WAIT = 30.0  # a sync on a migration target waits this long for the migrat
 POWER_BUTTON_REPEAT = 5.0  # a guest still booting misses the first press; pressing again is harmless
 
 
+def now_precise() -> str:
+    """RFC 3339 with milliseconds: a migration's start and end, which last a second or two."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -180,7 +185,7 @@ class Runner:
         log.info("event=migration-target-ready seconds=%.3f", time.monotonic() - started)
         uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid") or ""
         return self.board.update({"migration": migration_status(uid=str(uid), role="target", state="Ready",
-                                                                started_at=now_rfc3339())})
+                                                                started_at=now_precise())})
 
     def _prepare(self, vmi: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]], str]:
         """Volumes, the pod network, the domain XML, the connection and the console tailer: (xml, [(interface,
@@ -313,7 +318,7 @@ class Runner:
                 migration_uid, dom, self.config.sockets_dir / proxy_dir, options, disks, memory,
                 self._report_outgoing)
             status = self.board.update({"migration": migration_status(
-                uid=migration_uid, role="source", state="Running", started_at=now_rfc3339())})
+                uid=migration_uid, role="source", state="Running", started_at=now_precise())})
         self._outgoing.start()
         return status
 
@@ -331,7 +336,7 @@ class Runner:
             return
         doc = {**current, **changes}
         if changes.get("state") in ("Completed", "Failed") and not current.get("endedAt"):
-            doc["endedAt"] = now_rfc3339()
+            doc["endedAt"] = now_precise()
         self.board.update({"migration": doc})
 
     def console(self, sock: socket.socket, pending: bytes, send_ok: Callable[[], None]) -> None:
@@ -443,7 +448,7 @@ class Runner:
             self.board.update({
                 "phase": "Running", "domainState": "Running", "reason": reason, "startedAt": now_rfc3339(),
                 "interfaces": [self._interface_status(name, mac) for name, mac in self._target_interfaces],
-                "migration": {**migration, "state": "Completed", "endedAt": now_rfc3339()} if migration else None})
+                "migration": {**migration, "state": "Completed", "endedAt": now_precise()} if migration else None})
             self._adopted.set()
         elif state == "Shutoff":
             migration = self.board.get()["migration"] or {}
@@ -451,7 +456,7 @@ class Runner:
             log.warning("event=incoming-migration-failed reason=%s", reason)
             self.board.update({"phase": "Failed", "domainState": "Shutoff", "reason": "MigrationFailed",
                                "message": message, "migration": {**migration, "state": "Failed", "message": message,
-                                                                 "endedAt": now_rfc3339()} if migration else None})
+                                                                 "endedAt": now_precise()} if migration else None})
             timer = threading.Timer(FAILED_EXIT_DELAY, self._finish, args=(1,))
             timer.daemon = True
             timer.start()
@@ -465,7 +470,7 @@ class Runner:
             self.board.update({"phase": "Migrated", "domainState": "Shutoff", "reason": reason,
                                "message": "the domain moved to the migration target",
                                "migration": {**migration, "state": "Completed",
-                                             "endedAt": migration.get("endedAt") or now_rfc3339()}
+                                             "endedAt": migration.get("endedAt") or now_precise()}
                                if migration else None})
             timer = threading.Timer(MIGRATED_EXIT_DELAY, self._finish, args=(0,))
             timer.daemon = True
