@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib
 
+from kvtool import consoles
 from kvtool.api.types import (
     CONFIG_MAP,
     VIRTUAL_MACHINE,
@@ -104,6 +105,16 @@ def kvtool_runs(res: Resources, home: Path, memory: str, user_data: str, converg
                         "resets": report["uptime_resets"]})
             print(f"  kvtool run {run + 1}: total {total:.2f} s (libvirt's job {copy:.2f} s), longest gap "
                   f"{report['longest_gap_s'] * 1000:.0f} ms", flush=True)
+    except AssertionError:
+        vmi = res.get(VIRTUAL_MACHINE_INSTANCE, "default", name) or {}
+        print(f"--- VMI status:\n{json.dumps(vmi.get('status'), indent=1)[:3000]}\n--- watched: "
+              f"{ {k: str(v[0]) for k, v in watch._files.items()} }", file=sys.stderr)
+        try:
+            print(f"--- console:\n{consoles.tail(res, 'default', name, 20, home).decode(errors='replace')}",
+                  file=sys.stderr)
+        except Exception as exc:  # diagnostics only
+            print(f"--- console unavailable: {exc}", file=sys.stderr)
+        raise
     finally:
         watch.stop()
         set_config(res, allowAutoConverge="false")
