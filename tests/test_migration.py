@@ -58,12 +58,13 @@ def _migrate(*args: str) -> str:
     return out.split("migration ", 1)[1].split()[0]
 
 
-def _counting_vm(cluster: Cluster, tmp_path: Path, name: str, user_data: str = COUNTER_USER_DATA,
-                 **template: object) -> dict:
-    doc = vm(name, run_strategy="Always", user_data=user_data)
-    doc["spec"]["template"]["spec"].update(template)
-    _apply(tmp_path, doc)
-    return wait_running(cluster, name, timeout=180)
+def _counting_vm(cluster: Cluster, tmp_path: Path, name: str, watch: CounterWatch) -> dict:
+    """A VM whose guest counts, running, its first tick seen: the VMI."""
+    _apply(tmp_path, vm(name, run_strategy="Always", user_data=COUNTER_USER_DATA))
+    running = wait_running(cluster, name, timeout=180)
+    _follow_pods(cluster, watch, name)
+    watch.wait_ticks(timeout=120)
+    return running
 
 
 @pytest.fixture
@@ -212,11 +213,9 @@ def test_a_cancelled_or_broken_migration_leaves_the_guest_on_its_node(cluster: C
                                                                       tmp_path: Path, watch: CounterWatch,
                                                                       slow_migrations: None) -> None:
     name = _name()
-    before = _counting_vm(cluster, tmp_path, name)
+    before = _counting_vm(cluster, tmp_path, name, watch)
     source = before["status"]["nodeName"]
     try:
-        _follow_pods(cluster, watch, name)
-        watch.wait_ticks(timeout=120)
 
         def running(migration: str) -> dict:
             return wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Running" and m,
@@ -367,11 +366,9 @@ def bounded_migrations(cluster: Cluster) -> Iterator[None]:
 def test_a_migration_past_its_completion_timeout_aborts_or_switches_to_post_copy(
         cluster: Cluster, tiny_image: str, tmp_path: Path, watch: CounterWatch, bounded_migrations: None) -> None:
     name = _name()
-    before = _counting_vm(cluster, tmp_path, name)
+    before = _counting_vm(cluster, tmp_path, name, watch)
     source = before["status"]["nodeName"]
     try:
-        _follow_pods(cluster, watch, name)
-        watch.wait_ticks(timeout=120)
         # Pre-copy only: aborted when the time is up, the guest stays, the reason names the setting.
         migration = _migrate(name)
         failed = wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Failed" and m,

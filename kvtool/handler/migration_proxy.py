@@ -103,7 +103,16 @@ class _Listener:
                     conn.shutdown(socket.SHUT_RDWR)
 
 
-class TargetProxy:
+class _Proxy:
+    listeners: list[_Listener]
+
+    async def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+
+
+class TargetProxy(_Proxy):
     """TLS listeners on the handler's address, one per channel, each forwarding to a unix socket here."""
 
     def __init__(self, key: str, address: str, sockets: dict[str, Path], context: ssl.SSLContext) -> None:
@@ -147,13 +156,8 @@ class TargetProxy:
                      channel, sent, received)
         return forward
 
-    async def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
-        self.listeners.clear()
 
-
-class SourceProxy:
+class SourceProxy(_Proxy):
     """Unix listeners where the source launcher connects, each forwarding over TLS to the target handler."""
 
     def __init__(self, key: str, directory: Path, address: str, ports: dict[str, int],
@@ -195,8 +199,6 @@ class SourceProxy:
         return forward
 
     async def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
-        self.listeners.clear()
+        await super().close()
         for channel in self.ports:
             (self.directory / f"{channel}.sock").unlink(missing_ok=True)

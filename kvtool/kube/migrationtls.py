@@ -90,15 +90,21 @@ def material(secret: dict[str, Any]) -> dict[str, str]:
     return {k: base64.b64decode(data[k]).decode() for k in ("ca.crt", "tls.crt", "tls.key")}
 
 
-def server_context(pems: dict[str, str]) -> ssl.SSLContext:
-    """A plain TLS server context (no client certificates): the eviction webhook's, which the API server calls."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def _load_chain(pems: dict[str, str], *contexts: ssl.SSLContext) -> None:
+    """The certificate and key into each context: ssl reads them only from files, which live a moment, 0600."""
     with tempfile.TemporaryDirectory(prefix="kvtool-tls-") as tmp:
         cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         cert.write_text(pems["tls.crt"])
         key.touch(mode=0o600)
         key.write_text(pems["tls.key"])
-        ctx.load_cert_chain(cert, key)
+        for ctx in contexts:
+            ctx.load_cert_chain(cert, key)
+
+
+def server_context(pems: dict[str, str]) -> ssl.SSLContext:
+    """A plain TLS server context (no client certificates): the eviction webhook's, which the API server calls."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_chain(pems, ctx)
     return ctx
 
 
@@ -106,15 +112,10 @@ def contexts(pems: dict[str, str]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts: TLS 1.3, each end presents the handler certificate and verifies the other's."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    with tempfile.TemporaryDirectory(prefix="kvtool-tls-") as tmp:
-        cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-        cert.write_text(pems["tls.crt"])
-        key.touch(mode=0o600)
-        key.write_text(pems["tls.key"])
-        for ctx in (server, client):
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-            ctx.load_cert_chain(cert, key)
-            ctx.load_verify_locations(cadata=pems["ca.crt"])
-            ctx.verify_mode = ssl.CERT_REQUIRED
+    _load_chain(pems, server, client)
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(cadata=pems["ca.crt"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
     client.check_hostname = True
     return server, client
