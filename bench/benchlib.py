@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 from kvtool import paths
 from kvtool.images import store, tiny_linux
@@ -29,6 +30,16 @@ def runtime() -> tuple[Layout, Resources]:
     tiny_linux.build(store.ImageStore())
     layout = Layout(home)
     return layout, Resources(clients.api_client(layout.kubeconfig))
+
+
+def wait(predicate: Any, timeout: float, what: str, period: float = 0.1) -> Any:
+    """The predicate's first true value, polled every `period`; stops the benchmark after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(period)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def run_timed(cmd: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib
+from benchlib import wait
 from vm_start import MARKER, console_log, pct, vm_manifest
 
 from kvtool import paths
@@ -40,15 +41,6 @@ from tests.processes import ExitWatch, qemu_for, start_time
 
 NODE = Kind("v1", "Node", "nodes")
 CONFIG = ("kvtool-system", "kvtool-failover")
-
-
-def wait(predicate: Any, timeout: float, what: str, period: float = 0.1) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(period)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def annotation(res: Resources, node: str, key: str) -> str | None:

@@ -27,11 +27,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchlib
+from benchlib import wait
 
 from kvtool import consoles
 from kvtool.api.types import (
@@ -192,15 +192,6 @@ def floor_runs(memory: str, user_data: str, converge: bool, runs: int) -> list[d
         shutil.rmtree(sockets, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
     return out
-
-
-def wait(predicate: Any, timeout: float, what: str, period: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(period)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def main() -> int:
