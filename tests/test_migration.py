@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kvtool import paths
 from kvtool.api.types import VMI_LABEL
 from tests import network_helpers as nh
 from tests.conftest import Cluster, kvtool
@@ -207,6 +209,68 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
     finally:
         cluster.kubectl("delete", "vm", name, "--wait=true", timeout=120)
         cluster.kubectl("delete", "svc,pvc", name, claim, "--ignore-not-found", "--wait=false")
+
+
+def test_a_hostpath_claim_is_copied_to_the_target_nodes_directory(cluster: Cluster, tiny_image: str,
+                                                                  tmp_path: Path, watch: CounterWatch) -> None:
+    """A ReadWriteOnce claim on a hostPath volume is each node's own directory (here /run/kvtool, which every
+    embedded node has of its own): the migration copies the disk there, as it copies an emptyDisk."""
+    name = _name()
+    claim, token = f"{name}-data", uuid.uuid4().hex[:12]
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-pv"},
+          "spec": {"capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                   "persistentVolumeReclaimPolicy": "Retain",
+                   "hostPath": {"path": f"/run/kvtool/{name}-pv", "type": "DirectoryOrCreate"},
+                   "claimRef": {"namespace": "default", "name": claim}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+           "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": f"{name}-pv",
+                    "resources": {"requests": {"storage": "64Mi"}}}}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
+    user_data = (f"#!/bin/sh\necho 'HOSTPATH {token}' | dd of=/dev/vdb bs=4096 conv=sync,fsync oflag=direct "
+                 "2>/dev/null\n"
+                 "i=0\nwhile true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"\n"
+                 "  [ $((i % 10)) -eq 0 ] && echo \"DISK-READ $i $(dd if=/dev/vdb bs=4096 count=1 iflag=direct "
+                 "2>/dev/null | head -c 30)\"\n"
+                 "  i=$((i+1)); usleep 100000; done\n")
+    doc = vm(name, run_strategy="Always", user_data=user_data)
+    tspec = doc["spec"]["template"]["spec"]
+    tspec["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
+    tspec["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": claim}})
+    _apply(tmp_path, doc)
+    run = paths.run_dir(cluster.home)
+    try:
+        before = wait_running(cluster, name, timeout=180)
+        source = before["status"]["nodeName"]
+        target = next(n for n in NODES if n != source)
+        vmi = wait_for(lambda: (v := get(cluster, "vmi", name)) and condition(v, "LiveMigratable") and v,
+                       timeout=30, what="LiveMigratable", describe=describe_vm(cluster, name))
+        assert condition(vmi, "LiveMigratable")["status"] == "True", condition(vmi, "LiveMigratable")
+        assert vmi["status"]["migrationMethod"] == "BlockMigration"
+        _follow_pods(cluster, watch, name)
+        wait_for(lambda: any(line.startswith("DISK-READ") and token in line for line in kvtool(
+            "console", name, "--tail").stdout.splitlines()), timeout=120, what="the disk's marker read back")
+        disk = Path(f"{name}-pv") / "disk.img"
+        assert token.encode() in (run / source / disk).read_bytes()[:4096]
+        assert not (run / target / disk).exists(), "the other node's directory is its own"
+
+        migration = _migrate(name, "--wait")
+        after = get(cluster, "vmi", name)
+        assert after["status"]["nodeName"] == target and after["metadata"]["uid"] == before["metadata"]["uid"]
+        _follow_pods(cluster, watch, name)
+        moved = watch.wait_ticks(pod=next(iter(after["status"]["activePods"])), timeout=30)
+        line = wait_for(lambda: next((x for x in kvtool("console", name, "--tail").stdout.splitlines()
+                                      if x.startswith("DISK-READ") and int(x.split()[1]) > moved.n), None),
+                        timeout=30, what="the disk read on the target")
+        assert f"HOSTPATH {token}" in line, f"{migration}: the copied disk on the target reads {line!r}"
+        assert token.encode() in (run / target / disk).read_bytes()[:4096], "the copy is in the target's directory"
+        assert not list((run / target / disk.parent).glob(".kvtool-migration-*")), "the target's mark is cleaned up"
+        assert not watch.report(0, time.monotonic())["uptime_resets"]
+    finally:
+        cluster.kubectl("delete", "vm", name, "--wait=true", timeout=120)
+        cluster.kubectl("delete", "pvc", claim, "--ignore-not-found", "--wait=false")
+        cluster.kubectl("delete", "pv", f"{name}-pv", "--ignore-not-found", "--wait=false")
+        for node in NODES:
+            shutil.rmtree(run / node / f"{name}-pv", ignore_errors=True)
 
 
 def test_a_cancelled_or_broken_migration_leaves_the_guest_on_its_node(cluster: Cluster, tiny_image: str,

@@ -75,6 +75,13 @@ def test_bridge_binding_and_unshared_disks_do_not() -> None:
         "ReadWriteMany" in rwo["message"]
     assert m.migratable(spec, {"pvc": {"spec": {"accessModes": ["ReadWriteMany"]}}})["status"] == "True"
     assert "was not found" in m.migratable(spec, {"pvc": None})["message"]
+    # A hostPath claim is copied to the target node's directory; a local volume cannot leave its node.
+    rwo = {"pvc": {"spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv1"}}}
+    assert m.migratable(spec, rwo, {"pv1": {"spec": {"hostPath": {"path": "/srv/pv1"}}}})["status"] == "True"
+    assert m.migration_method(spec, rwo, {"pv1": {"spec": {"hostPath": {"path": "/srv/pv1"}}}}) == "BlockMigration"
+    assert m.migration_method(spec, rwo, {}) == "LiveMigration"
+    local = m.migratable(spec, rwo, {"pv1": {"spec": {"local": {"path": "/srv/pv1"}}}})
+    assert local["status"] == "False" and "pinned to its node" in local["message"]
     spec["volumes"] = [{"name": "h", "hostDisk": {"path": "/d/x.img", "type": "Disk"}}]
     assert m.migratable(spec, {})["status"] == "False"
     spec["volumes"][0]["hostDisk"]["shared"] = True
@@ -106,7 +113,6 @@ def test_start_waits_for_the_verdict_then_makes_the_target() -> None:
     assert fresh["migrationUid"] == "mig-uid" and fresh["sourcePod"] == "src" and fresh["sourceNode"] == "n1"
     assert "targetNodeAddress" in fresh and fresh["targetNodeAddress"] is None, "the old migration's keys clear"
     assert fresh["migrationConfiguration"]["completionTimeoutPerGiB"] == 150
-    assert d.vmi_status["migrationMethod"] == "BlockMigration"
 
 
 def test_start_refusals_and_limits() -> None:
@@ -272,19 +278,27 @@ def test_eviction_verdicts() -> None:
 
 
 DOMAIN = """<domain><devices>
-<disk type='file' device='disk'><source file='/var/lib/kvtool/private/disks/root.qcow2'/><target dev='vda'/></disk>
-<disk type='file' device='disk'><source file='/var/run/kvtool/volumes/data/disk.img'/><target dev='vdb'/></disk>
-<disk type='file' device='cdrom'><source file='/var/lib/kvtool/private/cloudinit.iso'/><target dev='sda'/>
+<disk type='file' device='disk'><source file='PRIVATE/disks/root.qcow2'/><target dev='vda'/></disk>
+<disk type='file' device='disk'><source file='VOLUMES/data/disk.img'/><target dev='vdb'/></disk>
+<disk type='file' device='cdrom'><source file='PRIVATE/cloudinit.iso'/><target dev='sda'/>
 <readonly/></disk>
-<disk type='file' device='disk'><source file='/var/lib/kvtool/private/seed.iso'/><target dev='vdc'/><readonly/>
-</disk></devices></domain>"""
+<disk type='file' device='disk'><source file='PRIVATE/seed.iso'/><target dev='vdc'/><readonly/></disk>
+<disk type='file' device='disk'><source file='VOLUMES/home/disk.img'/><target dev='vdd'/></disk>
+</devices></domain>"""
 
 
-def test_the_launcher_copies_local_disks_and_shares_claims() -> None:
-    from pathlib import Path
-
-    plan = launcher_migration.plan_disks(DOMAIN, Path("/var/lib/kvtool/private"), lambda _path: 1 << 30)
-    assert plan == launcher_migration.DiskPlan(("vda",), ("vdb",), 1 << 30)
+def test_the_launcher_copies_local_disks_and_shares_claims(tmp_path: Any) -> None:
+    private, volumes = tmp_path / "private", tmp_path / "volumes"
+    for d in (private / "disks", volumes / "data", volumes / "home"):
+        d.mkdir(parents=True)
+    xml = DOMAIN.replace("PRIVATE", str(private)).replace("VOLUMES", str(volumes))
+    # The target marks the storage it opens: a claim it shares shows the mark here, another node's does not.
+    made = launcher_migration.mark_storage(xml, private, "m1")
+    assert sorted(made) == [volumes / "data" / ".kvtool-migration-m1", volumes / "home" / ".kvtool-migration-m1"]
+    made[1].unlink()  # "home" is a hostPath claim on the other node: its mark is there, not here
+    plan = launcher_migration.plan_disks(xml, private, lambda _path: 1 << 30, "m1")
+    assert plan == launcher_migration.DiskPlan(("vda", "vdd"), ("vdb",), 2 << 30)
+    assert launcher_migration.plan_disks(xml, private, lambda _path: 1, "m2").shared == (), "another migration's mark"
     options = launcher_migration.Options.parse({"allowAutoConverge": True})
     value = launcher_migration.flags(plan, options)
     for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER, libvirt.VIR_MIGRATE_NON_SHARED_INC,
@@ -293,7 +307,7 @@ def test_the_launcher_copies_local_disks_and_shares_claims() -> None:
     assert not value & libvirt.VIR_MIGRATE_POSTCOPY
     assert launcher_migration.completion_timeout(128 << 20, launcher_migration.DiskPlan((), (), 0),
                                                  launcher_migration.Options()) == 150
-    assert launcher_migration.completion_timeout(512 << 20, plan, launcher_migration.Options()) == 300
+    assert launcher_migration.completion_timeout(512 << 20, plan, launcher_migration.Options()) == 450, "2.5 GiB"
     for bad, text in (({"progressTimeout": 0}, "progressTimeout must be an integer >= 1"),
                       ({"allowPostCopy": "yes"}, "allowPostCopy must be true or false")):
         with pytest.raises(protocol.LauncherError, match=text):

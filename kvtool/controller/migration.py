@@ -98,10 +98,21 @@ def claim_names(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
-    """The LiveMigratable condition for a VMI spec, given its claims (None: not found). KubeVirt's rules: the pod
-    network only through masquerade (bridge gives the guest the pod's IP, which the target pod does not have),
-    claims shared (ReadWriteMany), hostDisks only when marked shared."""
+def node_local_claim(pvc: Mapping[str, Any], pv: Mapping[str, Any] | None) -> bool:
+    """A claim that is not shared but lives in a node's own directory (a hostPath volume): the migration copies
+    its disk to the target node's directory, like an emptyDisk."""
+    modes = (pvc.get("spec") or {}).get("accessModes") or []
+    return "ReadWriteMany" not in modes and bool(((pv or {}).get("spec") or {}).get("hostPath"))
+
+
+def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | None],
+               volumes: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The LiveMigratable condition for a VMI spec, given its claims (None: not found) and their bound volumes.
+    KubeVirt's rules: the pod network only through masquerade (bridge gives the guest the pod's IP, which the
+    target pod does not have), claims shared (ReadWriteMany), hostDisks only when marked shared; and kvtool's
+    block migration of a hostPath claim (the target node's directory gets a copy; a `local` volume, pinned to its
+    node, cannot follow)."""
+    volumes = volumes or {}
     for iface in ((spec.get("domain") or {}).get("devices") or {}).get("interfaces") or []:
         if "bridge" in iface:
             return conditions.condition(
@@ -114,7 +125,13 @@ def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | No
             return conditions.condition(LIVE_MIGRATABLE, False, "DisksNotLiveMigratable",
                                         f"volume {volume_name!r}: PersistentVolumeClaim {claim!r} was not found")
         modes = (pvc.get("spec") or {}).get("accessModes") or []
-        if "ReadWriteMany" not in modes:
+        pv = volumes.get((pvc.get("spec") or {}).get("volumeName") or "")
+        if ((pv or {}).get("spec") or {}).get("local") is not None:
+            return conditions.condition(
+                LIVE_MIGRATABLE, False, "DisksNotLiveMigratable",
+                f"volume {volume_name!r}: PersistentVolumeClaim {claim!r} is on a local volume pinned to its node; "
+                "its disk cannot follow the VM to another node")
+        if "ReadWriteMany" not in modes and not node_local_claim(pvc, pv):
             return conditions.condition(
                 LIVE_MIGRATABLE, False, "DisksNotLiveMigratable",
                 f"volume {volume_name!r}: PersistentVolumeClaim {claim!r} is {', '.join(modes) or 'not shared'}; "
@@ -128,8 +145,13 @@ def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | No
     return conditions.condition(LIVE_MIGRATABLE, True, "", "")
 
 
-def migration_method(spec: Mapping[str, Any]) -> str:
+def migration_method(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | None] | None = None,
+                     volumes: Mapping[str, dict[str, Any]] | None = None) -> str:
     """BlockMigration when node-local writable disks are copied along, as KubeVirt reports it."""
+    for _volume, claim in claim_names(spec):
+        pvc = (claims or {}).get(claim)
+        if pvc and node_local_claim(pvc, (volumes or {}).get((pvc.get("spec") or {}).get("volumeName") or "")):
+            return "BlockMigration"
     for volume in spec.get("volumes") or []:
         if any(k in volume for k in ("containerDisk", "emptyDisk", "ephemeral")):
             return "BlockMigration"
@@ -268,8 +290,7 @@ def decide(migration: dict[str, Any], vmi: dict[str, Any] | None, pods: list[dic
         source = next((p["metadata"]["name"] for p in pods if p["metadata"].get("uid") in running), "")
         d.create_target_pod = target is None
         d.phase = "Scheduling"
-        d.vmi_status = {"migrationState": fresh_state(migration, vmi, source, target_pod_name(vmi, migration), cfg),
-                        "migrationMethod": migration_method(vmi.get("spec") or {})}
+        d.vmi_status = {"migrationState": fresh_state(migration, vmi, source, target_pod_name(vmi, migration), cfg)}
         d.events.append(("Normal", "Migrating", f"migrating from node {vstatus.get('nodeName')}"))
         return d
     if not ours:

@@ -336,11 +336,17 @@ class Controller:
         status = vmi.get("status") or {}
         if status.get("phase") != "Running" or conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
             return
-        ns = vmi["metadata"]["namespace"]
+        ns, spec = vmi["metadata"]["namespace"], vmi.get("spec") or {}
         claims = {claim: await self._call(self.res.get, PVC, ns, claim)
-                  for _volume, claim in migration_logic.claim_names(vmi.get("spec") or {})}
-        cond = migration_logic.migratable(vmi.get("spec") or {}, claims)
-        await self._patch(vmi, {"status": {"conditions": conditions.put(status.get("conditions"), cond)}},
+                  for _volume, claim in migration_logic.claim_names(spec)}
+        volumes = {}
+        for pvc in claims.values():
+            name = (pvc or {}).get("spec", {}).get("volumeName")
+            if name and (pv := await self._call(self.res.get, PV, None, name)) is not None:
+                volumes[name] = pv
+        cond = migration_logic.migratable(spec, claims, volumes)
+        await self._patch(vmi, {"status": {"conditions": conditions.put(status.get("conditions"), cond),
+                                           "migrationMethod": migration_logic.migration_method(spec, claims, volumes)}},
                           subresource="status")
 
     # -- VMI -----------------------------------------------------------------

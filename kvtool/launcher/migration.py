@@ -79,21 +79,48 @@ class DiskPlan:
     copy_bytes: int
 
 
-def plan_disks(xml: str, private_dir: Path, sizes: Callable[[str], int]) -> DiskPlan:
-    """Which disks the migration copies: writable file disks in the pod's private dir (containerDisk overlays,
-    emptyDisks, ephemeral overlays). Read-only ones (cloud-init and config ISOs) are re-created by the target."""
-    copy, shared, total = [], [], 0
+TOKEN_PREFIX = ".kvtool-migration-"  # + migration uid: the target's mark beside each disk it opens
+
+
+def writable_disks(xml: str) -> list[tuple[str, Path]]:
+    """(target dev, file) of the domain's writable file disks."""
+    found = []
     for disk in ET.fromstring(xml).iterfind("./devices/disk"):
         if disk.get("device") not in (None, "disk") or disk.find("readonly") is not None:
             continue
         source, target = disk.find("source"), disk.find("target")
         path = source.get("file") if source is not None else None
         dev = target.get("dev") if target is not None else None
-        if not path or not dev:
-            continue
-        if Path(path).is_relative_to(private_dir):
+        if path and dev:
+            found.append((dev, Path(path)))
+    return found
+
+
+def mark_storage(xml: str, private_dir: Path, migration_uid: str) -> list[Path]:
+    """On the target: a token beside each writable disk outside the pod's private dir (claims, host disks). The
+    source finds it beside its own file when both pods open the same storage (a ReadWriteMany claim, a shared
+    host disk, the embedded cluster's hostPath volumes), and copies the disk when it does not (a hostPath claim on
+    another node's disk). The tokens made."""
+    made = []
+    for _dev, path in writable_disks(xml):
+        if not path.is_relative_to(private_dir):
+            token = path.parent / f"{TOKEN_PREFIX}{migration_uid}"
+            token.touch()
+            made.append(token)
+    return made
+
+
+def plan_disks(xml: str, private_dir: Path, sizes: Callable[[str], int], migration_uid: str = "") -> DiskPlan:
+    """Which disks the migration copies: writable file disks in the pod's private dir (containerDisk overlays,
+    emptyDisks, ephemeral overlays), and those outside it whose storage the target does not share (no token of
+    this migration beside them, see mark_storage). Read-only ones (cloud-init and config ISOs) are re-created by
+    the target."""
+    copy, shared, total = [], [], 0
+    for dev, path in writable_disks(xml):
+        local = path.is_relative_to(private_dir) or not (path.parent / f"{TOKEN_PREFIX}{migration_uid}").exists()
+        if local:
             copy.append(dev)
-            total += sizes(path)
+            total += sizes(str(path))
         else:
             shared.append(dev)
     return DiskPlan(tuple(copy), tuple(shared), total)

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import libvirt
@@ -82,6 +83,7 @@ class Runner:
         self._target_ready = False
         self._target_interfaces: list[tuple[str, str]] = []
         self._adopted = threading.Event()
+        self._tokens: list[Path] = []  # the target's marks beside the disks it opens (migration.mark_storage)
         self._outgoing: Any = None  # migration.Outgoing
 
     # ---- startup
@@ -177,13 +179,18 @@ class Runner:
         from kvtool.launcher import migration
 
         started = time.monotonic()
-        _xml, interfaces, _virt_type = self._prepare(vmi)
+        xml, interfaces, _virt_type = self._prepare(vmi)
         proxy = self.config.sockets_dir / migration.proxy_dir_name(self.config.uid)
         proxy.mkdir(mode=0o700, parents=True, exist_ok=True)  # the target QEMU listens in here
+        uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid") or ""
+        try:
+            self._tokens = migration.mark_storage(xml, self.config.state_dir, str(uid))
+        except OSError as exc:
+            self._fail_start(Reason.DOMAIN_START_FAILED, f"cannot mark the volumes for the migration: {exc}")
         self._target_interfaces = interfaces
         self._target_ready = True
-        log.info("event=migration-target-ready seconds=%.3f", time.monotonic() - started)
-        uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid") or ""
+        log.info("event=migration-target-ready seconds=%.3f tokens=%d", time.monotonic() - started,
+                 len(self._tokens))
         return self.board.update({"migration": migration_status(uid=str(uid), role="target", state="Ready",
                                                                 started_at=now_precise())})
 
@@ -310,7 +317,7 @@ class Runner:
             dom = self.hypervisor.dom
             try:
                 disks = migration.plan_disks(dom.XMLDesc(0), self.config.state_dir,
-                                             lambda path: int(dom.blockInfo(path)[0]))
+                                             lambda path: int(dom.blockInfo(path)[0]), migration_uid)
                 memory = int(dom.maxMemory()) * 1024
             except libvirt.libvirtError as exc:
                 raise LauncherError(f"cannot migrate: {domain_mod.error_message(exc)}", Reason.LIBVIRT_ERROR) from None
@@ -436,6 +443,9 @@ class Runner:
     def _on_incoming(self, state: str, reason: str) -> None:
         """A migration target's domain: adopted when it resumes here (the migration's end), a failure when it
         stops before that (the incoming migration failed or was cancelled: the guest stays on the source)."""
+        if state == "Shutoff" or (state == "Running" and reason in ("Migrated", "PostCopy")):
+            for token in self._tokens:
+                token.unlink(missing_ok=True)
         if state == "Running" and reason in ("Migrated", "PostCopy"):
             try:
                 self.hypervisor.adopt(self.config.domain_name)
