@@ -21,6 +21,20 @@ from typing import Any
 from kvtool import consoles
 
 TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
+def disk_counter_user_data(writes: dict[str, str]) -> str:
+    """The counter, after writing a line to each disk (`/dev/vdb`: text) past the guest's page cache, and a
+    `DISK-READ <n> <what each disk starts with>` line every tenth tick, read back the same way."""
+    lines = ["#!/bin/sh"]
+    reads = []
+    for dev, text in writes.items():
+        lines.append(f"echo '{text}' | dd of={dev} bs=4096 conv=sync,fsync oflag=direct 2>/dev/null")
+        reads.append(f"$(dd if={dev} bs=4096 count=1 iflag=direct 2>/dev/null | head -c 40)")
+    lines += ["i=0", "while true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"",
+              f"  [ $((i % 10)) -eq 0 ] && echo \"DISK-READ $i {' '.join(reads)}\"",
+              "  i=$((i+1)); usleep 100000; done"]
+    return "\n".join(lines) + "\n"
+
+
 COUNTER_USER_DATA = ("#!/bin/sh\n"
                      "i=0\n"
                      "while true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"; i=$((i+1)); usleep 100000; done\n")

@@ -27,7 +27,7 @@ from kvtool import paths
 from kvtool.api.types import VMI_LABEL
 from tests import network_helpers as nh
 from tests.conftest import Cluster, kvtool
-from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch, active_pods, dumps
+from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch, active_pods, disk_counter_user_data, dumps
 from tests.runtime_helpers import condition, describe_vm, get, wait_for, wait_running
 from tests.vmfactory import vm
 
@@ -107,13 +107,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
     # The claim's disk is /dev/vdb (after the cloud-init disk), an emptyDisk /dev/vdc: each written once, then read
     # back with O_DIRECT (past the guest's page cache) every second, wherever the guest runs. The claim is shared
     # by both pods; the emptyDisk lives in the source pod and is copied to the target (block migration).
-    user_data = (f"#!/bin/sh\necho 'PVC-BEFORE {token}' | dd of=/dev/vdb bs=4096 conv=sync,fsync oflag=direct "
-                 "2>/dev/null\n"
-                 f"echo 'SCRATCH-BEFORE {token}' | dd of=/dev/vdc bs=4096 conv=sync,fsync oflag=direct 2>/dev/null\n"
-                 "i=0\nwhile true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"\n"
-                 "  [ $((i % 10)) -eq 0 ] && echo \"PVC-READ $i $(dd if=/dev/vdb bs=4096 count=1 iflag=direct "
-                 "2>/dev/null | head -c 40) $(dd if=/dev/vdc bs=4096 count=1 iflag=direct 2>/dev/null | head -c 40)\"\n"
-                 "  i=$((i+1)); usleep 100000; done\n")
+    user_data = disk_counter_user_data({"/dev/vdb": f"PVC-BEFORE {token}", "/dev/vdc": f"SCRATCH-BEFORE {token}"})
     doc = vm(name, run_strategy="Always", user_data=user_data)
     tspec = doc["spec"]["template"]["spec"]
     tspec["domain"]["devices"]["disks"] += [{"name": "data", "disk": {"bus": "virtio"}},
@@ -135,7 +129,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
         client = nh.node_netns(cluster, NODES[0])
         assert f"kvtool guest {name}" in wait_for(lambda: nh.try_get(client, f"http://{ip}/"), timeout=90,
                                                   what="the guest's page through its Service")
-        wait_for(lambda: any("PVC-READ" in line and token in line for line in kvtool(
+        wait_for(lambda: any("DISK-READ" in line and token in line for line in kvtool(
             "console", name, "--tail").stdout.splitlines()), timeout=60, what="the claim's marker read back")
 
         started = time.monotonic()
@@ -174,7 +168,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
 
         # The claim's disk, the Service, and the console follow the guest.
         marker = wait_for(lambda: next((line for line in kvtool("console", name, "--tail").stdout.splitlines()
-                                        if line.startswith("PVC-READ") and token in line
+                                        if line.startswith("DISK-READ") and token in line
                                         and int(line.split()[1]) > moved.n), None), timeout=30,
                           what="the claim's marker read back on the target")
         assert f"PVC-BEFORE {token}" in marker and f"SCRATCH-BEFORE {token}" in marker, marker
@@ -226,12 +220,7 @@ def test_a_hostpath_claim_is_copied_to_the_target_nodes_directory(cluster: Clust
            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": f"{name}-pv",
                     "resources": {"requests": {"storage": "64Mi"}}}}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
-    user_data = (f"#!/bin/sh\necho 'HOSTPATH {token}' | dd of=/dev/vdb bs=4096 conv=sync,fsync oflag=direct "
-                 "2>/dev/null\n"
-                 "i=0\nwhile true; do echo \"TICK $i $(cut -d' ' -f1 /proc/uptime)\"\n"
-                 "  [ $((i % 10)) -eq 0 ] && echo \"DISK-READ $i $(dd if=/dev/vdb bs=4096 count=1 iflag=direct "
-                 "2>/dev/null | head -c 30)\"\n"
-                 "  i=$((i+1)); usleep 100000; done\n")
+    user_data = disk_counter_user_data({"/dev/vdb": f"HOSTPATH {token}"})
     doc = vm(name, run_strategy="Always", user_data=user_data)
     tspec = doc["spec"]["template"]["spec"]
     tspec["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "virtio"}})
