@@ -412,3 +412,17 @@ def test_the_proxy_carries_bytes_between_handlers_only_with_the_clusters_certifi
         assert not (tmp_path / "src" / "migration.sock").exists()
 
     asyncio.run(scenario())
+
+
+def test_the_vmi_records_claim_disk_sizes_for_a_migrations_copy() -> None:
+    from kvtool.launcher import volumes as launcher_volumes
+
+    domain = protocol.domain_status(phase="Running", domain_state="Running", volume_sizes={"data": 1 << 30})
+    patch = handler_status.status_patch(vmi(), domain, None, "now")
+    assert patch["volumeStatus"] == [{"name": "data", "size": 1 << 30}]
+    recorded = vmi(volumeStatus=[{"name": "data", "size": 1 << 30}])
+    assert "volumeStatus" not in (handler_status.status_patch(recorded, domain, None, "now") or {})
+    assert launcher_volumes.recorded_size(recorded, "data") == 1 << 30
+    assert launcher_volumes.recorded_size(recorded, "other") is None
+    with pytest.raises(protocol.LauncherError, match="volumeSizes"):
+        protocol.check_status({**domain, "volumeSizes": {"data": "big"}})

@@ -61,6 +61,10 @@ def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: 
     state = domain.get("domainState")
     if state and status.get("domainState") != state:
         new["domainState"] = state
+    if sizes := domain.get("volumeSizes"):
+        volumes = [{"name": name, "size": size} for name, size in sorted(sizes.items())]
+        if volumes != status.get("volumeStatus"):
+            new["volumeStatus"] = volumes
     return new or None
 
 

@@ -229,6 +229,10 @@ class Runner:
             self._fail_start(Reason.DOMAIN_START_FAILED, _message(exc))
         self._watcher = guestinfo.ConsoleLogWatcher(self.config.console_log, self._on_guest_ready, self._on_guest_ip)
         self._watcher.start()
+        if self.config.volumes_dir is not None:
+            self.board.update({"volumeSizes": {
+                name: volume.path.stat().st_size for name, volume in resolved.volumes.items()
+                if volume.path.is_relative_to(self.config.volumes_dir) and not volume.readonly}})
         return xml, interfaces, virt_type
 
     def _wire(self, spec: Mapping[str, Any]) -> None:

@@ -194,7 +194,8 @@ def _pvc(ctx: _Context, source: Mapping[str, Any]) -> ResolvedVolume:
     if not file.exists():
         if readonly:
             raise ConversionError(ctx.path, f"the read-only claim has no disk.img ({file})")
-        _create_sparse(file, pvc_size(directory))
+        # A live migration's target copies a node-local claim's disk into an image exactly the source's size.
+        _create_sparse(file, recorded_size(ctx.vmi, ctx.name) or pvc_size(directory))
     elif not file.is_file():
         raise ConversionError(ctx.path, f"{file} is not a regular file")
     return ResolvedVolume(path=file, format="raw", readonly=readonly)
@@ -299,6 +300,14 @@ _RESOLVERS = {
     "cloudInitNoCloud": _cloud_init,
     "dataVolume": _unsupported_data_volume,
 }
+
+
+def recorded_size(vmi: Mapping[str, Any], volume: str) -> int | None:
+    """The size the VMI's status says this volume's disk has (status.volumeStatus), if it says."""
+    for entry in (vmi.get("status") or {}).get("volumeStatus") or []:
+        if isinstance(entry, Mapping) and entry.get("name") == volume and isinstance(entry.get("size"), int):
+            return int(entry["size"])
+    return None
 
 
 def _volume_dir(ctx: _Context) -> Path:

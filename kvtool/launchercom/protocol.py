@@ -26,7 +26,7 @@ COMMANDS = ("ping", "sync", "status", "shutdown", "pause", "unpause", "watch", "
 PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed", "Migrated")
 FINAL_PHASES = ("Succeeded", "Failed", "Migrated")
 STATUS_KEYS = ("phase", "domainState", "reason", "message", "name", "uuid", "startedAt", "interfaces",
-               "guestReady", "consoleLog", "migration")
+               "guestReady", "consoleLog", "migration", "volumeSizes")
 # DomainStatus.migration: null, or this launcher's side of one live migration.
 MIGRATION_KEYS = ("uid", "role", "state", "mode", "startedAt", "endedAt", "message", "abortRequested",
                   "abortStatus")
@@ -145,11 +145,13 @@ def result_of(reply: Mapping[str, Any]) -> dict[str, Any]:
 def domain_status(*, phase: str = "Pending", domain_state: str = "NoState", reason: str = "", message: str = "",
                   name: str = "", uuid: str = "", started_at: str | None = None,
                   interfaces: list[dict[str, Any]] | None = None, guest_ready: bool = False,
-                  console_log: str = "", migration: dict[str, Any] | None = None) -> dict[str, Any]:
+                  console_log: str = "", migration: dict[str, Any] | None = None,
+                  volume_sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """A DomainStatus dict with every key, so readers never need .get() defaults."""
     status = {"phase": phase, "domainState": domain_state, "reason": reason, "message": message, "name": name,
               "uuid": uuid, "startedAt": started_at, "interfaces": list(interfaces or []),
-              "guestReady": guest_ready, "consoleLog": console_log, "migration": migration}
+              "guestReady": guest_ready, "consoleLog": console_log, "migration": migration,
+              "volumeSizes": dict(volume_sizes or {})}
     check_status(status)
     return status
 
@@ -181,6 +183,9 @@ def check_status(status: Any) -> dict[str, Any]:
             isinstance(i, dict) and all(k in i for k in INTERFACE_KEYS) for i in status["interfaces"]):
         raise LauncherError(f"DomainStatus interfaces must be objects with {', '.join(INTERFACE_KEYS)}",
                             Reason.PROTOCOL)
+    sizes = status["volumeSizes"]
+    if not isinstance(sizes, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in sizes.items()):
+        raise LauncherError("DomainStatus volumeSizes must map volume names to sizes in bytes", Reason.PROTOCOL)
     migration = status["migration"]
     if migration is not None and not (
             isinstance(migration, dict) and all(k in migration for k in MIGRATION_KEYS)
