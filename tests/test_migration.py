@@ -25,6 +25,7 @@ import yaml
 
 from kvtool import paths
 from kvtool.api.types import VMI_LABEL
+from kvtool.images import store
 from tests import network_helpers as nh
 from tests.conftest import Cluster, kvtool
 from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch, active_pods, disk_counter_user_data, dumps
@@ -113,13 +114,21 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
     # The claim's disk is /dev/vdb (after the cloud-init disk), an emptyDisk /dev/vdc: each written once, then read
     # back with O_DIRECT (past the guest's page cache) every second, wherever the guest runs. The claim is shared
     # by both pods; the emptyDisk lives in the source pod and is copied to the target (block migration).
-    user_data = disk_counter_user_data({"/dev/vdb": f"PVC-BEFORE {token}", "/dev/vdc": f"SCRATCH-BEFORE {token}"})
+    # And a containerDisk (/dev/vdd): a qcow2 image in the nodes' image store, which the pod writes through an
+    # overlay of its own; only the overlay is copied.
+    image = f"{name}-disk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), "64M"], check=True)
+    store.ImageStore().import_disk(image, tmp_path / "disk.qcow2", force=True)
+    user_data = disk_counter_user_data({"/dev/vdb": f"PVC-BEFORE {token}", "/dev/vdc": f"SCRATCH-BEFORE {token}",
+                                        "/dev/vdd": f"OVERLAY-BEFORE {token}"})
     doc = vm(name, run_strategy="Always", user_data=user_data)
     tspec = doc["spec"]["template"]["spec"]
     tspec["domain"]["devices"]["disks"] += [{"name": "data", "disk": {"bus": "virtio"}},
-                                            {"name": "scratch", "disk": {"bus": "virtio"}}]
+                                            {"name": "scratch", "disk": {"bus": "virtio"}},
+                                            {"name": "image", "disk": {"bus": "virtio"}}]
     tspec["volumes"] += [{"name": "data", "persistentVolumeClaim": {"claimName": claim}},
-                         {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}}]
+                         {"name": "scratch", "emptyDisk": {"capacity": "64Mi"}},
+                         {"name": "image", "containerDisk": {"image": image}}]
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                "spec": {"selector": {VMI_LABEL: name}, "ports": [{"port": 80, "targetPort": 80}]}}
     _apply(tmp_path, doc, service)
@@ -177,7 +186,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
                                         if line.startswith("DISK-READ") and token in line
                                         and int(line.split()[1]) > moved.n), None), timeout=30,
                           what="the claim's marker read back on the target")
-        assert f"PVC-BEFORE {token}" in marker and f"SCRATCH-BEFORE {token}" in marker, marker
+        assert all(f"{what}-BEFORE {token}" in marker for what in ("PVC", "SCRATCH", "OVERLAY")), marker
         assert f"kvtool guest {name}" in wait_for(lambda: nh.try_get(client, f"http://{ip}/"), timeout=60,
                                                   what="the guest's page through its Service after the move")
         def pods_by_node() -> dict[str, list[str]]:
@@ -209,6 +218,7 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
     finally:
         cluster.kubectl("delete", "vm", name, "--wait=true", timeout=120)
         cluster.kubectl("delete", "svc,pvc", name, claim, "--ignore-not-found", "--wait=false")
+        store.ImageStore().remove(image)
 
 
 def test_a_hostpath_claim_is_copied_to_the_target_nodes_directory(cluster: Cluster, tiny_image: str,
