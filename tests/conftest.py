@@ -45,6 +45,7 @@ class Cluster:
     home: Path
     kubeconfig: Path
     kubectl_path: Path
+    images: Path  # the image store the nodes mount: the one of the environment the cluster came up in
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -80,7 +81,10 @@ def cluster() -> Iterator[Cluster]:
     # hash: instant when built): tests must not depend on which of them happened to run first.
     kvtool("image", "build", TINY_IMAGE, check=True, timeout=900)
     binary = build.ensure_binary(progress=False)
-    yield Cluster(home=home, kubeconfig=home / "kubeconfig", kubectl_path=binary.parent / "kubectl")
+    from kvtool.images import store
+
+    yield Cluster(home=home, kubeconfig=home / "kubeconfig", kubectl_path=binary.parent / "kubectl",
+                  images=store.default_root())
     if FAILED:
         dump_logs(home)
     kvtool("cluster", "down", "--purge", check=True)
