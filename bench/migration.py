@@ -43,7 +43,7 @@ from kvtool.api.types import (
 from kvtool.controller import timeutil
 from kvtool.images import store
 from kvtool.kube.resources import Resources
-from kvtool.launcher import migration as launcher_migration
+from kvtool.launchercom import protocol
 from tests import launcher_helpers as lh
 from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch
 from tests.vmfactory import vm
@@ -161,7 +161,7 @@ def floor_runs(memory: str, user_data: str, converge: bool, runs: int) -> list[d
             xml = subprocess.run(["virsh", "-c", uri, "dumpxml", "--migratable", domain], check=True,
                                  capture_output=True, text=True).stdout.replace(str(source.state), str(target.state))
             (root / "dest.xml").write_text(xml)
-            proxy = sockets / launcher_migration.proxy_dir_name(source.uid)
+            proxy = sockets / protocol.proxy_dir_name(source.uid)
             argv = ["virsh", "-c", uri, "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
                     "--xml", str(root / "dest.xml"), "--migrateuri", f"unix://{proxy}/migration.sock",
                     *(["--auto-converge"] if converge else []), domain, dest]

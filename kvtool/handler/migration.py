@@ -22,17 +22,11 @@ from kvtool.handler.watch import watch_launcher
 from kvtool.kube import migrationtls
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
+from kvtool.launchercom.protocol import proxy_dir_name
 
 log = logging.getLogger("kvtool.handler.migration")
 
-FIELD_MANAGER = "kvtool-handler"
 LAUNCHER_WAIT = 120.0
-FINAL = ("Succeeded", "Failed")
-
-
-def proxy_dir_name(vmi_uid: str) -> str:
-    """Mirrors kvtool.launcher.migration.proxy_dir_name: the protocol's fixed place for a VMI's sockets."""
-    return f"migration/{vmi_uid}"
 
 
 def launcher_options(config: dict[str, Any] | None) -> dict[str, Any]:

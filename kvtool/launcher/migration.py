@@ -34,11 +34,6 @@ MONITOR_PERIOD = 0.25
 CHANNELS = ("libvirt", "migration", "disks")  # the sockets of one migration, in the proxy dir
 
 
-def proxy_dir_name(vmi_uid: str) -> str:
-    """Where, relative to the sockets dir, a VMI's migration sockets live (on both nodes)."""
-    return f"migration/{vmi_uid}"
-
-
 def socket_name(channel: str) -> str:
     return f"{channel}.sock"
 

@@ -30,7 +30,7 @@ from kvtool.launcher import guestinfo
 from kvtool.launcher.console import ConsoleSession
 from kvtool.launcher.libvirtd import Libvirtd
 from kvtool.launcher.status import StatusBoard
-from kvtool.launchercom.protocol import LauncherError, Reason, migration_status
+from kvtool.launchercom.protocol import LauncherError, Reason, migration_status, proxy_dir_name
 from kvtool.podnet.netcmd import NetError
 
 log = logging.getLogger("kvtool.launcher")
@@ -180,7 +180,7 @@ class Runner:
 
         started = time.monotonic()
         xml, interfaces, _virt_type = self._prepare(vmi)
-        proxy = self.config.sockets_dir / migration.proxy_dir_name(self.config.uid)
+        proxy = self.config.sockets_dir / proxy_dir_name(self.config.uid)
         proxy.mkdir(mode=0o700, parents=True, exist_ok=True)  # the target QEMU listens in here
         uid = ((vmi.get("status") or {}).get("migrationState") or {}).get("migrationUid") or ""
         try:
@@ -305,8 +305,8 @@ class Runner:
         from kvtool.launcher import migration
 
         options = migration.Options.parse(raw_options)
-        if proxy_dir != migration.proxy_dir_name(self.config.uid):
-            raise LauncherError(f"proxyDir must be {migration.proxy_dir_name(self.config.uid)!r}, got {proxy_dir!r}",
+        if proxy_dir != proxy_dir_name(self.config.uid):
+            raise LauncherError(f"proxyDir must be {proxy_dir_name(self.config.uid)!r}, got {proxy_dir!r}",
                                 Reason.BAD_REQUEST)
         with self._state_lock:
             current = self._outgoing

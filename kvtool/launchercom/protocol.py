@@ -196,6 +196,12 @@ def check_status(status: Any) -> dict[str, Any]:
     return status
 
 
+def proxy_dir_name(vmi_uid: str) -> str:
+    """Where, relative to the sockets dir, a VMI's migration sockets live, on both nodes: the handlers' proxy
+    listens there on the source, the target QEMU on the target."""
+    return f"migration/{vmi_uid}"
+
+
 def migration_status(*, uid: str, role: str, state: str, mode: str = "PreCopy", started_at: str | None = None,
                      ended_at: str | None = None, message: str = "", abort_requested: bool = False,
                      abort_status: str = "") -> dict[str, Any]:
