@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvtool import consoles
+from kvtool import consoles, paths
 
 TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
 def disk_counter_user_data(writes: dict[str, str]) -> str:
@@ -144,3 +145,27 @@ def active_pods(vmi: dict[str, Any]) -> dict[str, str]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)[:4000]
+
+
+def guest_diagnostics(home: Path, vmi: dict[str, Any], domain: str) -> str:
+    """What QEMU says about a guest that stopped counting, from each of the VMI's launchers' libvirtd: its state,
+    where its CPU is, its local APIC and the tail of its console log. For a failed wait's message."""
+    out = [f"VMI status: {dumps((vmi or {}).get('status'))}"]
+    for uid, node in active_pods(vmi or {}).items():
+        sock = paths.node_sockets_dir(node, home) / f"{uid}.libvirt" / "libvirt-sock"
+        uri = f"qemu+unix:///system?socket={sock}"
+        for argv in (["domstate", "--reason", domain], ["domjobinfo", domain],
+                     *(["qemu-monitor-command", "--hmp", domain, cmd]
+                       for cmd in ("info status", "info registers", "info lapic", "info irq"))):
+            try:
+                done = subprocess.run(["virsh", "-c", uri, *argv], capture_output=True, text=True, timeout=20)
+                text = (done.stdout + done.stderr).strip()
+            except subprocess.TimeoutExpired:
+                text = "(timed out)"
+            out.append(f"--- pod {uid} on {node}: virsh {' '.join(argv[:2])} {argv[-1]}\n{text[:1500]}")
+        log = consoles.node_path(node, uid, Path(consoles.PRIVATE) / "console.log", home)
+        try:
+            out.append(f"--- pod {uid} console tail:\n{log.read_bytes()[-600:].decode(errors='replace')}")
+        except OSError as exc:
+            out.append(f"--- pod {uid} console: {exc}")
+    return "\n".join(out)

@@ -28,7 +28,14 @@ from kvtool.api.types import VMI_LABEL
 from kvtool.images import store
 from tests import network_helpers as nh
 from tests.conftest import Cluster, kvtool
-from tests.migration_helpers import COUNTER_USER_DATA, CounterWatch, active_pods, disk_counter_user_data, dumps
+from tests.migration_helpers import (
+    COUNTER_USER_DATA,
+    CounterWatch,
+    active_pods,
+    disk_counter_user_data,
+    dumps,
+    guest_diagnostics,
+)
 from tests.runtime_helpers import condition, describe_vm, get, wait_for, wait_running
 from tests.vmfactory import vm
 
@@ -412,7 +419,9 @@ def test_draining_a_node_migrates_its_live_migrate_vms(cluster: Cluster, tiny_im
             assert "evacuationNodeName" not in after["status"], after["status"]
             # The guest goes on counting there (the target's console log holds what it printed since the move).
             wait_for(lambda name=name: kvtool("console", name, "--tail").stdout.count("TICK") > 0, timeout=30,
-                     what=f"{name} counting on {NODES[1]}")
+                     what=f"{name} counting on {NODES[1]}",
+                     describe=lambda name=name: guest_diagnostics(cluster.home, get(cluster, "vmi", name),
+                                                                  f"default_{name}"))
         migrations = [m for n in names for m in _vmi_migrations(cluster, n)]
         assert sorted(m["status"]["phase"] for m in migrations) == ["Succeeded", "Succeeded"], dumps(migrations)
     finally:
