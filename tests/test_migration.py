@@ -420,8 +420,8 @@ def test_draining_a_node_migrates_its_live_migrate_vms(cluster: Cluster, tiny_im
             # The guest goes on counting there (the target's console log holds what it printed since the move).
             wait_for(lambda name=name: kvtool("console", name, "--tail").stdout.count("TICK") > 0, timeout=30,
                      what=f"{name} counting on {NODES[1]}",
-                     describe=lambda name=name: guest_diagnostics(cluster.home, get(cluster, "vmi", name),
-                                                                  f"default_{name}"))
+                     describe=lambda name=name: "kvtool console --tail: " + kvtool("console", name, "--tail").stderr
+                     + "\n" + guest_diagnostics(cluster.home, get(cluster, "vmi", name), f"default_{name}"))
         migrations = [m for n in names for m in _vmi_migrations(cluster, n)]
         assert sorted(m["status"]["phase"] for m in migrations) == ["Succeeded", "Succeeded"], dumps(migrations)
     finally:
