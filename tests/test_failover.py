@@ -215,10 +215,12 @@ def test_without_a_fence_agent_nothing_moves_and_the_vm_says_why(cluster: Cluste
             wait_for(lambda: condition(get(cluster, "vm", name), "NodeLost").get("status") == "False", timeout=60,
                      what="NodeLost cleared after heal", describe=describe_vm(cluster, name))
         finally:
-            # Only now may a fence agent come back: before, it would fence the node that is healing.
-            _failover_setting(cluster, fenceAgent="embedded")
+            try:
+                _back_in_service(cluster, NODES[1])
+            finally:
+                # Only now may a fence agent come back: before, it would fence the node that is healing.
+                _failover_setting(cluster, fenceAgent="embedded")
     assert get(cluster, "vmi", name)["metadata"]["uid"] == first["metadata"]["uid"]
-    _back_in_service(cluster, NODES[1])
     cluster.kubectl("delete", "vm", name, "--wait=false")
 
 

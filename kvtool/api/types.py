@@ -97,6 +97,7 @@ PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims",
                       "spec.selector"))
 SERVICE = Kind("v1", "Service", "services", immutable=("spec.clusterIP", "spec.clusterIPs"))
 POD = Kind("v1", "Pod", "pods")  # read and made by the runtime (launcher pods), never planned
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")  # heartbeats: kubelets' and the handlers'
 
 # What `kvtool plan` accepts in desired state, in the order it applies creates.
 PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)

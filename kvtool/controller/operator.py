@@ -25,6 +25,7 @@ from kvtool.api.types import (
     CONFIG_MAP,
     LAUNCHER_LABEL_KEY,
     LAUNCHER_LABEL_VALUE,
+    LEASE,
     POD,
     PVC,
     SECRET,
@@ -454,9 +455,7 @@ class Controller:
     async def check_node(self, name: str, node: dict[str, Any] | None, on_node: list[dict[str, Any]],
                          cfg: failover.Config, now: Any) -> None:
         """Judge one node by its heartbeats; fence it and fail its VMIs over when it is lost."""
-        heartbeat = failover.last_heartbeat([self._one("lease_index", (failover.NODE_LEASE_NAMESPACE, name)),
-                                             self._one("lease_index", (self.namespace,
-                                                                       failover.HANDLER_LEASE_PREFIX + name))])
+        heartbeat = failover.last_heartbeat([self._one("lease_index", key) for key in self._lease_keys(name)])
         state = failover.fence_state(node)
         live = [v for v in on_node if (v.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
                 and not v["metadata"].get("deletionTimestamp")]
@@ -472,6 +471,8 @@ class Controller:
             return  # nothing runs there: nothing to fence, nothing to tell
         vms = {id(v): self._one("vm_index", (v["metadata"]["namespace"], v["metadata"]["name"])) for v in live}
         if cfg.fences and state != "Fenced" and any(not failover.opted_out(vms[id(v)]) for v in live):
+            if not state and not await self._lost_on_fresh_read(name, cfg):
+                return  # the watch had not yet brought the heartbeat that says the node is back
             state = await self._fence(name, node or {}, cfg)
         message = ((node or {}).get("metadata", {}).get("annotations") or {}).get(
             failover.FENCE_MESSAGE_ANNOTATION, "")
@@ -492,6 +493,19 @@ class Controller:
             elif await self._set_condition(vmi, lost):
                 log.warning("vmi=%s/%s event=node-lost node=%s reason=%s", vmi["metadata"]["namespace"],
                             vmi["metadata"]["name"], name, lost["reason"])
+
+    def _lease_keys(self, node: str) -> list[tuple[str, str]]:
+        """(namespace, name) of a node's two heartbeats: the kubelet's Node Lease and its handler's."""
+        return [(failover.NODE_LEASE_NAMESPACE, node), (self.namespace, failover.HANDLER_LEASE_PREFIX + node)]
+
+    async def _lost_on_fresh_read(self, node: str, cfg: failover.Config) -> bool:
+        """Whether the node is still lost by its heartbeats as the API has them now, not as the watch cache
+        had them: the cache may lag, and powering off a node that has come back is not undone."""
+        leases = [await self._call(self.res.get, LEASE, ns, name) for ns, name in self._lease_keys(node)]
+        lost = failover.is_lost(failover.last_heartbeat(leases), cfg.grace, timeutil.now())
+        if not lost:
+            log.info("node=%s event=fence-skipped reason=HeartbeatOnFreshRead", node)
+        return lost
 
     async def _node_local_disk(self, vmi: dict[str, Any], node: str) -> str | None:
         ns = vmi["metadata"]["namespace"]

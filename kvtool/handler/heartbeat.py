@@ -18,16 +18,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE, Kind
+from kvtool.api.types import LEASE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.deploy import manifests
 from kvtool.kube.resources import Resources
 from kvtool.launchercom.client import LauncherClient, LauncherError, LauncherUnavailable
 
 log = logging.getLogger("kvtool.handler")
 
-LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
 LEASE_PREFIX = manifests.HANDLER_LEASE_PREFIX
 RENEW = 2.0
+# A renewal that has not answered by then is abandoned, and the next beat goes out on a new connection.
+# Without a bound, a request sent into a network partition hung on after the partition healed (TCP's
+# retransmissions back off to tens of seconds): the node looked lost past the failover grace though it
+# was back, and a fence agent would have powered it off.
+RENEW_TIMEOUT = 4.0
 FIELD_MANAGER = "kvtool-handler"
 
 
@@ -44,7 +48,7 @@ async def beat(res: Resources, node: str, namespace: str) -> None:
     while True:
         try:
             await asyncio.to_thread(res.apply, LEASE, lease(node, namespace, _micro_now()), force=True,
-                                    field_manager=FIELD_MANAGER, parse=False)
+                                    field_manager=FIELD_MANAGER, parse=False, timeout=RENEW_TIMEOUT)
             if failing:
                 log.info("node=%s event=heartbeat-resumed", node)
             failing = False

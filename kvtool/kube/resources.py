@@ -141,7 +141,7 @@ class Resources:
 
     def apply(self, kind: Kind, manifest: Mapping[str, Any], *, force: bool = False, dry_run: bool = False,
               field_manager: str = FIELD_MANAGER, subresource: str | None = None,
-              validated: bool = False, parse: bool = True) -> dict[str, Any] | None:
+              validated: bool = False, parse: bool = True, timeout: float | None = 60) -> dict[str, Any] | None:
         """Server-side apply. `validated`: the client already checked the manifest against the same
         schema (kvtool's own kinds), so the server need not look for unknown fields again."""
         meta = manifest["metadata"]
@@ -152,7 +152,7 @@ class Resources:
         if dry_run:
             query["dryRun"] = "All"
         return self.request("PATCH", self.path(kind, meta.get("namespace"), meta["name"], subresource),
-                            query=query, body=manifest, content_type=APPLY_PATCH, parse=parse,
+                            query=query, body=manifest, content_type=APPLY_PATCH, parse=parse, timeout=timeout,
                             what=f"apply {ref(kind, meta.get('namespace'), meta['name'])}")
 
     def merge_patch(self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any],
