@@ -32,8 +32,8 @@ from benchlib import wait
 from vm_start import MARKER, console_log, pct, vm_manifest
 
 from kvtool import paths
+from kvtool.api import timeutil
 from kvtool.api.types import CONFIG_MAP, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE, Kind
-from kvtool.controller import timeutil
 from kvtool.kube.resources import Resources
 from kvtool.local import cluster
 from kvtool.local.layout import Layout

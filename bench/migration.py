@@ -34,13 +34,13 @@ import benchlib
 from benchlib import wait
 
 from kvtool import consoles
+from kvtool.api import timeutil
 from kvtool.api.types import (
     CONFIG_MAP,
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
 )
-from kvtool.controller import timeutil
 from kvtool.images import store
 from kvtool.kube.resources import Resources
 from kvtool.launchercom import protocol

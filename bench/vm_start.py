@@ -27,8 +27,8 @@ from typing import Any
 
 import benchlib
 
+from kvtool.api import timeutil
 from kvtool.api.types import VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
-from kvtool.controller import timeutil
 from kvtool.images import store, tiny_linux
 from kvtool.kube.resources import Resources
 from kvtool.local import nodehost

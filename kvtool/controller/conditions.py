@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kvtool.controller import timeutil
+from kvtool.api import timeutil
 
 
 def condition(ctype: str, status: bool | str, reason: str = "", message: str = "") -> dict[str, Any]:

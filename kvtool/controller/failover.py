@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from kvtool.controller import conditions, timeutil
+from kvtool.api import timeutil
+from kvtool.controller import conditions
 from kvtool.deploy import manifests
 
 CONFIG_MAP = manifests.FAILOVER_CONFIG

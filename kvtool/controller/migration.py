@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvtool.api import timeutil
 from kvtool.api.types import MIGRATION_JOB_LABEL
-from kvtool.controller import conditions, timeutil
+from kvtool.controller import conditions
 from kvtool.deploy import manifests
 
 CONFIG_MAP = manifests.MIGRATION_CONFIG

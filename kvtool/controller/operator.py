@@ -21,6 +21,7 @@ from typing import Any
 
 import kopf
 
+from kvtool.api import timeutil
 from kvtool.api.types import (
     CONFIG_MAP,
     LAUNCHER_LABEL_KEY,
@@ -34,7 +35,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     Kind,
 )
-from kvtool.controller import conditions, eviction, failover, fence, metrics, template, timeutil
+from kvtool.controller import conditions, eviction, failover, fence, metrics, template
 from kvtool.controller import migration as migration_logic
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic

@@ -15,7 +15,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtool.controller import conditions, failover, timeutil
+from kvtool.api import timeutil
+from kvtool.controller import conditions, failover
 
 FINAL = ("Succeeded", "Failed")
 # Failures no retry can fix: the spec (or an image it names) cannot become a domain, or the API refused the pod.

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvtool.api import timeutil
 from kvtool.api.types import MIGRATION_JOB_LABEL, VMI_UID_LABEL
-from kvtool.controller import conditions, timeutil
+from kvtool.controller import conditions
 
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5,
          "Unknown": 4}

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from kvtool.api import timeutil
 from kvtool.api.types import SECRET, VIRTUAL_MACHINE_INSTANCE
 from kvtool.handler.migration_proxy import SourceProxy, TargetProxy
 from kvtool.handler.watch import watch_launcher
@@ -165,7 +166,7 @@ class TargetWorker:
             async for domain in watch_launcher(socket, self.key):
                 if domain.get("phase") == "Running":
                     await self.patch(self.key, {"migrationUid": self.migration_uid, "targetNodeDomainDetected": True,
-                                                "targetNodeDomainReadyTimestamp": _now()})
+                                                "targetNodeDomainReadyTimestamp": timeutil.stamp_precise()})
                     log.info("vmi=%s/%s event=migration-target-running migration=%s", ns, name, self.migration_uid)
                     return
                 if domain.get("phase") == "Failed":
@@ -180,9 +181,9 @@ class TargetWorker:
             if not self.published:
                 # Nothing was sent yet: fail the migration now, with the reason, rather than at its timeout.
                 try:
+                    reason = f"preparing the target on node {self.support.node} failed: {exc}"[:1000]
                     await self.patch(self.key, {"migrationUid": self.migration_uid, "failed": True,
-                                                "failureReason": f"preparing the target on node {self.support.node} "
-                                                                 f"failed: {exc}"[:1000], "endTimestamp": _now()})
+                                                "failureReason": reason, "endTimestamp": timeutil.stamp_precise()})
                 except KubeError as write:
                     log.error("vmi=%s/%s event=migration-target-report-failed error=%r", ns, name, write.message)
 
@@ -219,7 +220,3 @@ class TargetWorker:
             await asyncio.sleep(0.05)
 
 
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"

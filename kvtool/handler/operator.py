@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from kvtool.api import timeutil
 from kvtool.api.types import VIRTUAL_MACHINE_INSTANCE
 from kvtool.handler import heartbeat
 from kvtool.handler import migration as migration_mod
@@ -30,12 +31,6 @@ NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
 TARGET_NODE_LABEL = "kvtool.io/migrationTargetNodeName"  # the controller's mark on a migration, once scheduled
-
-
-def precise_now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
 class WorkerEnded(Exception):
@@ -151,7 +146,7 @@ class Handler:
                 vmi = self.cache.get(key)
                 if vmi is None or (vmi.get("status") or {}).get("nodeName") != self.node:
                     return  # only the handler of the VMI's node touches it
-                patch = status_mod.status_patch(vmi, domain, version, precise_now())
+                patch = status_mod.status_patch(vmi, domain, version, timeutil.stamp_precise())
                 if not patch:
                     return
                 body = {"metadata": {"resourceVersion": vmi["metadata"]["resourceVersion"]}, "status": patch}

@@ -7,7 +7,6 @@ is made in this class and handed to main.py through `finished`.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any, NoReturn
 import libvirt
 
 from kvtool import __version__
+from kvtool.api import timeutil
 from kvtool.api.types import wants_paused
 from kvtool.errors import KvtoolError
 from kvtool.launcher import config as config_mod
@@ -39,15 +39,6 @@ FAILED_EXIT_DELAY = 1.0  # after a failed start: time for the handler to read th
 MIGRATED_EXIT_DELAY = 2.0  # after the domain left by migration: time for the handler to report it
 ADOPT_WAIT = 30.0  # a sync on a migration target waits this long for the migrated domain
 POWER_BUTTON_REPEAT = 5.0  # a guest still booting misses the first press; pressing again is harmless
-
-
-def now_precise() -> str:
-    """RFC 3339 with milliseconds: a migration's start and end, which last a second or two."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def generated_mac(uid: str, interface: str) -> str:
@@ -163,7 +154,7 @@ class Runner:
         log.info("event=domain-started domain=%s virt_type=%s sync_seconds=%.3f start_seconds=%.3f",
                  self.config.domain_name, virt_type, self.timings["sync"], self.timings["define_and_start"])
         threading.Thread(target=self.daemon.save_cache, name="save-cache", daemon=True).start()
-        changes: dict[str, Any] = {"startedAt": now_rfc3339(),
+        changes: dict[str, Any] = {"startedAt": timeutil.stamp(),
                                    "interfaces": [self._interface_status(name, mac) for name, mac in interfaces]}
         try:
             state, reason = self.hypervisor.state()
@@ -192,7 +183,7 @@ class Runner:
         log.info("event=migration-target-ready seconds=%.3f tokens=%d", time.monotonic() - started,
                  len(self._tokens))
         return self.board.update({"migration": migration_status(uid=str(uid), role="target", state="Ready",
-                                                                started_at=now_precise())})
+                                                                started_at=timeutil.stamp_precise())})
 
     def _prepare(self, vmi: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]], str]:
         """Volumes, the pod network, the domain XML, the connection and the console tailer: (xml, [(interface,
@@ -329,7 +320,7 @@ class Runner:
                 migration_uid, dom, self.config.sockets_dir / proxy_dir, options, disks, memory,
                 self._report_outgoing)
             status = self.board.update({"migration": migration_status(
-                uid=migration_uid, role="source", state="Running", started_at=now_precise())})
+                uid=migration_uid, role="source", state="Running", started_at=timeutil.stamp_precise())})
         self._outgoing.start()
         return status
 
@@ -347,7 +338,7 @@ class Runner:
             return
         doc = {**current, **changes}
         if changes.get("state") in ("Completed", "Failed") and not current.get("endedAt"):
-            doc["endedAt"] = now_precise()
+            doc["endedAt"] = timeutil.stamp_precise()
         self.board.update({"migration": doc})
 
     def console(self, sock: socket.socket, pending: bytes, send_ok: Callable[[], None]) -> None:
@@ -437,7 +428,7 @@ class Runner:
         if state in ("Running", "Paused"):
             changes: dict[str, Any] = {"phase": state, "domainState": state, "reason": reason}
             if state == "Running" and self.board.get()["startedAt"] is None:
-                changes["startedAt"] = now_rfc3339()
+                changes["startedAt"] = timeutil.stamp()
             self.board.update(changes)
         elif state in ("Shutdown", "Crashed", "PMSuspended"):
             self.board.update({"domainState": state, "reason": reason})
@@ -459,18 +450,20 @@ class Runner:
             self._started = True
             log.info("event=domain-arrived domain=%s reason=%s", self.config.domain_name, reason)
             migration = self.board.get()["migration"] or {}
+            ended = {**migration, "state": "Completed", "endedAt": timeutil.stamp_precise()} if migration else None
             self.board.update({
-                "phase": "Running", "domainState": "Running", "reason": reason, "startedAt": now_rfc3339(),
+                "phase": "Running", "domainState": "Running", "reason": reason, "startedAt": timeutil.stamp(),
                 "interfaces": [self._interface_status(name, mac) for name, mac in self._target_interfaces],
-                "migration": {**migration, "state": "Completed", "endedAt": now_precise()} if migration else None})
+                "migration": ended})
             self._adopted.set()
         elif state == "Shutoff":
             migration = self.board.get()["migration"] or {}
             message = f"the incoming migration ended without the domain ({reason})"
             log.warning("event=incoming-migration-failed reason=%s", reason)
+            failed = ({**migration, "state": "Failed", "message": message, "endedAt": timeutil.stamp_precise()}
+                      if migration else None)
             self.board.update({"phase": "Failed", "domainState": "Shutoff", "reason": "MigrationFailed",
-                               "message": message, "migration": {**migration, "state": "Failed", "message": message,
-                                                                 "endedAt": now_precise()} if migration else None})
+                               "message": message, "migration": failed})
             timer = threading.Timer(FAILED_EXIT_DELAY, self._finish, args=(1,))
             timer.daemon = True
             timer.start()
@@ -484,7 +477,7 @@ class Runner:
             self.board.update({"phase": "Migrated", "domainState": "Shutoff", "reason": reason,
                                "message": "the domain moved to the migration target",
                                "migration": {**migration, "state": "Completed",
-                                             "endedAt": migration.get("endedAt") or now_precise()}
+                                             "endedAt": migration.get("endedAt") or timeutil.stamp_precise()}
                                if migration else None})
             timer = threading.Timer(MIGRATED_EXIT_DELAY, self._finish, args=(0,))
             timer.daemon = True

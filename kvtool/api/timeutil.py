@@ -1,4 +1,4 @@
-"""RFC 3339 timestamps as Kubernetes writes them."""
+"""RFC 3339 timestamps as Kubernetes writes them: one place for the controller, the handler and the launcher."""
 
 from __future__ import annotations
 
