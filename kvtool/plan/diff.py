@@ -232,14 +232,11 @@ def diff_object(kind: Kind, desired: Mapping[str, Any] | None, live: Mapping[str
         if found and _equal(value, current, path):
             continue
         changes.append(FieldChange(display(path), current if found else None, value, before_set=found))
-    # Every wanted path and each of its parents: a set, so a field kvtool owns is placed in O(depth), not by
-    # comparing it with every wanted path (1000 VMs of 40 fields each made that a third of a plan's diff).
-    wanted_or_parent = {w[:i] for w in want for i in range(1, len(w) + 1)}
     for path in mine:
-        if path in wanted_or_parent:
-            continue  # still wanted, or a parent of something still wanted
-        if any(path[:i] in want for i in range(1, len(path))):
-            continue  # inside a wanted value (a map or a list set as a whole)
+        if path in want or any(path[: len(w)] == w for w in want if len(w) < len(path)):
+            continue
+        if any(w[: len(path)] == path for w in want):
+            continue  # a parent of something still wanted
         found, current = lookup(live, path)
         if found and path[:2] != ("metadata", "managedFields"):
             changes.append(FieldChange(display(path), current, None, after_set=False))
