@@ -230,6 +230,8 @@ class Outgoing:
         try:
             self.dom.migrateSetMaxDowntime(ms, 0)
         except libvirt.libvirtError as exc:  # QEMU keeps its previous allowance: slower, never wrong
+            if self.done.is_set() or exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return  # the domain left (the job ended after its stats were read): nothing left to tune
             log.warning("event=downtime-not-set uid=%s ms=%d error=%r", self.uid, ms, exc.get_error_message())
             return
         self.downtime_ms = ms
