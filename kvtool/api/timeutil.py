@@ -18,6 +18,11 @@ def stamp_precise(t: dt.datetime | None = None) -> str:
     return (t or now()).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
+def stamp_micro(t: dt.datetime | None = None) -> str:
+    """MicroTime (RFC 3339 with microseconds): what a Lease's renewTime holds."""
+    return (t or now()).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse(value: str | None) -> dt.datetime | None:
     if not value:
         return None

@@ -13,11 +13,11 @@ destroys every domain on the node that no live VMI claims: one VM never runs twi
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
 
+from kvtool.api import timeutil
 from kvtool.api.types import LEASE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.deploy import manifests
 from kvtool.kube.resources import Resources
@@ -47,7 +47,7 @@ async def beat(res: Resources, node: str, namespace: str) -> None:
     failing = False
     while True:
         try:
-            await asyncio.to_thread(res.apply, LEASE, lease(node, namespace, _micro_now()), force=True,
+            await asyncio.to_thread(res.apply, LEASE, lease(node, namespace, timeutil.stamp_micro()), force=True,
                                     field_manager=FIELD_MANAGER, parse=False, timeout=RENEW_TIMEOUT)
             if failing:
                 log.info("node=%s event=heartbeat-resumed", node)
@@ -57,11 +57,6 @@ async def beat(res: Resources, node: str, namespace: str) -> None:
                 log.warning("node=%s event=heartbeat-failed error=%r", node, str(exc))
             failing = True
         await asyncio.sleep(RENEW)
-
-
-def _micro_now() -> str:
-    """Lease times are MicroTime: RFC 3339 with microseconds."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def claimed_pods(vmis: list[dict[str, Any]], node: str) -> set[str]:

@@ -7,11 +7,11 @@ run outside it, so they post through here.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kvtool.api import timeutil
 from kvtool.api.types import Kind
 from kvtool.kube.resources import KubeError, Resources
 
@@ -22,7 +22,7 @@ EVENT = Kind("v1", "Event", "events")
 
 def event_for(obj: Mapping[str, Any], etype: str, reason: str, message: str, component: str) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = timeutil.stamp()
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace") or "default"},

@@ -8,7 +8,6 @@ was not, so a re-run converges.
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from kvtool.api import timeutil
 from kvtool.api.types import FIELD_MANAGER, PLANNABLE, STACK_LABEL, VIRTUAL_MACHINE, Kind, kind_for
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources, list_watch
@@ -105,7 +105,7 @@ def _conflict_message(exc: KubeError) -> str:
 
 
 def _restart_required(res: Resources, rc: ResourceChange) -> None:
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = timeutil.stamp()
     fields = ", ".join(f.path for f in rc.fields if f.requires_restart)
     res.apply(VIRTUAL_MACHINE, {
         "apiVersion": rc.api_version, "kind": rc.kind,
