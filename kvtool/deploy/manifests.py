@@ -309,7 +309,9 @@ def handler_daemonset(image: str, ns: str = NAMESPACE) -> Manifest:
                                 # live migration: other nodes' handlers reach this one's proxy on the pod's IP
                                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                         "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
-                        "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+                        # 100m, a guest vCPU's weight: under load the node's heartbeat (failover) and the
+                        # migration proxy (bench/migration.py) must not starve behind the guests it serves
+                        "resources": {"requests": {"cpu": "100m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
                         "securityContext": security,
                         "volumeMounts": [{"name": "sockets", "mountPath": "/var/run/kvtool/sockets"},
                                          # the migration TLS key's file while the TLS contexts load it
