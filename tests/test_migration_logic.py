@@ -316,8 +316,8 @@ def test_the_launcher_copies_local_disks_and_shares_claims(tmp_path: Any) -> Non
 
 def test_the_switchover_allowance_starts_short_and_grows_to_qemus_default() -> None:
     allowance = [launcher_migration.downtime_for(i) for i in range(9)]
-    assert allowance[:3] == [150, 150, 150], "the bulk copy and the first re-copy: a short pause, if it fits"
-    assert allowance[3:7] == [187, 225, 262, 300], "then in even steps"
+    assert allowance[:3] == [100, 100, 100], "the bulk copy and the first re-copy: a short pause, if it fits"
+    assert allowance[3:7] == [150, 200, 250, 300], "then in even steps"
     assert allowance[7:] == [300, 300], "never past QEMU's default: a busy guest converges as without tuning"
 
 

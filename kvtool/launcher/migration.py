@@ -35,7 +35,7 @@ MONITOR_PERIOD = 0.25
 # INITIAL_DOWNTIME_MS, so a guest that dirties little switches over with a short pause; from memory pass
 # RAMP_AFTER_ITERATION on it grows in RAMP_STEPS even steps to QEMU's own default, so a busy guest still
 # converges as it would have without tuning.
-INITIAL_DOWNTIME_MS = 150
+INITIAL_DOWNTIME_MS = 100
 MAX_DOWNTIME_MS = 300
 RAMP_AFTER_ITERATION = 3
 RAMP_STEPS = 4
