@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Any
 
 from kvtool import consoles, paths
 
+OOPS_MARKS = ("BUG:", "Oops", "Kernel panic", "corruption", "WARNING:", "general protection")
 TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
 def disk_counter_user_data(writes: dict[str, str]) -> str:
     """The counter, after writing a line to each disk (`/dev/vdb`: text) past the guest's page cache, and a
@@ -135,6 +139,9 @@ class CounterWatch:
         skipped = [(a.n, b.n) for a, b in itertools.pairwise(ordered) if b.n != a.n + 1]
         return {"ticks": len(ordered), "longest_gap_s": longest[0],
                 "gap_between": (longest[1].n, longest[2].n) if longest[1] else None,
+                # the guest's own clock across that gap, and the usual host-time gap: what is left is the pause
+                "gap_guest_s": longest[2].uptime - longest[1].uptime if longest[1] else None,
+                "median_gap_s": statistics.median(g[0] for g in gaps) if gaps else None,
                 "uptime_resets": resets, "skipped": skipped,
                 "pods": sorted({t.pod for t in ordered})}
 
@@ -165,7 +172,36 @@ def guest_diagnostics(home: Path, vmi: dict[str, Any], domain: str) -> str:
             out.append(f"--- pod {uid} on {node}: virsh {' '.join(argv[:2])} {argv[-1]}\n{text[:1500]}")
         log = consoles.node_path(node, uid, Path(consoles.PRIVATE) / "console.log", home)
         try:
-            out.append(f"--- pod {uid} console tail:\n{log.read_bytes()[-600:].decode(errors='replace')}")
+            out.append(f"--- pod {uid} console:\n{console_excerpt(log.read_bytes())}")
         except OSError as exc:
             out.append(f"--- pod {uid} console: {exc}")
+    out.append(_kick_console(home, vmi or {}))
     return "\n".join(out)
+
+
+def console_excerpt(log: bytes) -> str:
+    """A console log's tail, and from the guest kernel's first report of trouble on when there is one (a crashed
+    guest's oops begins with what it found wrong, which the tail alone cuts off)."""
+    text = log.decode(errors="replace")
+    marks = [i for m in OOPS_MARKS if (i := text.find(m)) >= 0]
+    if not marks:
+        return text[-600:]
+    start = max(0, text.rfind("\n", 0, min(marks)))
+    return text[start:start + 3000] + ("\n[...]\n" + text[-600:] if len(text) - start > 3000 else "")
+
+
+def _kick_console(home: Path, vmi: dict[str, Any]) -> str:
+    """Type a newline on the serial console and show what comes back in 3 s. A guest whose UART lost its
+    transmit interrupt (its tty waits for THRE forever) prints again once a received byte runs the driver's
+    interrupt handler; a hung guest does not."""
+    meta = vmi.get("metadata") or {}
+    argv = [sys.executable, "-m", "kvtool.cli.main", "console", "-n", meta.get("namespace", "default"),
+            meta.get("name", "")]
+    env = {**os.environ, "KUBECONFIG": str(home / "kubeconfig"), "KVTOOL_HOME": str(home)}
+    try:
+        done = subprocess.run(argv, input=b"\n", capture_output=True, timeout=3, env=env)
+        got, err = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        got, err = exc.stdout or b"", exc.stderr or b""
+    return (f"--- after typing a newline on the console, 3 s of it:\n{got[-800:].decode(errors='replace')}"
+            f"\n(stderr: {err[-300:].decode(errors='replace')})")
