@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -169,6 +170,22 @@ def test_launcher_pod_copies_scheduling_and_resources() -> None:
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachineInstance"
     env = {e["name"]: e for e in container["env"]}
     assert env["KVTOOL_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+
+
+def test_the_launcher_pod_carries_what_each_claim_asks_for() -> None:
+    bound = {"spec": {"resources": {"requests": {"storage": "1Gi"}}}, "status": {"capacity": {"storage": "2Gi"}}}
+    assert template.claim_size(bound) == 2 << 30  # the bound volume's capacity wins over the request
+    assert template.claim_size({"spec": {"resources": {"requests": {"storage": "500M"}}}}) == 500_000_000
+    for unusable in (None, {}, {"spec": {"resources": {"requests": {"storage": "lots"}}}},
+                     {"status": {"capacity": {"storage": "0"}}}):
+        assert template.claim_size(unusable) is None
+    v = vm("Always")
+    vmi = {**vm_logic.vmi_for(v), "metadata": {**vm_logic.vmi_for(v)["metadata"], "uid": "u-1"}}
+    env = {e["name"]: e for e in template.launcher_pod(vmi, template.LauncherConfig(), {"data": 5, "a": 7})[
+        "spec"]["containers"][0]["env"]}
+    assert json.loads(env["KVTOOL_CLAIM_SIZES"]["value"]) == {"a": 7, "data": 5}
+    plain = template.launcher_pod(vmi, template.LauncherConfig())["spec"]["containers"][0]["env"]
+    assert "KVTOOL_CLAIM_SIZES" not in {e["name"] for e in plain}
 
 
 def test_handler_status_from_domain() -> None:

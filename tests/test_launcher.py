@@ -9,6 +9,7 @@ ways a domain ends badly. Measurements are printed (run with -s to see them).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -309,6 +310,25 @@ def test_volumes_become_files(launcher_env: dict[str, Path], tmp_path: Path) -> 
         assert problem in err.value.message and "spec.volumes[0]" in err.value.message
 
 
+def test_a_claims_disk_is_the_size_it_claims_less_the_filesystems_share(tmp_path: Path) -> None:
+    """KubeVirt's sizing: a hostPath claim's bind mount looks like a volume of its own with the whole host's free
+    space; the claim's size is what keeps the disk to what was asked."""
+    from kvtool.launcher import config, volumes
+
+    (tmp_path / "data").mkdir()
+    free = (lambda st: st.f_bavail * st.f_frsize)(os.statvfs(tmp_path / "data"))
+    assert volumes.pvc_size(tmp_path / "data", 1 << 30) == 967 << 20  # 1Gi less 5.5%, whole MiB
+    assert volumes.pvc_size(tmp_path / "data", free * 4) <= free  # never past the free space
+    base = {"KVTOOL_POD_UID": "pod", "KVTOOL_SOCKETS_DIR": "/run/unused", "KVTOOL_STATE_DIR": str(tmp_path),
+            "KVTOOL_IMAGES": str(tmp_path)}
+    uid = "6f1c1f4e-8d4b-4e43-9a51-3c1c0e6b8a10"
+    cfg = config.load("default", "vm1", uid, {**base, "KVTOOL_CLAIM_SIZES": '{"data": 1073741824}'})
+    assert cfg.claim_sizes == {"data": 1 << 30} and config.load("default", "vm1", uid, base).claim_sizes == {}
+    for bad in ("[1]", '{"data": -1}', '{"data": "1Gi"}', '{"data": true}', "{", '{"../x": 1}'):
+        with pytest.raises(config.ConfigError, match="KVTOOL_CLAIM_SIZES"):
+            config.load("default", "vm1", uid, {**base, "KVTOOL_CLAIM_SIZES": bad})
+
+
 # ---- bad input: exit 2 at once, nothing started
 
 
@@ -317,7 +337,8 @@ def test_bad_arguments_exit_2(make_launcher: Any, launcher_env: dict[str, Path])
              ({"env": {"KVTOOL_POD_UID": ""}}, "KVTOOL_POD_UID"),
              ({"env": {"KVTOOL_GRACE_PERIOD": "soon"}}, "KVTOOL_GRACE_PERIOD"),
              ({"env": {"KVTOOL_STATE_DIR": "relative/dir"}}, "KVTOOL_STATE_DIR"),
-             ({"env": {"KVTOOL_SOCKETS_DIR": "/run/" + "x" * 100}}, "too long")]
+             ({"env": {"KVTOOL_SOCKETS_DIR": "/run/" + "x" * 100}}, "too long"),
+             ({"env": {"KVTOOL_CLAIM_SIZES": '{"Data": 5}'}}, "KVTOOL_CLAIM_SIZES")]
     for case, expected in cases:
         launcher = make_launcher(extra_env=case.get("env"))
         if "uid" in case:

@@ -263,6 +263,8 @@ def test_a_hostpath_claim_is_copied_to_the_target_nodes_directory(cluster: Clust
             "console", name, "--tail").stdout.splitlines()), timeout=120, what="the disk's marker read back")
         disk = Path(f"{name}-pv") / "disk.img"
         assert token.encode() in _head(run / source / disk)
+        # The claim's 64Mi less 5.5% for a filesystem, in whole MiB (not the bind mount's whole free space)
+        assert (run / source / disk).stat().st_size == 60 << 20, (run / source / disk).stat().st_size
         assert not (run / target / disk).exists(), "the other node's directory is its own"
 
         migration = _migrate(name, "--wait")
@@ -275,6 +277,7 @@ def test_a_hostpath_claim_is_copied_to_the_target_nodes_directory(cluster: Clust
                         timeout=30, what="the disk read on the target")
         assert f"HOSTPATH {token}" in line, f"{migration}: the copied disk on the target reads {line!r}"
         assert token.encode() in _head(run / target / disk), "the copy is in the target's directory"
+        assert (run / target / disk).stat().st_size == 60 << 20, "the copy is the source's size"
         assert not list((run / target / disk.parent).glob(".kvtool-migration-*")), "the target's mark is cleaned up"
         assert not watch.report(0, time.monotonic())["uptime_resets"]
     finally:

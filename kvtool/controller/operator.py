@@ -361,7 +361,7 @@ class Controller:
         node_ready = self._one_value("node_index", node) if node else None
         decision = vmi_logic.decide(vmi, pods, node_ready)
         if decision.create_pod:
-            pod = template.launcher_pod(vmi, self.config)
+            pod = template.launcher_pod(vmi, self.config, await self._claim_sizes(vmi))
             pod["metadata"]["name"] = vmi_logic.pod_name(vmi)
             pod["metadata"].pop("generateName", None)
             try:
@@ -398,6 +398,15 @@ class Controller:
         await self.live_migratable(vmi)
         if eviction.evacuation_pending(vmi):
             await self.evacuate(vmi)
+
+    async def _claim_sizes(self, vmi: dict[str, Any]) -> dict[str, int]:
+        """Volume -> bytes its claim asks for; one GET per claim, once per launcher pod (no claim cache)."""
+        sizes = {}
+        for volume, claim in migration_logic.claim_names(vmi.get("spec") or {}):
+            pvc = await self._call(self.res.get, PVC, vmi["metadata"]["namespace"], claim)
+            if (size := template.claim_size(pvc)) is not None:
+                sizes[volume] = size
+        return sizes
 
     def _one_value(self, index: str, key: Any) -> Any:
         store = self.indexes.get(index, {}).get(key)

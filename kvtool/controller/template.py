@@ -9,7 +9,9 @@ contract of docs/runtime.md.
 from __future__ import annotations
 
 import copy
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +169,21 @@ def _masquerades(spec: dict[str, Any]) -> bool:
     return any("bridge" not in iface for iface in interfaces)
 
 
-def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
+def claim_size(pvc: Mapping[str, Any] | None) -> int | None:
+    """A claim's size in bytes: its bound capacity, else its request (a claim waiting for its first consumer
+    has no capacity yet); None when it says neither in a form Kubernetes accepts."""
+    pvc = pvc or {}
+    for value in (((pvc.get("status") or {}).get("capacity") or {}).get("storage"),
+                  (((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")):
+        if isinstance(value, (str, int)) and quantity.is_quantity(value) and quantity.to_bytes(value) > 0:
+            return quantity.to_bytes(value)
+    return None
+
+
+def launcher_pod(vmi: dict[str, Any], config: LauncherConfig,
+                 claim_sizes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The VMI's launcher pod. claim_sizes (volume -> bytes): what its persistentVolumeClaim volumes claim,
+    so the launcher makes a new disk.img that size, as KubeVirt does from volumeStatus' claim info."""
     meta, spec = vmi["metadata"], vmi["spec"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     grace = int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE))
@@ -194,6 +210,8 @@ def launcher_pod(vmi: dict[str, Any], config: LauncherConfig) -> dict[str, Any]:
         {"name": "KVTOOL_ACCESS_CREDENTIALS_DIR", "value": ACCESS_CREDENTIALS},
         {"name": "KVTOOL_POD_INTERFACE", "value": POD_INTERFACE},
     ]
+    if claim_sizes:
+        env.append({"name": "KVTOOL_CLAIM_SIZES", "value": json.dumps(dict(sorted(claim_sizes.items())))})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # The launcher's own grace plus a margin for destroying the domain and cleaning up.

@@ -7,11 +7,12 @@ ConfigError (exit 2) naming the variable.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
 
@@ -50,6 +51,7 @@ class Config:
     pod_namespace: str = ""
     node_name: str = ""
     pod_interface: str | None = None  # the CNI's interface in the pod's namespace; None: no pod network (slirp)
+    claim_sizes: Mapping[str, int] = field(default_factory=dict)  # volume -> bytes its claim asks for
 
     @property
     def socket_path(self) -> Path:
@@ -92,6 +94,7 @@ def load(namespace: str, name: str, uid: str, environ: Mapping[str, str] | None 
         pod_namespace=_printable(env.get("KVTOOL_POD_NAMESPACE", "")),
         node_name=_printable(env.get("KVTOOL_NODE_NAME", "")),
         pod_interface=_interface(env.get("KVTOOL_POD_INTERFACE")),
+        claim_sizes=_claim_sizes(env.get("KVTOOL_CLAIM_SIZES")),
     )
     longest = [config.socket_path, *(config.libvirt_socket_dir / n for n in LIBVIRT_SOCKET_NAMES)]
     for path in longest:
@@ -145,6 +148,22 @@ def _interface(value: str | None) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", value):
         raise ConfigError(f"KVTOOL_POD_INTERFACE {value!r} is not an interface name")
     return value
+
+
+def _claim_sizes(value: str | None) -> dict[str, int]:
+    """KVTOOL_CLAIM_SIZES: a JSON object, volume name -> bytes (the controller's, from each claim)."""
+    if not value:
+        return {}
+    try:
+        sizes = json.loads(value)
+    except ValueError:
+        sizes = None
+    if not isinstance(sizes, dict) or not all(
+            isinstance(k, str) and re.fullmatch(DNS_LABEL, k) and type(v) is int and 0 < v < 1 << 62
+            for k, v in sizes.items()):
+        raise ConfigError(f"KVTOOL_CLAIM_SIZES {value[:200]!r} is not a JSON object of volume names to "
+                          "positive byte counts")
+    return sizes
 
 
 def _printable(value: str) -> str:

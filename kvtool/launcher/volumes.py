@@ -6,10 +6,12 @@ Where each kind comes from (docs/runtime.md):
 - firmware.kernelBoot.container: the kernel and initrd of a "kernel" image of the store.
 - emptyDisk: a qcow2 of the capacity in the state dir (gone with the pod).
 - hostDisk: $KVTOOL_VOLUMES_DIR/<volume>/basename(path), raw; DiskOrCreate creates it sparse.
-- persistentVolumeClaim: $KVTOOL_VOLUMES_DIR/<volume>/disk.img, raw, created sparse if missing. The
-  launcher never sees the claim: on a volume of its own (a real PVC mount) the image takes the
-  filesystem's free space (a claim's filesystem is the claim's size); on a plain directory of a shared
-  filesystem (embedded mode's hostPath PVs) it takes 1Gi, or the free space if that is less.
+- persistentVolumeClaim: $KVTOOL_VOLUMES_DIR/<volume>/disk.img, raw, created sparse if missing, as
+  KubeVirt sizes it: the claim's size (KVTOOL_CLAIM_SIZES, from the controller) less the filesystem's
+  overhead (5.5%, CDI's default), or the free space if that is less. Without a claim size: on a volume
+  of its own the filesystem's free space, on a plain directory of a shared filesystem 1Gi at most.
+  (A hostPath claim's directory is bind-mounted, so it looks like a volume of its own while its free
+  space is the whole host's: the claim's size is what keeps its disk to what was asked.)
 - cloudInitNoCloud: a NoCloud ISO in the state dir; secretRef data from $KVTOOL_VOLUMES_DIR/<volume>/.
 Images on guest-writable storage are always opened as raw: probing their format would let a guest
 write a qcow2 header pointing at a host file. User data is never logged.
@@ -38,6 +40,7 @@ log = logging.getLogger("kvtool.launcher.volumes")
 
 MIB = 1 << 20
 DEFAULT_PVC_SIZE = 1 << 30
+FILESYSTEM_OVERHEAD = 0.055  # CDI's default: a filesystem claim's room for the filesystem itself
 SECRET_MAX = 64 << 10
 USER_DATA_KEYS = ("userdata", "userData")
 NETWORK_DATA_KEYS = ("networkdata", "networkData")
@@ -195,18 +198,22 @@ def _pvc(ctx: _Context, source: Mapping[str, Any]) -> ResolvedVolume:
         if readonly:
             raise ConversionError(ctx.path, f"the read-only claim has no disk.img ({file})")
         # A live migration's target copies a node-local claim's disk into an image exactly the source's size.
-        _create_sparse(file, recorded_size(ctx.vmi, ctx.name) or pvc_size(directory))
+        _create_sparse(file, recorded_size(ctx.vmi, ctx.name) or pvc_size(directory,
+                                                                          ctx.config.claim_sizes.get(ctx.name)))
     elif not file.is_file():
         raise ConversionError(ctx.path, f"{file} is not a regular file")
     return ResolvedVolume(path=file, format="raw", readonly=readonly)
 
 
-def pvc_size(directory: Path) -> int:
-    """disk.img's size for a claim mounted at directory (see the module docstring), whole MiB."""
+def pvc_size(directory: Path, claimed: int | None = None) -> int:
+    """disk.img's size for a claim of `claimed` bytes mounted at directory (the module docstring), whole MiB."""
     st = os.statvfs(directory)
     free = st.f_bavail * st.f_frsize
-    own_filesystem = os.stat(directory).st_dev != os.stat(directory.parent).st_dev
-    size = free if own_filesystem else min(free, DEFAULT_PVC_SIZE)
+    if claimed:
+        size = min(free, int(claimed * (1 - FILESYSTEM_OVERHEAD)))
+    else:
+        own_filesystem = os.stat(directory).st_dev != os.stat(directory.parent).st_dev
+        size = free if own_filesystem else min(free, DEFAULT_PVC_SIZE)
     size -= size % MIB
     if size < MIB:
         raise KvtoolError(f"no room for a disk image in {directory} ({free} bytes free)")
