@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kvtool.api import quantity
-from kvtool.api.types import KVTOOL, MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, Target
+from kvtool.api.types import GUEST_KERNEL_ERROR, KVTOOL, MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, Target
 from kvtool.kube.resources import Resources
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ COLUMNS = ["name", "status", "ready", "node", "ip", "cpu", "memory", "age", "mes
 WIDE_COLUMNS = ["namespace", "stack", "name", "status", "ready", "phase", "node", "ip", "cpu", "memory",
                 "run_strategy", "image", "restart_required", "age", "message"]
 # What explains a VM that is not fine, most telling first (the controller writes these on the VM).
-PROBLEM_CONDITIONS = ("NodeLost", "Failure")
+PROBLEM_CONDITIONS = ("NodeLost", "Failure", GUEST_KERNEL_ERROR)
 
 
 def selector(stack: str | None = None, labels: Mapping[str, str] | None = None) -> str:

@@ -188,6 +188,29 @@ def test_the_launcher_pod_carries_what_each_claim_asks_for() -> None:
     assert "KVTOOL_CLAIM_SIZES" not in {e["name"] for e in plain}
 
 
+def test_a_guest_kernel_error_shows_on_the_vmi_and_the_vm_as_a_problem() -> None:
+    from kvtool import inventory
+    from kvtool.launchercom import protocol
+
+    v = vm("Always")
+    vmi = {**vm_logic.vmi_for(v), "status": {"phase": "Running", "conditions": []}}
+    vmi["metadata"] = {**vmi["metadata"], "uid": "u-1"}
+    domain = protocol.domain_status(phase="Running", domain_state="Running",
+                                    guest_kernel_error="list_del corruption. next->prev should be 1, but was 2.")
+    patch = handler_status.status_patch(vmi, domain, None, "2026-12-01T12:00:00Z")
+    cond = next(c for c in patch["conditions"] if c["type"] == "GuestKernelError")
+    assert cond["status"] == "True" and "list_del corruption" in cond["message"]
+    assert f"kvtool restart {v['metadata']['name']}" in cond["message"]
+    healthy = handler_status.status_patch(vmi, protocol.domain_status(phase="Running", domain_state="Running"),
+                                          None, "2026-12-01T12:00:00Z")
+    assert all(c["type"] != "GuestKernelError" for c in (healthy or {}).get("conditions", []))
+    vmi["status"]["conditions"] = patch["conditions"]
+    vm_status = vm_logic._status(v, vmi, "Always", {}, False, [])
+    vm_cond = next(c for c in vm_status["conditions"] if c["type"] == "GuestKernelError")
+    assert vm_cond["status"] == "True"
+    assert inventory.problem({"status": vm_status}).startswith("GuestKernelError: the guest's kernel reported")
+
+
 def test_handler_status_from_domain() -> None:
     v = vm("Always")
     sched = vmi(v, "Scheduled", nodeName="n1")

@@ -167,9 +167,13 @@ def test_protocol_rejects_bad_messages() -> None:
     assert (info.value.reason, info.value.message) == (Reason.INVALID_VMI, "no such image")
     for broken in ({}, {**protocol.domain_status(), "phase": "Exploded"},
                    {**protocol.domain_status(), "interfaces": [{"name": "x"}]},
-                   {**protocol.domain_status(), "guestReady": "yes"}):
+                   {**protocol.domain_status(), "guestReady": "yes"},
+                   {**protocol.domain_status(), "guestKernelError": "x" * 300}):
         with pytest.raises(LauncherError):
             protocol.check_status(broken)
+    earlier = protocol.domain_status()
+    del earlier["guestKernelError"]
+    assert protocol.check_status(earlier) is earlier  # a launcher of the version before: its status still reads
 
 
 def test_line_reader_keeps_what_follows_a_line() -> None:
@@ -211,6 +215,22 @@ def test_guest_markers_are_parsed_strictly() -> None:
     assert guestinfo.parse_line("KVTOOL-GUEST-IP eth0 10.0.2.15/24 gw=none")[1].gateway is None
     for line in ("KVTOOL-GUEST-IP none", "KVTOOL-GUEST-IP eth0 999.0.2.15/24", "KVTOOL-GUEST-IP eth0 10.0.2.15/33",
                  "KVTOOL-GUEST-READY hostname=", "a user typed: hello", ""):
+        assert guestinfo.parse_line(line) is None, line
+
+
+def test_the_guest_kernels_reports_of_trouble_are_picked_from_its_console() -> None:
+    from kvtool.launcher import guestinfo
+
+    seen = [guestinfo.parse_line(line) for line in (
+        "[   43.350077] list_del corruption. next->prev should be fffff9cc00470008, but was fffff9cc00468008.\r",
+        "[   40.449840] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [user-data.sh:141]",
+        "[    2.000000] Kernel panic - not syncing: VFS: Unable to mount root fs",
+        "[ 1.5] BUG: kernel NULL pointer dereference, address: 0000000000000008 " + "x" * 300)]
+    assert [kind for kind, _ in seen] == ["kernel-error"] * 4
+    assert seen[0][1] == "list_del corruption. next->prev should be fffff9cc00470008, but was fffff9cc00468008."
+    assert seen[1][1].startswith("watchdog: BUG: soft lockup") and len(seen[3][1]) <= 200
+    for line in ("BUG: typed at a shell prompt", "[   1.0] virtio_net virtio0: BUGGY device? no",
+                 "[   1.0] random: crng init done", "TICK 3 BUG: 1.0"):
         assert guestinfo.parse_line(line) is None, line
 
 
@@ -512,6 +532,21 @@ def test_guest_poweroff_ends_the_launcher(make_launcher: Any, launcher_env: dict
     assert (final["phase"], final["domainState"], final["reason"]) == ("Succeeded", "Shutoff", "Shutdown"), final
     assert guest_scripts.MARKER_POWEROFF in launcher.console_log()
     assert not launcher.leftovers()
+
+
+def test_a_guest_kernels_report_of_trouble_reaches_the_status(make_launcher: Any) -> None:
+    """The kernel's own words on the console (put there through /dev/kmsg, as an oops is) become the status'
+    guestKernelError, which the handler shows on the VMI and the VM: a hung guest says why only there."""
+    launcher = make_launcher().start()
+    launcher.wait_socket()
+    script = "#!/bin/sh\necho '<2>BUG: kvtool-test: a report of trouble' > /dev/kmsg\n"
+    with launcher.client() as client:
+        client.sync(launcher.vmi(kernel_boot_spec(script)))
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not (status := client.status()).get("guestKernelError") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert status.get("guestKernelError") == "BUG: kvtool-test: a report of trouble", launcher.console_log()[-2000:]
+    assert status["phase"] == "Running"  # the guest is not stopped for it: the user decides
 
 
 # ---- ways a domain ends badly

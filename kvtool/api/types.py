@@ -17,6 +17,10 @@ DEFAULT_STACK = "default"
 FIELD_MANAGER = "kvtool"
 
 # Labels the controller puts on what it creates for a VM.
+# kvtool's own VMI and VM condition (KubeVirt has none for it): the guest kernel's first report of trouble on
+# its serial console (an oops, a panic, a soft lockup), set by the handler, mirrored on the VM by the controller.
+GUEST_KERNEL_ERROR = "GuestKernelError"
+
 VM_LABEL = "kvtool.io/vm"
 VMI_LABEL = "kvtool.io/vmi"
 VMI_UID_LABEL = "kvtool.io/vmi-uid"

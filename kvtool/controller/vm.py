@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtool.api import timeutil
+from kvtool.api.types import GUEST_KERNEL_ERROR
 from kvtool.controller import conditions, failover
 
 FINAL = ("Succeeded", "Failed")
@@ -162,6 +163,7 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
                    defaulted_spec(vm.get("spec", {}).get("template", {}).get("spec") or {}) != vmi.get("spec"))
     vmi_ready = conditions.get(vmi, "Ready") if vmi else None
     lost = conditions.get(vmi, failover.NODE_LOST) if vmi else None
+    oops = conditions.get(vmi, GUEST_KERNEL_ERROR) if vmi and phase not in FINAL else None
     new_conditions = [
         conditions.condition("Ready", ready, (vmi_ready or {}).get("reason", "") if vmi else "VMINotExists",
                              (vmi_ready or {}).get("message", "") if vmi else "no VirtualMachineInstance"),
@@ -171,6 +173,8 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
         conditions.condition("Paused", phase == "Running" and conditions.is_true(vmi, "Paused")),
         conditions.condition(failover.NODE_LOST, (lost or {}).get("status") == "True", (lost or {}).get("reason", ""),
                              (lost or {}).get("message", "")),
+        conditions.condition(GUEST_KERNEL_ERROR, (oops or {}).get("status") == "True", (oops or {}).get("reason", ""),
+                             (oops or {}).get("message", "")),
     ]
     return {
         "printableStatus": printable,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvtool.api.types import GUEST_KERNEL_ERROR
+
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5}
 
 
@@ -49,6 +51,12 @@ def status_patch(vmi: dict[str, Any], domain: dict[str, Any], launcher_version: 
     if failed:
         reason = domain.get("reason") or "DomainFailed"
         conds.append(_cond("Failure", True, reason, domain.get("message", ""), old, now))
+    if kernel_error := domain.get("guestKernelError"):
+        name = (vmi.get("metadata") or {}).get("name", "NAME")
+        conds.append(_cond(GUEST_KERNEL_ERROR, True, GUEST_KERNEL_ERROR,
+                           f"the guest's kernel reported on its console: {kernel_error}. The guest may be hung: "
+                           f"`kvtool console {name} --tail` shows the rest, `kvtool restart {name}` boots it again",
+                           old, now))
     types = {c["type"] for c in conds}
     merged = [c for c in old if c.get("type") not in types] + conds
     if _key(merged) != _key(old):

@@ -1,4 +1,5 @@
-"""What the guest says about itself on its serial console: readiness and its IP address.
+"""What the guest says about itself on its serial console: readiness, its IP address, and its kernel's
+reports of trouble (an oops, a panic, a soft lockup: a guest that may be hung says so only there).
 
 There is no guest agent in the tiny guest; its /init prints marker lines
 (kvtool.images.guest_scripts) that QEMU appends to the console log. A thread
@@ -30,6 +31,12 @@ _IP = re.compile(re.escape(guest_scripts.MARKER_IP)
                  + r" ([A-Za-z0-9_.-]{1,15}) ([0-9.]{7,15})/([0-9]{1,2})(?: gw=([0-9.]{7,15}|none))?")
 
 
+# A kernel message line ("[   43.35] ...") that says the kernel is in trouble; the message is kept, cut short.
+_KERNEL_TROUBLE = re.compile(r"^\[ *[0-9]+\.[0-9]+\] ((?:Kernel panic - not syncing|BUG|watchdog: BUG|Oops|"
+                             r"general protection fault|list_(?:add|del) corruption)\b[ -~]*)")
+KERNEL_MESSAGE_CHARS = 200
+
+
 @dataclass(frozen=True)
 class GuestIP:
     interface: str  # the guest's name for it (eth0)
@@ -39,7 +46,9 @@ class GuestIP:
 
 
 def parse_line(line: str) -> tuple[str, object] | None:
-    """("ready", hostname) | ("ip", GuestIP) | None for any other line."""
+    """("ready", hostname) | ("ip", GuestIP) | ("kernel-error", message) | None for any other line."""
+    if match := _KERNEL_TROUBLE.match(line.strip("\r")):
+        return "kernel-error", match.group(1)[:KERNEL_MESSAGE_CHARS].rstrip()
     if match := _READY.search(line):
         return "ready", match.group(1)
     if match := _IP.search(line):
@@ -56,12 +65,15 @@ def parse_line(line: str) -> tuple[str, object] | None:
 
 
 class ConsoleLogWatcher:
-    """Tails the console log from its start; calls on_ready(hostname) and on_ip(GuestIP) per marker."""
+    """Tails the console log from its start; calls on_ready(hostname), on_ip(GuestIP) and
+    on_kernel_error(message) per marker."""
 
-    def __init__(self, path: Path, on_ready: Callable[[str], None], on_ip: Callable[[GuestIP], None]) -> None:
+    def __init__(self, path: Path, on_ready: Callable[[str], None], on_ip: Callable[[GuestIP], None],
+                 on_kernel_error: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.on_ready = on_ready
         self.on_ip = on_ip
+        self.on_kernel_error = on_kernel_error
         self._stop = threading.Event()
         self._seen: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="console-log", daemon=True)
@@ -112,5 +124,7 @@ class ConsoleLogWatcher:
                 self.on_ready(str(value))
             elif isinstance(value, GuestIP):
                 self.on_ip(value)
+            elif kind == "kernel-error" and self.on_kernel_error is not None:
+                self.on_kernel_error(str(value))
         except Exception:
             log.exception("event=guestinfo-callback-failed marker=%s", kind)

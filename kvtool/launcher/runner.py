@@ -218,7 +218,8 @@ class Runner:
             self.hypervisor.connect()
         except (KvtoolError, libvirt.libvirtError) as exc:
             self._fail_start(Reason.DOMAIN_START_FAILED, _message(exc))
-        self._watcher = guestinfo.ConsoleLogWatcher(self.config.console_log, self._on_guest_ready, self._on_guest_ip)
+        self._watcher = guestinfo.ConsoleLogWatcher(self.config.console_log, self._on_guest_ready, self._on_guest_ip,
+                                                    self._on_guest_kernel_error)
         self._watcher.start()
         if self.config.volumes_dir is not None:
             self.board.update({"volumeSizes": {
@@ -514,6 +515,12 @@ class Runner:
             self.timings.setdefault("guest_ready", time.monotonic())
             log.info("event=guest-ready hostname=%s", hostname)
         self.board.update({"guestReady": True})
+
+    def _on_guest_kernel_error(self, message: str) -> None:
+        """The first report stays: what follows an oops is mostly its consequences."""
+        if not self.board.get().get("guestKernelError"):
+            log.warning("event=guest-kernel-error message=%r", message)
+            self.board.update({"guestKernelError": message})
 
     def _on_guest_ip(self, ip: guestinfo.GuestIP) -> None:
         log.info("event=guest-ip interface=%s address=%s/%d gateway=%s", ip.interface, ip.address, ip.prefix,

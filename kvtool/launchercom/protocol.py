@@ -26,7 +26,10 @@ COMMANDS = ("ping", "sync", "status", "shutdown", "pause", "unpause", "watch", "
 PHASES = ("Pending", "Running", "Paused", "Succeeded", "Failed", "Migrated")
 FINAL_PHASES = ("Succeeded", "Failed", "Migrated")
 STATUS_KEYS = ("phase", "domainState", "reason", "message", "name", "uuid", "startedAt", "interfaces",
-               "guestReady", "consoleLog", "migration", "volumeSizes")
+               "guestReady", "consoleLog", "migration", "volumeSizes", "guestKernelError")
+# Keys a launcher of an earlier version does not send: a newer handler reads them with a default.
+OPTIONAL_STATUS_KEYS = ("guestKernelError",)
+MAX_KERNEL_ERROR = 256
 # DomainStatus.migration: null, or this launcher's side of one live migration.
 MIGRATION_KEYS = ("uid", "role", "state", "mode", "startedAt", "endedAt", "message", "abortRequested",
                   "abortStatus")
@@ -146,12 +149,13 @@ def domain_status(*, phase: str = "Pending", domain_state: str = "NoState", reas
                   name: str = "", uuid: str = "", started_at: str | None = None,
                   interfaces: list[dict[str, Any]] | None = None, guest_ready: bool = False,
                   console_log: str = "", migration: dict[str, Any] | None = None,
-                  volume_sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    """A DomainStatus dict with every key, so readers never need .get() defaults."""
+                  volume_sizes: dict[str, int] | None = None, guest_kernel_error: str = "") -> dict[str, Any]:
+    """A DomainStatus dict with every key, so readers never need .get() defaults (but for an older
+    launcher's: OPTIONAL_STATUS_KEYS)."""
     status = {"phase": phase, "domainState": domain_state, "reason": reason, "message": message, "name": name,
               "uuid": uuid, "startedAt": started_at, "interfaces": list(interfaces or []),
               "guestReady": guest_ready, "consoleLog": console_log, "migration": migration,
-              "volumeSizes": dict(volume_sizes or {})}
+              "volumeSizes": dict(volume_sizes or {}), "guestKernelError": guest_kernel_error}
     check_status(status)
     return status
 
@@ -166,7 +170,7 @@ def check_status(status: Any) -> dict[str, Any]:
     """Raise LauncherError unless `status` is a well-formed DomainStatus; return it."""
     if not isinstance(status, dict):
         raise LauncherError(f"DomainStatus is a {type(status).__name__}, not an object", Reason.PROTOCOL)
-    missing = [key for key in STATUS_KEYS if key not in status]
+    missing = [key for key in STATUS_KEYS if key not in status and key not in OPTIONAL_STATUS_KEYS]
     if missing:
         raise LauncherError(f"DomainStatus lacks {', '.join(missing)}", Reason.PROTOCOL)
     if status["phase"] not in PHASES:
@@ -182,6 +186,10 @@ def check_status(status: Any) -> dict[str, Any]:
     if not isinstance(status["interfaces"], list) or not all(
             isinstance(i, dict) and all(k in i for k in INTERFACE_KEYS) for i in status["interfaces"]):
         raise LauncherError(f"DomainStatus interfaces must be objects with {', '.join(INTERFACE_KEYS)}",
+                            Reason.PROTOCOL)
+    kernel_error = status.get("guestKernelError", "")
+    if not isinstance(kernel_error, str) or len(kernel_error) > MAX_KERNEL_ERROR:
+        raise LauncherError(f"DomainStatus guestKernelError is not a string of at most {MAX_KERNEL_ERROR} characters",
                             Reason.PROTOCOL)
     sizes = status["volumeSizes"]
     if not isinstance(sizes, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in sizes.items()):
