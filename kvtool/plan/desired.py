@@ -151,6 +151,12 @@ _SURPRISING_TAGS = {
 }
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class _LeftToPyYAML(Exception):
+    """A node the one-walk builder does not build itself: the document goes the two-walk way."""
 # Strings to PyYAML (YAML 1.1) but numbers to YAML 1.2 readers such as kubectl: 1e3, 0o17, .inf.
 _YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|0o[0-7]+|0x[0-9a-fA-F]+"
                             r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
@@ -177,59 +183,97 @@ class InputLoader(_BaseLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.problems: list[tuple[int, str, str, bool]] = []
+        self.unusable = False
+        self._sizes: dict[int, int] = {}  # node -> how many values it expands to
+        self._built: dict[int, Any] = {}  # node -> its value, so an alias is the same object
 
     def construct_document(self, node: yaml.Node) -> Any:
+        """The document, built and checked in one walk over its nodes; a document the walk leaves to PyYAML
+        (merge keys, explicit collection tags, keys that are not scalars) is checked by a walk, then built by it."""
+        self._start()
+        try:
+            value, size = self._walk(node, (), set(), build=True)
+        except _LeftToPyYAML:
+            self._start()
+            _, size = self._walk(node, (), set(), build=False)
+            return super().construct_document(node) if self._usable(node, size) else None
+        finally:
+            self._built = {}
+            self.constructed_objects, self.recursive_objects, self.state_generators = {}, {}, []
+        return value if self._usable(node, size) else None
+
+    def _start(self) -> None:
         self.problems = []
         self.unusable = False
-        self._sizes: dict[int, int] = {}
-        if self._check(node, (), set()) > MAX_NODES and not self.unusable:
+        self._sizes = {}
+        self._built = {}
+
+    def _usable(self, node: yaml.Node, size: int) -> bool:
+        """Whether the document may be built: no cycle, depth or alias expansion past the limits (reported)."""
+        if size > MAX_NODES and not self.unusable:
             self.unusable = True
             self.problems.append((node.start_mark.line + 1, "", f"the document expands to more than {MAX_NODES} "
                                                                 "values through YAML aliases", False))
         self.problems.sort()
-        if self.unusable:  # constructing it would recurse forever, or blow up: it is reported instead
-            super().construct_document(yaml.ScalarNode(_STR_TAG, ""))
-            return None
-        return super().construct_document(node)
+        return not self.unusable
 
-    def _check(self, node: yaml.Node, path: tuple[str | int, ...], active: set[int]) -> int:
-        """Check a node and what it holds; how many values it expands to (aliases counted each time)."""
-        if id(node) in active:
+    def _walk(self, node: yaml.Node, path: tuple[str | int, ...], active: set[int], build: bool) -> tuple[Any, int]:
+        """(value, how many values it expands to, aliases counted each time) of a node and what it holds, checked on
+        the way. build=False only checks (the value is None): for a document PyYAML builds."""
+        key = id(node)
+        if key in active:
             self.unusable = True
             self.problems.append((node.start_mark.line + 1, schema.format_path(path),
                                   "a YAML alias refers to a node that contains it (a structure without end)", False))
-            return 1
-        if id(node) in self._sizes:
-            return self._sizes[id(node)]  # an alias of a node already checked
+            return None, 1
+        if key in self._sizes:
+            return self._built.get(key), self._sizes[key]  # an alias of a node already walked: the same object
         if len(path) > MAX_DEPTH:
             self.unusable = True
             self.problems.append((node.start_mark.line + 1, schema.format_path(path[:MAX_DEPTH]),
                                   f"the document is nested deeper than {MAX_DEPTH} levels", False))
-            return 1
+            return None, 1
         size = 1
-        active.add(id(node))
+        value: Any = None
+        active.add(key)
         if isinstance(node, yaml.MappingNode):
+            if build and node.tag != _MAP_TAG:
+                raise _LeftToPyYAML
+            value = {} if build else None
             seen: set[tuple[str, str]] = set()
-            for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    if build:
+                        raise _LeftToPyYAML
                     continue
-                if (key.tag, key.value) in seen:
-                    self.problems.append((key.start_mark.line + 1, schema.format_path(path),
-                                          f"duplicate key {key.value!r}", False))
-                seen.add((key.tag, key.value))
-                size += self._check(value, (*path, key.value), active)
+                if (key_node.tag, key_node.value) in seen:
+                    self.problems.append((key_node.start_mark.line + 1, schema.format_path(path),
+                                          f"duplicate key {key_node.value!r}", False))
+                seen.add((key_node.tag, key_node.value))
+                item, count = self._walk(value_node, (*path, key_node.value), active, build)
+                size += count
+                if build:
+                    value[key_node.value if key_node.tag == _STR_TAG else self.construct_object(key_node)] = item
         elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                size += self._check(item, (*path, i), active)
-        elif isinstance(node, yaml.ScalarNode) and not node.style and _names_a_string(path):  # plain: no quotes
-            what = self._surprise(node)
-            if what:
+            if build and node.tag != _SEQ_TAG:
+                raise _LeftToPyYAML
+            value = [] if build else None
+            for i, item_node in enumerate(node.value):
+                item, count = self._walk(item_node, (*path, i), active, build)
+                size += count
+                if build:
+                    value.append(item)
+        elif isinstance(node, yaml.ScalarNode):
+            if build:
+                value = node.value if node.tag == _STR_TAG else self.construct_object(node)
+            if not node.style and _names_a_string(path) and (what := self._surprise(node)):  # plain: no quotes
                 field_path = schema.format_path(path)
                 self.problems.append((node.start_mark.line + 1, field_path,
                                       f"{field_path} is {what}: quote it ('{node.value}')", True))
-        active.discard(id(node))
-        self._sizes[id(node)] = size
-        return size
+        active.discard(key)
+        self._sizes[key] = size
+        self._built[key] = value
+        return value, size
 
     def _surprise(self, node: yaml.ScalarNode) -> str | None:
         """What a plain scalar turns into when that is not the string it looks like, or None."""
