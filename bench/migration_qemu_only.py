@@ -13,11 +13,7 @@ Usage: python bench/migration_qemu_only.py [--qemu PATH] [--datadir DIR] [--runs
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,82 +27,42 @@ from migration import DIRTY_USER_DATA  # bench/migration.py's dirty guest, count
 
 from kvtool.domain.cloudinit import write_nocloud_iso
 from kvtool.images import store, tiny_linux
+from kvtool.launcher import guestinfo
+from tests.guest_helpers import Guest
+from tests.migration_helpers import TICK
+from tests.waiting import wait_for
 
-BROKEN = re.compile(r"BUG|Oops|corruption|soft lockup|Kernel panic|general protection")
-TICK = re.compile(rb"TICK (\d+)")
-
-
-class Monitor:
-    """A QMP connection: one command at a time, events skipped."""
-
-    def __init__(self, path: Path, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.file = self.sock.makefile("rw")
-        self.file.readline()
-        self.call("qmp_capabilities")
-
-    def call(self, name: str, **arguments: Any) -> Any:
-        self.file.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "error" in reply:
-                raise RuntimeError(f"{name}: {reply['error']}")
-            if "return" in reply:
-                return reply["return"]
+MEMORY_MIB = 512
+# The flags of the QEMU command line the launcher's libvirt builds that matter here (its /proc/PID/cmdline).
+LAUNCHER_FLAGS = ["-machine", "q35,memory-backend=pc.ram,hpet=off", "-cpu", "qemu64", "-smp", "1",
+                  "-object", f"memory-backend-ram,id=pc.ram,size={MEMORY_MIB}M", "-rtc", "base=utc,driftfix=slew"]
 
 
-class Guest:
-    """One QEMU process with the tiny-linux guest, its serial console in a file."""
-
-    def __init__(self, args: argparse.Namespace, root: Path, n: int, iso: Path, image: store.Image,
-                 incoming: Path | None = None) -> None:
-        self.dir = root / f"qemu{n}"
-        self.dir.mkdir()
-        argv = [args.qemu, "-machine", "q35,memory-backend=pc.ram,hpet=off", "-accel", "tcg,tb-size=16",
-                "-cpu", "qemu64", "-object", "memory-backend-ram,id=pc.ram,size=512M", "-m", "512", "-smp", "1",
-                "-display", "none", "-nodefaults", "-rtc", "base=utc,driftfix=slew",
-                "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline or "",
-                "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
-                "-serial", f"file:{self.dir}/console.log", "-qmp", f"unix:{self.dir}/qmp.sock,server=on,wait=off",
-                *(["-L", args.datadir] if args.datadir else []),
-                *(["-incoming", f"unix:{incoming}"] if incoming else [])]
-        with (self.dir / "stderr").open("w") as stderr:
-            self.process = subprocess.Popen(argv, stderr=stderr)
-        self.monitor = Monitor(self.dir / "qmp.sock")
-
-    def console(self) -> bytes:
-        return (self.dir / "console.log").read_bytes()
-
-    def last_tick(self) -> int:
-        return max((int(n) for n in TICK.findall(self.console())), default=-1)
-
-    def quit(self) -> None:
-        with contextlib.suppress(OSError, RuntimeError, ValueError):
-            self.monitor.call("quit")
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def start(args: argparse.Namespace, workdir: Path, iso: Path, image: store.Image,
+          incoming: Path | None = None) -> Guest:
+    workdir.mkdir()
+    return Guest(image, workdir, seed_iso=iso, memory_mib=MEMORY_MIB, nic=False, qemu=args.qemu,
+                 accel="tcg,tb-size=16", extra=[*LAUNCHER_FLAGS, *(["-L", args.datadir] if args.datadir else []),
+                                                 *(["-incoming", f"unix:{incoming}"] if incoming else [])]).start()
 
 
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def last_tick(guest: Guest) -> int:
+    return max((int(m.group(1)) for m in TICK.finditer(guest.console().encode())), default=-1)
+
+
+def answers(guest: Guest) -> bool:
+    """Whether QEMU's monitor answers: it is up, listening for the incoming migration too."""
+    try:
+        guest.qmp("query-status")
+    except OSError:
+        return False
+    return True
+
+
+def kernel_trouble(guest: Guest) -> list[str]:
+    """What the guest's kernel reported, as kvtool's launcher picks it from a console (GuestKernelError)."""
+    return [str(found[1]) for line in guest.console().splitlines()
+            if (found := guestinfo.parse_line(line)) and found[0] == "kernel-error"]
 
 
 def main() -> int:
@@ -125,28 +81,34 @@ def main() -> int:
         root = Path(tmp)
         iso = write_nocloud_iso(root / "cidata.iso", instance_id="qemu-only", hostname="qemu-only",
                                 user_data=DIRTY_USER_DATA, network_data=None)
-        source = Guest(args, root, 0, iso, image)
+        source = start(args, root / "qemu0", iso, image)
         try:
-            if not wait_for(lambda: source.last_tick() >= 30, 240):
-                raise SystemExit(f"the guest did not boot:\n{source.console()[-2000:].decode(errors='replace')}")
+            wait_for(lambda: last_tick(source) >= 30, 240, "the guest's boot",
+                     describe=lambda: source.console()[-2000:])
             for run in range(args.runs):
                 path = root / f"migration{run}.sock"
-                target = Guest(args, root, run + 1, iso, image, incoming=path)
-                source.monitor.call("migrate-set-capabilities",
-                                    capabilities=[{"capability": "auto-converge", "state": True}])
-                source.monitor.call("migrate-set-parameters", **{"max-bandwidth": args.bandwidth << 20})
+                target = start(args, root / f"qemu{run + 1}", iso, image, incoming=path)
+                wait_for(lambda arriving=target: answers(arriving), 10, "the target QEMU's monitor")
+                source.qmp("migrate-set-capabilities",
+                           {"capabilities": [{"capability": "auto-converge", "state": True}]})
+                source.qmp("migrate-set-parameters", {"max-bandwidth": args.bandwidth << 20})
                 started = time.monotonic()
-                source.monitor.call("migrate", uri=f"unix:{path}")
-                state: dict[str, Any] = {}
+                source.qmp("migrate", {"uri": f"unix:{path}"})
+                state: Any = {}
                 while state.get("status") not in ("completed", "failed"):
                     time.sleep(0.05)
-                    state = source.monitor.call("query-migrate")
+                    state = source.qmp("query-migrate")
                 seconds = time.monotonic() - started
-                last = source.last_tick()
-                source.quit()
+                last = last_tick(source)
+                source.kill()
                 source = target
-                counting = wait_for(lambda last=last, arrived=target: arrived.last_tick() > last + 20, 20)
-                oops = [line for line in target.console().decode(errors="replace").splitlines() if BROKEN.search(line)]
+                try:
+                    wait_for(lambda last=last, arrived=target: last_tick(arrived) > last + 20, 20,
+                             "the guest counting on")
+                    counting = True
+                except AssertionError:
+                    counting = False
+                oops = kernel_trouble(target)
                 done += 1
                 ok = state["status"] == "completed" and counting and not oops
                 broken += not ok
@@ -156,7 +118,7 @@ def main() -> int:
                 if not ok:
                     break
         finally:
-            source.quit()
+            source.kill()
             for loop in busy:
                 loop.kill()
     print(f"{version}: {broken} broken guest(s) in {done} migration(s) at {args.bandwidth} MiB/s, "

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from kvtool.images import store
@@ -41,15 +41,16 @@ class Guest:
 
     def __init__(self, image: store.Image, workdir: Path, *, append: str = "", http_port: int | None = None,
                  seed_iso: Path | None = None, seed_bus: str = "virtio", memory_mib: int = 128,
-                 nic: bool = True) -> None:
+                 nic: bool = True, qemu: str | None = None, accel: str = "tcg", extra: Sequence[str] = ()) -> None:
+        """qemu: another QEMU binary than the installed one; extra: more of its arguments, last."""
         self.workdir = workdir
         self.serial = workdir / "serial.log"
         self.qmp_path = workdir / "qmp.sock"
         self.log = workdir / "qemu.log"
         hostfwd = f",hostfwd=tcp:127.0.0.1:{http_port}-:80" if http_port else ""
         self.argv = [
-            require_tool("qemu-system-x86_64", "qemu-system-x86"),
-            "-accel", "tcg", "-m", str(memory_mib), "-nodefaults", "-nographic", "-no-reboot",
+            qemu or require_tool("qemu-system-x86_64", "qemu-system-x86"),
+            "-accel", accel, "-m", str(memory_mib), "-nodefaults", "-nographic", "-no-reboot",
             "-serial", f"file:{self.serial}", "-monitor", "none",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
@@ -60,6 +61,7 @@ class Guest:
             self.argv += ["-netdev", f"user,id=net0{hostfwd}", "-device", "virtio-net-pci,netdev=net0,romfile="]
         if seed_iso is not None:
             self.argv += _seed_args(seed_iso, seed_bus)
+        self.argv += extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
