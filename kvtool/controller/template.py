@@ -175,8 +175,8 @@ def claim_size(pvc: Mapping[str, Any] | None) -> int | None:
     pvc = pvc or {}
     for value in (((pvc.get("status") or {}).get("capacity") or {}).get("storage"),
                   (((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")):
-        if isinstance(value, (str, int)) and quantity.is_quantity(value) and quantity.to_bytes(value) > 0:
-            return quantity.to_bytes(value)
+        if isinstance(value, (str, int)) and quantity.is_quantity(value) and (size := quantity.to_bytes(value)) > 0:
+            return size
     return None
 
 

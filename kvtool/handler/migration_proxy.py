@@ -34,6 +34,8 @@ BUFFER = 1 << 18
 CONNECT_TIMEOUT = 10.0  # the TCP connect and the TLS handshake; the relay itself has no timeout
 KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}  # a vanished peer node ends the relay
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# Opens the onward end for an accepted connection: (its TLS socket, its plain one, whether the accepted one is TLS).
+Opener = Callable[[socket.socket], tuple[ssl.SSLSocket, socket.socket, bool]]
 
 
 def _attempt(blocked: int, call: Callable[[memoryview], int], data: memoryview) -> tuple[int, int]:
@@ -149,21 +151,15 @@ class _Proxy:
         self.key = key
         self.side = side
         self.listeners: list[socket.socket] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: list[asyncio.Task[None]] = []  # one accept loop per listener
 
-    def _listen(self, listener: socket.socket, channel: str, open_relay: Callable[[socket.socket], tuple[
-            ssl.SSLSocket, socket.socket, bool]]) -> None:
+    def _listen(self, listener: socket.socket, channel: str, open_relay: Opener) -> None:
         listener.setblocking(False)
         self.listeners.append(listener)
-        self._spawn(self._accept(listener, channel, open_relay), f"accept-{channel}")
+        self.tasks.append(asyncio.get_running_loop().create_task(
+            self._accept(listener, channel, open_relay), name=f"migration-{self.key[:8]}-accept-{channel}"))
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"migration-{self.key[:8]}-{name}")  # type: ignore
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _accept(self, listener: socket.socket, channel: str,
-                      open_relay: Callable[[socket.socket], tuple[ssl.SSLSocket, socket.socket, bool]]) -> None:
+    async def _accept(self, listener: socket.socket, channel: str, open_relay: Opener) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -176,8 +172,7 @@ class _Proxy:
             threading.Thread(target=self._carry, args=(channel, accepted, open_relay), daemon=True,
                              name=f"migration-{self.key[:8]}-{channel}").start()
 
-    def _carry(self, channel: str, accepted: socket.socket,
-               open_relay: Callable[[socket.socket], tuple[ssl.SSLSocket, socket.socket, bool]]) -> None:
+    def _carry(self, channel: str, accepted: socket.socket, open_relay: Opener) -> None:
         """One accepted connection (in its thread): open the onward one, relay, log the byte counts."""
         try:
             accepted.setblocking(True)
@@ -194,10 +189,11 @@ class _Proxy:
 
     async def close(self) -> None:
         """Stop accepting; connections already relayed run on until their ends close them."""
-        for task in list(self.tasks):
+        for task in self.tasks:
             task.cancel()
         for listener in self.listeners:
             listener.close()
+        self.tasks.clear()
         self.listeners.clear()
 
 
@@ -212,8 +208,8 @@ class TargetProxy(_Proxy):
         self.ports: dict[str, int] = {}  # handler port (as text) -> KubeVirt's launcher port of the channel
 
     async def start(self) -> dict[str, int]:
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         for channel, path in self.sockets.items():
-            family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
             listener = socket.create_server((self.address, 0), family=family)
             self.ports[str(listener.getsockname()[1])] = CHANNEL_PORTS[channel]
             self._listen(listener, channel, self._opener(path))
@@ -221,7 +217,7 @@ class TargetProxy(_Proxy):
                  ",".join(self.ports))
         return self.ports
 
-    def _opener(self, path: Path) -> Callable[[socket.socket], tuple[ssl.SSLSocket, socket.socket, bool]]:
+    def _opener(self, path: Path) -> Opener:
         def open_relay(accepted: socket.socket) -> tuple[ssl.SSLSocket, socket.socket, bool]:
             accepted.settimeout(CONNECT_TIMEOUT)
             _keepalive(accepted)
@@ -263,7 +259,7 @@ class SourceProxy(_Proxy):
             self._listen(listener, channel, self._opener(port))
         log.info("migration=%s event=source-proxy-listening dir=%s target=%s", self.key, self.directory, self.address)
 
-    def _opener(self, port: int) -> Callable[[socket.socket], tuple[ssl.SSLSocket, socket.socket, bool]]:
+    def _opener(self, port: int) -> Opener:
         def open_relay(accepted: socket.socket) -> tuple[ssl.SSLSocket, socket.socket, bool]:
             outer = socket.create_connection((self.address, port), timeout=CONNECT_TIMEOUT)
             try:

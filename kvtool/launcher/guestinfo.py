@@ -69,7 +69,7 @@ class ConsoleLogWatcher:
     on_kernel_error(message) per marker."""
 
     def __init__(self, path: Path, on_ready: Callable[[str], None], on_ip: Callable[[GuestIP], None],
-                 on_kernel_error: Callable[[str], None] | None = None) -> None:
+                 on_kernel_error: Callable[[str], None]) -> None:
         self.path = path
         self.on_ready = on_ready
         self.on_ip = on_ip
@@ -124,7 +124,7 @@ class ConsoleLogWatcher:
                 self.on_ready(str(value))
             elif isinstance(value, GuestIP):
                 self.on_ip(value)
-            elif kind == "kernel-error" and self.on_kernel_error is not None:
+            elif kind == "kernel-error":
                 self.on_kernel_error(str(value))
         except Exception:
             log.exception("event=guestinfo-callback-failed marker=%s", kind)
