@@ -225,8 +225,9 @@ def test_the_guest_kernels_reports_of_trouble_are_picked_from_its_console() -> N
         "[   43.350077] list_del corruption. next->prev should be fffff9cc00470008, but was fffff9cc00468008.\r",
         "[   40.449840] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [user-data.sh:141]",
         "[    2.000000] Kernel panic - not syncing: VFS: Unable to mount root fs",
-        "[ 1.5] BUG: kernel NULL pointer dereference, address: 0000000000000008 " + "x" * 300)]
-    assert [kind for kind, _ in seen] == ["kernel-error"] * 4
+        "[ 1.5] BUG: kernel NULL pointer dereference, address: 0000000000000008 " + "x" * 300,
+        "[   68.273316] kernel BUG at lib/list_debug.c:62!")]  # BUG_ON(): no other line before it
+    assert [kind for kind, _ in seen] == ["kernel-error"] * 5
     assert seen[0][1] == "list_del corruption. next->prev should be fffff9cc00470008, but was fffff9cc00468008."
     assert seen[1][1].startswith("watchdog: BUG: soft lockup") and len(seen[3][1]) <= 200
     for line in ("BUG: typed at a shell prompt", "[   1.0] virtio_net virtio0: BUGGY device? no",

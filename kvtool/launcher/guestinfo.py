@@ -32,8 +32,8 @@ _IP = re.compile(re.escape(guest_scripts.MARKER_IP)
 
 
 # A kernel message line ("[   43.35] ...") that says the kernel is in trouble; the message is kept, cut short.
-_KERNEL_TROUBLE = re.compile(r"^\[ *[0-9]+\.[0-9]+\] ((?:Kernel panic - not syncing|BUG|watchdog: BUG|Oops|"
-                             r"general protection fault|list_(?:add|del) corruption)\b[ -~]*)")
+_KERNEL_TROUBLE = re.compile(r"^\[ *[0-9]+\.[0-9]+\] ((?:Kernel panic - not syncing|BUG|kernel BUG at|watchdog: BUG|"
+                             r"Oops|general protection fault|list_(?:add|del) corruption)\b[ -~]*)")
 KERNEL_MESSAGE_CHARS = 200
 
 
