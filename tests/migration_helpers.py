@@ -15,7 +15,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtool import consoles, paths
+from tests.guest_helpers import KVTOOL_CLI
 
 OOPS_MARKS = ("BUG:", "Oops", "Kernel panic", "corruption", "WARNING:", "general protection")
 TICK = re.compile(rb"TICK (\d+) (\d+\.\d+)")
@@ -195,8 +195,7 @@ def _kick_console(home: Path, vmi: dict[str, Any]) -> str:
     transmit interrupt (its tty waits for THRE forever) prints again once a received byte runs the driver's
     interrupt handler; a hung guest does not."""
     meta = vmi.get("metadata") or {}
-    argv = [sys.executable, "-m", "kvtool.cli.main", "console", "-n", meta.get("namespace", "default"),
-            meta.get("name", "")]
+    argv = [*KVTOOL_CLI, "console", "-n", meta.get("namespace", "default"), meta.get("name", "")]
     env = {**os.environ, "KUBECONFIG": str(home / "kubeconfig"), "KVTOOL_HOME": str(home)}
     try:
         done = subprocess.run(argv, input=b"\n", capture_output=True, timeout=3, env=env)
