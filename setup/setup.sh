@@ -10,16 +10,26 @@ command -v "$PY" >/dev/null || PY=python3
 step() { printf '\n==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# 1. Debian packages, from the one list the launcher image uses too.
-mapfile -t PKGS < <(awk '!/^[[:space:]]*#/ && NF {print $1}' setup/apt-packages.txt)
-MISSING=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || MISSING+=("$p")
+# 1. Debian packages, from the one list the launcher image uses too. QEMU and libvirt come from
+#    bookworm-backports (setup/kvtool-backports.pref says which and why): its source and pin go in first.
+UPDATE=
+for file in kvtool-backports.sources:sources.list.d/kvtool-backports.sources \
+            kvtool-backports.pref:preferences.d/kvtool-backports; do
+  target=/etc/apt/${file#*:}
+  if ! cmp -s "setup/${file%%:*}" "$target"; then
+    step "apt: installing $target (from setup/${file%%:*})"
+    as_root install -m 0644 "setup/${file%%:*}" "$target"
+    UPDATE=1
+  fi
 done
-if [ ${#MISSING[@]} -gt 0 ]; then
-  step "installing Debian packages: ${MISSING[*]}"
+mapfile -t PKGS < <(awk '!/^[[:space:]]*#/ && NF {print $1}' setup/apt-packages.txt)
+# apt itself says whether anything is missing or older than the pinned version (and a package it does not
+# know yet, before the first update, fails the simulation: install then too).
+if [ -n "$UPDATE" ] || ! PLAN=$(apt-get -s -q install --no-install-recommends "${PKGS[@]}" 2>&1) \
+    || grep -q '^Inst ' <<<"$PLAN"; then
+  step "installing Debian packages: ${PKGS[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${MISSING[@]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PKGS[@]}"
 else
   step "Debian packages: all ${#PKGS[@]} present"
 fi

@@ -17,6 +17,7 @@ import yaml
 
 from kvtool import paths
 from kvtool.deploy import manifests
+from kvtool.images import container
 from kvtool.local import cluster as local_cluster
 from tests.conftest import Cluster, kvtool
 from tests.runtime_helpers import get, wait_for, wait_running
@@ -203,6 +204,14 @@ def test_the_image_uses_the_one_package_list() -> None:
         assert listed[needed] == "image"
     ignore = (ROOT / ".dockerignore").read_text()
     assert "!kvtool/" in ignore and "!schemas/" in ignore
+    # The apt source and pin that take QEMU and libvirt from bookworm-backports: the same files, at the same
+    # paths, on the host (setup.sh), in the Dockerfile's two stages and in kvtool's own image build.
+    for name, path in (("kvtool-backports.sources", container.APT_SOURCES_PATH),
+                       ("kvtool-backports.pref", container.APT_PREFERENCES_PATH)):
+        assert (ROOT / "setup" / name).is_file()
+        assert dockerfile.count(f"COPY setup/{name} /{path}\n") == 2, name
+        assert f"!setup/{name}\n" in ignore, name
+        assert f"{name}:{path.removeprefix('etc/apt/')}" in setup, name
 
 
 def test_a_wheel_carries_the_schemas(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ launcher_image/Dockerfile, in three layers, each cached under <cache>/oci/layers
 of its own inputs, so that editing kvtool's Python rebuilds only the top one:
 
   base    mmdebstrap bookworm (minbase, slimmed like debian:bookworm-slim) with the packages
-          marked `image` in setup/apt-packages.txt, then launcher_image/users.sh
+          marked `image` in setup/apt-packages.txt, QEMU and libvirt from bookworm-backports
+          (setup/kvtool-backports.{sources,pref}, as on the host), then launcher_image/users.sh
   deps    kvtool's runtime requirements (launcher_image/requirements.py: pyproject's dependencies
           + the `runtime` extra, less pandas, which the image's commands never import),
           `pip install --target /opt/kvtool/lib` run on this host. Debian 12 here and in the
@@ -72,6 +73,10 @@ FIXED_MTIME = 315532800
 _RECIPES = {"base": "1", "deps": "3", "kvtool": "2", "pause": "1"}
 _KEEP = {"base": 2, "deps": 2, "kvtool": 4, "pause": 2, "launcher": 2}  # cached files kept per kind
 _USERS_ENV = "KVTOOL_USERS_SCRIPT"
+_APT_SOURCES_ENV = "KVTOOL_APT_SOURCES"
+_APT_PREFERENCES_ENV = "KVTOOL_APT_PREFERENCES"
+APT_SOURCES_PATH = "etc/apt/sources.list.d/kvtool-backports.sources"  # where setup.sh puts them on the host too
+APT_PREFERENCES_PATH = "etc/apt/preferences.d/kvtool-backports"
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,9 @@ class LauncherSource:
     @classmethod
     def find(cls, root: Path | None = None) -> LauncherSource:
         source = cls(Path(root or paths.source_root()).absolute())
-        for needed in (source.package_list, source.pyproject, source.entry, source.pth, source.users,
-                       source.requirements, source.package / "cli" / "main.py", source.schemas):
+        for needed in (source.package_list, source.apt_sources, source.apt_preferences, source.pyproject,
+                       source.entry, source.pth, source.users, source.requirements,
+                       source.package / "cli" / "main.py", source.schemas):
             if not needed.exists():
                 raise BuildError(f"{needed} is missing: building the launcher image needs kvtool's source checkout",
                                  hint="run `kvtool image build launcher` from the repository's .venv")
@@ -93,6 +99,14 @@ class LauncherSource:
     @property
     def package_list(self) -> Path:
         return self.root / "setup" / "apt-packages.txt"
+
+    @property
+    def apt_sources(self) -> Path:
+        return self.root / "setup" / "kvtool-backports.sources"
+
+    @property
+    def apt_preferences(self) -> Path:
+        return self.root / "setup" / "kvtool-backports.pref"
 
     @property
     def pyproject(self) -> Path:
@@ -172,14 +186,19 @@ def build_launcher(force: bool = False, progress: Progress | None = None, root: 
 
 def _base_key(source: LauncherSource, packages: list[str]) -> str:
     recipe = {"recipe": _RECIPES["base"], "argv": _mmdebstrap_argv(packages, "MODE", Path("TARGET")),
-              "packages": sorted(packages), "users": source.users.read_text()}
+              "packages": sorted(packages), "users": source.users.read_text(),
+              "apt": [source.apt_sources.read_text(), source.apt_preferences.read_text()]}
     return _digest(recipe)
 
 
 def _mmdebstrap_argv(packages: list[str], mode: str, target: Path) -> list[str]:
-    # Hooks are fixed strings: the users script reaches the chroot through the environment, never a command line.
+    # Hooks are fixed strings: the users script and the apt files reach the chroot through the environment,
+    # never a command line. The setup hook runs before apt's first update, so the pin decides every version.
     return ["mmdebstrap", f"--mode={mode}", "--variant=minbase", "--format=directory",
             f"--include={','.join(packages)}",
+            f'--setup-hook=mkdir -p "$1/{Path(APT_SOURCES_PATH).parent}" "$1/{Path(APT_PREFERENCES_PATH).parent}"'
+            f' && printf "%s" "${_APT_SOURCES_ENV}" > "$1/{APT_SOURCES_PATH}"'
+            f' && printf "%s" "${_APT_PREFERENCES_ENV}" > "$1/{APT_PREFERENCES_PATH}"',
             '--aptopt=Acquire::Languages "none"',
             *(f"--dpkgopt={option}" for option in SLIM_DPKG_OPTIONS),
             f'--customize-hook=chroot "$1" /bin/sh -c "${_USERS_ENV}"',
@@ -195,10 +214,13 @@ def _build_base(source: LauncherSource, packages: list[str], work: Path, out: Pa
     mode = "root" if os.geteuid() == 0 else "unshare"
     argv = [mmdebstrap, *_mmdebstrap_argv(packages, mode, rootfs)[1:]]
     say(f"base layer: mmdebstrap {SUITE} with {len(packages)} packages (downloads from Debian's mirror; minutes)")
-    _run_logged(argv, "mmdebstrap", say, env={**os.environ, _USERS_ENV: source.users.read_text()},
+    env = {**os.environ, _USERS_ENV: source.users.read_text(), _APT_SOURCES_ENV: source.apt_sources.read_text(),
+           _APT_PREFERENCES_ENV: source.apt_preferences.read_text()}
+    _run_logged(argv, "mmdebstrap", say, env=env,
                 forward=lambda line: line.startswith("I: "), timeout=3600)
     say("base layer: writing the layer tar")
-    comment = f"mmdebstrap --variant=minbase {SUITE} + {' '.join(packages)}; launcher_image/users.sh"
+    comment = (f"mmdebstrap --variant=minbase {SUITE} + {' '.join(packages)} (pinned: {APT_PREFERENCES_PATH}); "
+               "launcher_image/users.sh")
     # Real mtimes: the Debian Python's .pyc files are checked against their sources' timestamps.
     return oci.layer_from_tree(rootfs, out, comment=comment)
 
