@@ -63,6 +63,13 @@ def _migration(cluster: Cluster, name: str) -> dict:
     return json.loads(cluster.kubectl("get", "vmim", name, "-o", "json").stdout)
 
 
+def _in_phase(cluster: Cluster, name: str, *phases: str) -> dict | None:
+    """The migration object once its phase is one of `phases` (a new one has no status until the controller's
+    first write)."""
+    migration = _migration(cluster, name)
+    return migration if migration.get("status", {}).get("phase") in phases else None
+
+
 def _vmi_migrations(cluster: Cluster, vmi: str) -> list[dict]:
     items = json.loads(cluster.kubectl("get", "vmim", "-o", "json").stdout)["items"]
     return [m for m in items if m["spec"]["vmiName"] == vmi]
@@ -156,9 +163,9 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
 
         started = time.monotonic()
         migration = _migrate(name, "--to-node", target)
-        done = wait_for(lambda: (_follow_pods(cluster, watch, name) and
-                                 (m := _migration(cluster, migration))["status"].get("phase") in ("Succeeded", "Failed")
-                                 and m), timeout=180, interval=0.1, what=f"migration {migration} to end",
+        done = wait_for(lambda: (_follow_pods(cluster, watch, name)
+                                 and _in_phase(cluster, migration, "Succeeded", "Failed")),
+                        timeout=180, interval=0.1, what=f"migration {migration} to end",
                         describe=lambda: dumps(_migration(cluster, migration).get("status")))
         ended = time.monotonic()
         assert done["status"]["phase"] == "Succeeded", dumps(done["status"])
@@ -297,7 +304,7 @@ def test_a_cancelled_or_broken_migration_leaves_the_guest_on_its_node(cluster: C
     try:
 
         def running(migration: str) -> dict:
-            return wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Running" and m,
+            return wait_for(lambda: _in_phase(cluster, migration, "Running"),
                             timeout=120, what=f"{migration} Running",
                             describe=lambda: dumps(_migration(cluster, migration).get("status")))
 
@@ -330,7 +337,7 @@ def test_a_cancelled_or_broken_migration_leaves_the_guest_on_its_node(cluster: C
         running(migration)
         target_pod = get(cluster, "vmi", name)["status"]["migrationState"]["targetPod"]
         cluster.kubectl("delete", "pod", target_pod, "--grace-period=0", "--force")
-        failed = wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Failed" and m,
+        failed = wait_for(lambda: _in_phase(cluster, migration, "Failed"),
                           timeout=120, what=f"{migration} Failed",
                           describe=lambda: dumps(_migration(cluster, migration).get("status")))
         state = failed["status"]["migrationState"]
@@ -377,8 +384,8 @@ def test_a_vm_that_cannot_move_says_why_and_migrate_refuses_it(cluster: Cluster,
         cluster.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "kvtool.io/v1alpha1", "kind": "VirtualMachineInstanceMigration",
             "metadata": {"name": f"{name}-by-hand"}, "spec": {"vmiName": name}}))
-        failed = wait_for(lambda: (m := _migration(cluster, f"{name}-by-hand"))["status"].get("phase") == "Failed"
-                          and m, timeout=60, what="the hand-made migration to fail")
+        failed = wait_for(lambda: _in_phase(cluster, f"{name}-by-hand", "Failed"), timeout=60,
+                          what="the hand-made migration to fail")
         failure = condition(failed, "Failed")
         assert "bridge binding" in failure["message"], failure
         cluster.kubectl("delete", "vmim", f"{name}-by-hand", "--wait=true", timeout=60)
@@ -454,7 +461,7 @@ def test_a_migration_past_its_completion_timeout_aborts_or_switches_to_post_copy
     try:
         # Pre-copy only: aborted when the time is up, the guest stays, the reason names the setting.
         migration = _migrate(name)
-        failed = wait_for(lambda: (m := _migration(cluster, migration))["status"].get("phase") == "Failed" and m,
+        failed = wait_for(lambda: _in_phase(cluster, migration, "Failed"),
                           timeout=120, what=f"{migration} Failed",
                           describe=lambda: dumps(_migration(cluster, migration).get("status")))
         reason = failed["status"]["migrationState"]["failureReason"]
