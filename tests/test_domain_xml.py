@@ -313,6 +313,11 @@ def test_step_features() -> None:
         features={"apic": {"enabled": False}})))
     assert (kvm.features.acpi, kvm.features.apic, kvm.features.tcg_tb_cache) == (True, None, None)
     assert run_step(compute.configure_features, base_inputs(tcg_tb_cache_mib=None)).features.tcg_tb_cache is None
+    # By default TCG's translation cache grows with the guest (a distribution thrashes a busybox guest's 16 MiB).
+    for memory, mib in (("1Gi", 128), ("16Gi", 256), ("64Mi", 16)):
+        sized = run_step(compute.configure_features, base_inputs(spec=with_spec(memory={"guest": memory})))
+        assert sized.features.tcg_tb_cache == mib, memory
+    assert run_step(compute.configure_features, base_inputs(tcg_tb_cache_mib=64)).features.tcg_tb_cache == 64
     rich = run_step(compute.configure_features, base_inputs(spec=with_spec(features={
         "smm": {}, "pvspinlock": {"enabled": False}, "kvm": {"hidden": True}, "apic": {"endOfInterrupt": True},
         "hyperv": {"relaxed": {}, "spinlocks": {}, "synictimer": {"direct": {}}, "vendorid": {"vendorid": "abc"}}})))

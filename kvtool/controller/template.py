@@ -26,6 +26,7 @@ from kvtool.api.types import (
     VMI_LABEL,
     VMI_UID_LABEL,
 )
+from kvtool.domain.configure.compute import tcg_tb_cache_mib
 from kvtool.domain.configure.devices import wants_vsock
 
 DEFAULT_LAUNCHER_IMAGE = f"kvtool.io/launcher:{__version__}"
@@ -42,7 +43,7 @@ OVERHEAD_LIBVIRTD = 40 * MiB  # the private libvirtd (VirtqemudOverhead)
 OVERHEAD_QEMU = 30 * MiB  # QEMU minus its guest's RAM and page tables (QemuOverhead)
 OVERHEAD_PER_VCPU = 8 * MiB
 OVERHEAD_IOTHREAD = 8 * MiB
-OVERHEAD_TCG = 64 * MiB
+OVERHEAD_TCG = 48 * MiB  # TCG's own state besides its translation cache, which grows with the guest
 PAGETABLE_DIVISOR = 512  # page tables: guest memory / 512
 # KubeVirt's default cpuAllocationRatio of 10: each vCPU requests 100m.
 MILLICORES_PER_VCPU = 100
@@ -87,8 +88,8 @@ def vcpus(spec: dict[str, Any]) -> int:
 def memory_overhead(spec: dict[str, Any]) -> int:
     """Bytes the pod needs beyond the guest's RAM (see the OVERHEAD_* terms)."""
     fixed = OVERHEAD_LAUNCHER + OVERHEAD_MONITOR + OVERHEAD_LIBVIRTD + OVERHEAD_QEMU + OVERHEAD_IOTHREAD
-    return (fixed + OVERHEAD_TCG + guest_memory(spec) // PAGETABLE_DIVISOR
-            + vcpus(spec) * OVERHEAD_PER_VCPU)
+    tcg = OVERHEAD_TCG + tcg_tb_cache_mib(guest_memory(spec)) * MiB  # the cache the launcher gives QEMU
+    return fixed + tcg + guest_memory(spec) // PAGETABLE_DIVISOR + vcpus(spec) * OVERHEAD_PER_VCPU
 
 
 def resources(spec: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class DomainInputs:
     serial_log: Path | None = None  # ttyS0 appended to this file (the console log)
     virt_type: str = "qemu"  # "qemu" (TCG) or "kvm"
     emulator: str | None = None
-    tcg_tb_cache_mib: int | None = 16
+    tcg_tb_cache_mib: int | None = 0  # 0: sized from the guest's memory (compute.tcg_tb_cache_mib); None: QEMU's
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # With serial_log: False -> <serial type='file'> (only the log); True -> a pty whose output is also
     # appended to serial_log via <log>, so `virsh console` works too.
