@@ -62,12 +62,20 @@ class Cluster:
 
 
 TINY_IMAGE = "tiny-linux"
+DEBIAN_IMAGE = "debian-12"
 
 
 @pytest.fixture(scope="session")
 def tiny_image(cluster: Cluster) -> str:
     """The tiny-linux guest's image name; the session cluster built it."""
     return TINY_IMAGE
+
+
+@pytest.fixture(scope="session")
+def debian_image(cluster: Cluster) -> str:
+    """The debian-12 cloud image's name, built into the machine's image store (cached by its recipe's hash)."""
+    kvtool("image", "build", DEBIAN_IMAGE, check=True, timeout=1800)
+    return DEBIAN_IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from kvtool.errors import KvtoolError
-from kvtool.images import container, store, tiny_linux
+from kvtool.images import container, debian_cloud, store, tiny_linux
 
 # VM images `kvtool image build` knows how to make into the store, name -> builder.
-BUILDERS = {tiny_linux.NAME: tiny_linux.build}
+BUILDERS = {tiny_linux.NAME: tiny_linux.build, debian_cloud.NAME: debian_cloud.build}
 # Container images it makes as OCI archives for the nodes' containerd, name -> builder.
 CONTAINER_BUILDERS = {"launcher": container.build_launcher}
 

@@ -10,7 +10,7 @@ import sys
 
 from kvtool.cli import main as kvtool_main
 
-VERBS = ("start", "stop", "restart", "pause", "unpause", "migrate", "migrate-cancel", "console", "status")
+VERBS = ("start", "stop", "restart", "pause", "unpause", "migrate", "migrate-cancel", "console", "ssh", "status")
 
 
 def main(argv: list[str] | None = None) -> int:

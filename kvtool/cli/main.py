@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("kvtool.cli.console", "attach to a VM's serial console (--tail to print its log)"),
     "expose": ("kvtool.cli.expose", "make a Service in front of a VM (virtctl expose)"),
     "port-forward": ("kvtool.cli.port_forward", "relay local ports to a VM, pod or Service (kubectl-style)"),
+    "ssh": ("kvtool.cli.ssh", "ssh to a VM through a port-forward to its port 22 (virtctl ssh)"),
     "crds": ("kvtool.cli.crds", "print the CRDs generated from schemas/"),
     "install-crds": ("kvtool.cli.install_crds", "install kvtool's CRDs on the current cluster"),
     "install": ("kvtool.cli.install", "deploy kvtool on a cluster (or --print its manifests)"),
@@ -130,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         # reference counting still frees what it is done with.
         gc.disable()
     parser, module = build_parser(_first_command(argv), _usage_exit_code(argv))
+    # A command that runs a command of its own (`kvtool ssh VM -i KEY -- uname -a`) takes what follows `--`
+    # whole: argparse cannot give a positional list both words before options and words after `--`.
+    trailing_dest = getattr(module, "TRAILING_ARGS", None)
+    trailing: list[str] = []
+    if trailing_dest and "--" in argv:
+        argv, trailing = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    if trailing_dest:
+        setattr(args, trailing_dest, [*getattr(args, trailing_dest), *trailing])
     if module is None:
         parser.print_help(sys.stderr)
         return 1 if args.command is None else parser.usage_exit_code

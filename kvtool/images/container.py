@@ -35,9 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +46,7 @@ from kvtool.images import debian, oci
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
+Progress = debian.Progress
 
 LAUNCHER_REPOSITORY = "kvtool.io/launcher"
 PAUSE_REPOSITORY = "kvtool.io/pause"
@@ -216,7 +214,7 @@ def _build_base(source: LauncherSource, packages: list[str], work: Path, out: Pa
     say(f"base layer: mmdebstrap {SUITE} with {len(packages)} packages (downloads from Debian's mirror; minutes)")
     env = {**os.environ, _USERS_ENV: source.users.read_text(), _APT_SOURCES_ENV: source.apt_sources.read_text(),
            _APT_PREFERENCES_ENV: source.apt_preferences.read_text()}
-    _run_logged(argv, "mmdebstrap", say, env=env,
+    debian.run_logged(argv, "mmdebstrap", say, env=env,
                 forward=lambda line: line.startswith("I: "), timeout=3600)
     say("base layer: writing the layer tar")
     comment = (f"mmdebstrap --variant=minbase {SUITE} + {' '.join(packages)} (pinned: {APT_PREFERENCES_PATH}); "
@@ -240,7 +238,7 @@ def _build_deps(requirements: list[str], work: Path, out: Path, say: Progress) -
             *requirements]
     # SOURCE_DATE_EPOCH: a wheel built from an sdist (libvirt-python) gets fixed timestamps.
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(FIXED_MTIME)}
-    _run_logged(argv, "pip install", say, env=env, forward=lambda line: line.startswith("Successfully"),
+    debian.run_logged(argv, "pip install", say, env=env, forward=lambda line: line.startswith("Successfully"),
                 timeout=3600)
     shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts whose #! names this host's Python
     say("deps layer: byte-compiling")
@@ -413,7 +411,7 @@ def _locked(cache: Path) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             for leftover in sorted((cache / "tmp").glob("*")):
-                _remove_tree(leftover)
+                debian.remove_tree(leftover)
             for partial in (cache / "archives").glob(".*.tmp"):
                 partial.unlink(missing_ok=True)
             yield
@@ -430,42 +428,7 @@ def _work_dir(cache: Path, kind: str) -> Iterator[Path]:
     try:
         yield work
     finally:
-        _remove_tree(work)
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree, refusing if anything is mounted below `path`: a failed chroot build may leave /proc or /dev there."""
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as fh:
-        mounted = [line.split()[1] for line in fh if line.split()[1].startswith(prefix)]
-    if mounted:
-        raise BuildError(f"{path} still has mounts below it ({', '.join(mounted)}); not removing it",
-                         hint=f"unmount them (umount -R {mounted[0]}) and delete {path}")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _run_logged(argv: list[str], what: str, say: Progress, env: dict[str, str], forward: Callable[[str], bool],
-                timeout: float) -> None:
-    """Run a long build step: pass its milestone lines to `say`, keep its last lines for the error."""
-    log.info("running %s", argv)
-    tail: deque[str] = deque(maxlen=15)
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", env=env) as proc:
-        watchdog = threading.Timer(timeout, proc.kill)
-        watchdog.start()
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                tail.append(line)
-                if forward(line):
-                    say(f"  {what}: {line}")
-            code = proc.wait()
-        finally:
-            watchdog.cancel()
-    if code != 0:
-        raise BuildError(f"{what} failed (exit {code}; killed after {timeout:.0f} s if negative):\n  "
-                         + "\n  ".join(tail), hint="Debian's mirror and PyPI must be reachable")
+        debian.remove_tree(work)
 
 
 def _make_dirs(root: Path, relative: str) -> Path:

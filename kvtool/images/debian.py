@@ -12,12 +12,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from kvtool import paths
 from kvtool.errors import BuildError
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
 
 _APT_HINT = "run `apt-get update` (the machine needs Debian's package lists and mirror)"
 
@@ -123,3 +128,38 @@ def extract(deb: Path, dest: Path) -> None:
     """Unpack the files of a .deb into `dest` (`dpkg -x`: no scripts run, nothing installed)."""
     _run([tool("dpkg", "dpkg"), "-x", str(deb), str(dest)], f"dpkg -x {deb.name}",
          hint=f"the cached file may be damaged: delete {deb} and build again")
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, refusing if anything is mounted below `path`: a failed chroot build may leave /proc or /dev there."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as fh:
+        mounted = [line.split()[1] for line in fh if line.split()[1].startswith(prefix)]
+    if mounted:
+        raise BuildError(f"{path} still has mounts below it ({', '.join(mounted)}); not removing it",
+                         hint=f"unmount them (umount -R {mounted[0]}) and delete {path}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def run_logged(argv: list[str], what: str, say: Progress, env: dict[str, str], forward: Callable[[str], bool],
+               timeout: float, hint: str = "Debian's mirror and PyPI must be reachable") -> None:
+    """Run a long build step: pass its milestone lines to `say`, keep its last lines for the error."""
+    log.info("running %s", argv)
+    tail: deque[str] = deque(maxlen=15)
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace", env=env) as proc:
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip()
+                tail.append(line)
+                if forward(line):
+                    say(f"  {what}: {line}")
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+    if code != 0:
+        raise BuildError(f"{what} failed (exit {code}; killed after {timeout:.0f} s if negative):\n  "
+                         + "\n  ".join(tail), hint=hint)
