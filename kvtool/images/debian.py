@@ -70,7 +70,7 @@ def tool(name: str, package: str) -> str:
     return found
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 600, hint: str | None = _APT_HINT) -> str:
+def run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 600, hint: str | None = _APT_HINT) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
@@ -80,7 +80,7 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 60
 
 def dependency(meta_package: str, prefix: str) -> str:
     """The package `meta_package` depends on whose name starts with `prefix` (how Debian's kernel metas work)."""
-    out = _run([tool("apt-cache", "apt"), "depends", meta_package], f"apt-cache depends {meta_package}")
+    out = run([tool("apt-cache", "apt"), "depends", meta_package], f"apt-cache depends {meta_package}")
     for line in out.splitlines():
         kind, _, pkg = line.strip().partition(": ")
         if kind.lstrip("|") == "Depends" and pkg.startswith(prefix):
@@ -91,7 +91,7 @@ def dependency(meta_package: str, prefix: str) -> str:
 
 def candidate(package: str) -> tuple[str, str]:
     """(version, architecture) apt would download for `package`."""
-    out = _run([tool("apt-cache", "apt"), "show", "--no-all-versions", package], f"apt-cache show {package}")
+    out = run([tool("apt-cache", "apt"), "show", "--no-all-versions", package], f"apt-cache show {package}")
     fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line and not line.startswith(" "))
     if "Version" not in fields:
         raise BuildError(f"apt knows no version of {package}", hint=_APT_HINT)
@@ -110,12 +110,12 @@ def download(package: str, version: str, arch: str, cache: Path | None = None) -
         # As root apt drops to the _apt user, which cannot write our 0700 temp dir: apt then
         # downloads unsandboxed and warns. Say so up front instead of printing the warning.
         sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-        _run([tool("apt-get", "apt"), *sandbox, "download", f"{package}={version}"],
+        run([tool("apt-get", "apt"), *sandbox, "download", f"{package}={version}"],
              f"apt-get download {package}={version}", cwd=Path(tmp))
         debs = list(Path(tmp).glob("*.deb"))
         if len(debs) != 1:
             raise BuildError(f"apt-get download {package} left {len(debs)} .deb files, expected one")
-        check = _run([tool("dpkg-deb", "dpkg"), "--field", str(debs[0]), "Package", "Version"],
+        check = run([tool("dpkg-deb", "dpkg"), "--field", str(debs[0]), "Package", "Version"],
                      "dpkg-deb --field", hint=None)
         if f"Package: {package}" not in check or f"Version: {version}" not in check:
             raise BuildError(f"downloaded file is not {package} {version}: {check.strip()}")
@@ -126,7 +126,7 @@ def download(package: str, version: str, arch: str, cache: Path | None = None) -
 
 def extract(deb: Path, dest: Path) -> None:
     """Unpack the files of a .deb into `dest` (`dpkg -x`: no scripts run, nothing installed)."""
-    _run([tool("dpkg", "dpkg"), "-x", str(deb), str(dest)], f"dpkg -x {deb.name}",
+    run([tool("dpkg", "dpkg"), "-x", str(deb), str(dest)], f"dpkg -x {deb.name}",
          hint=f"the cached file may be damaged: delete {deb} and build again")
 
 

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import struct
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -66,12 +65,9 @@ def recipe() -> str:
 def build(image_store: store.ImageStore, force: bool = False, progress: Progress | None = None) -> store.Image:
     """Return the debian-12 image, building it first if the store lacks it, holds another recipe's, or `force`."""
     say = progress or log.info
-    if not force and (existing := image_store.find(NAME)) is not None:
-        if (existing.source or "").endswith(f"recipe {recipe()}"):
-            say(f"{NAME} is already in the image store at {image_store.root} (--force rebuilds it)")
-            return existing
-        say(f"{NAME} in the image store was made by another version of kvtool; rebuilding it")
-        force = True
+    existing, force = image_store.reusable(NAME, recipe(), force, say)
+    if existing is not None:
+        return existing
     if os.geteuid() != 0:
         raise BuildError(f"building {NAME} needs root: mmdebstrap installs packages into a chroot and mke2fs must "
                          "copy files owned by other users", hint=f"sudo kvtool image build {NAME}")
@@ -94,20 +90,17 @@ def build(image_store: store.ImageStore, force: bool = False, progress: Progress
         say(f"{NAME}: writing the root filesystem (ext4, {DISK_SIZE >> 30} GiB disk)")
         write_disk(raw, boot, core)
         blocks = (DISK_SIZE - PARTITION_START * SECTOR) // BLOCK
-        _run([tools["mke2fs"], "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", "root", "-U", fs_uuid,
-              "-E", f"offset={PARTITION_START * SECTOR}", "-d", str(rootfs), str(raw), str(blocks)], "mke2fs -d")
+        debian.run([tools["mke2fs"], "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", "root", "-U", fs_uuid,
+                    "-E", f"offset={PARTITION_START * SECTOR}", "-d", str(rootfs), str(raw), str(blocks)],
+                   "mke2fs -d", timeout=1800, hint=None)
         debian.remove_tree(rootfs)
         with image_store.staging() as staged:
             say(f"{NAME}: converting to qcow2")
-            _run([tools["qemu-img"], "convert", "-f", "raw", "-O", "qcow2", str(raw), str(staged / "disk.qcow2")],
-                 "qemu-img convert")
+            debian.run([tools["qemu-img"], "convert", "-f", "raw", "-O", "qcow2", str(raw), str(staged / "disk.qcow2")],
+                       "qemu-img convert", timeout=1800, hint=None)
             source = f"mmdebstrap {SUITE} + {kernel}; recipe {recipe()}"
-            try:
-                image = image_store.add(NAME, staged, kind="disk", disk="disk.qcow2", format="qcow2",
-                                        virtual_size=DISK_SIZE, source=source, force=force)
-            except store.ImageExistsError:
-                say(f"{NAME} was built concurrently by another process; using that one")
-                return image_store.get(NAME)
+            image = image_store.add_built(NAME, staged, say, kind="disk", disk="disk.qcow2", format="qcow2",
+                                          virtual_size=DISK_SIZE, source=source, force=force)
     finally:
         debian.remove_tree(work)
     say(f"built image {image.name} ({image.size} bytes) in {image.directory}")
@@ -158,8 +151,8 @@ def grub_config(release: str, fs_uuid: str) -> str:
 def _grub_core(rootfs: Path) -> bytes:
     """core.img from the guest's grub-mkimage (run in its chroot: its GRUB, its modules)."""
     out = "/boot/grub/core.img"
-    _run(["chroot", str(rootfs), "grub-mkimage", "-O", "i386-pc", "-o", out, "-p", GRUB_PREFIX, *GRUB_MODULES],
-         "grub-mkimage")
+    debian.run(["chroot", str(rootfs), "grub-mkimage", "-O", "i386-pc", "-o", out, "-p", GRUB_PREFIX,
+                *GRUB_MODULES], "grub-mkimage", hint=None)
     core = (rootfs / out.lstrip("/")).read_bytes()
     (rootfs / out.lstrip("/")).unlink()
     if len(core) > (PARTITION_START - 1) * SECTOR:
@@ -186,11 +179,4 @@ def write_disk(raw: Path, boot: bytes, core: bytes) -> None:
         fh.write(mbr)
         fh.write(core)
         fh.truncate(DISK_SIZE)
-
-
-def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise BuildError(f"{what} failed (exit {result.returncode}): {' / '.join(detail)}")
 

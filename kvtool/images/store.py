@@ -19,9 +19,10 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvtool import paths
 from kvtool.errors import KvtoolError
@@ -220,6 +221,29 @@ class ImageStore:
             _fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+
+    def reusable(self, name: str, recipe: str, force: bool, say: Callable[[str], None]) -> tuple[Image | None, bool]:
+        """For a builder: (the stored image to use as it is, or None to build) and whether the build replaces one.
+
+        Builders end an image's `source` with `recipe <digest of their code>`; another recipe's image is rebuilt.
+        """
+        existing = self.find(name)
+        if existing is None:
+            return None, force
+        if not force and (existing.source or "").endswith(f"recipe {recipe}"):
+            say(f"{name} is already in the image store at {self.root} (--force rebuilds it)")
+            return existing, False
+        if not force:
+            say(f"{name} in the image store was made by another version of kvtool; rebuilding it")
+        return None, True
+
+    def add_built(self, name: str, staged: Path, say: Callable[[str], None], **fields: Any) -> Image:
+        """add(), for a builder: when another process published the same image first, that one is used."""
+        try:
+            return self.add(name, staged, **fields)
+        except ImageExistsError:
+            say(f"{name} was built concurrently by another process; using that one")
+            return self.get(name)
 
     def remove(self, name: str) -> None:
         validate_name(name)

@@ -60,12 +60,9 @@ def build(image_store: store.ImageStore, force: bool = False, progress: Progress
     """Return the tiny-linux image, building it first if the store lacks it, holds one made by another
     recipe, or `force`."""
     say = progress or log.info
-    if not force and (existing := image_store.find(NAME)) is not None:
-        if (existing.source or "").endswith(f"recipe {recipe()}"):
-            say(f"{NAME} is already in the image store at {image_store.root} (--force rebuilds it)")
-            return existing
-        say(f"{NAME} in the image store was made by another version of kvtool; rebuilding it")
-        force = True
+    existing, force = image_store.reusable(NAME, recipe(), force, say)
+    if existing is not None:
+        return existing
     busybox = _static_busybox()
     package = debian.dependency(KERNEL_META_PACKAGE, "linux-image-")
     version, arch = debian.candidate(package)
@@ -85,12 +82,8 @@ def build(image_store: store.ImageStore, force: bool = False, progress: Progress
             shutil.copyfile(vmlinuz, staged / "vmlinuz")
             (staged / "initrd.img").write_bytes(initramfs)
             source = f"{package} {version}; {_busybox_version(busybox)}; recipe {recipe()}"
-            try:
-                image = image_store.add(NAME, staged, kind="kernel", kernel="vmlinuz", initrd="initrd.img",
-                                        cmdline=DEFAULT_CMDLINE, source=source, force=force)
-            except store.ImageExistsError:
-                say(f"{NAME} was built concurrently by another process; using that one")
-                return image_store.get(NAME)
+            image = image_store.add_built(NAME, staged, say, kind="kernel", kernel="vmlinuz", initrd="initrd.img",
+                                          cmdline=DEFAULT_CMDLINE, source=source, force=force)
     say(f"built image {image.name} ({image.size} bytes) in {image.directory}")
     return image
 
