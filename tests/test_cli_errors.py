@@ -133,6 +133,26 @@ def test_input_errors_come_before_any_network_call(tmp_path: Path, silent_server
         assert "nothing was sent to the cluster" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_roster_errors_come_before_any_network_call(tmp_path: Path, silent_server: int) -> None:
+    kc = kubeconfig_for(tmp_path, f"https://127.0.0.1:{silent_server}")
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump(vm("lab")))
+    students = tmp_path / "students.csv"
+    students.write_text("name,ssh_key\nada,ssh-ed25519 AAAA\nGrace,\n")
+    for command in ("plan", "apply"):
+        result = kvtool(command, "-f", str(template), "--roster", str(students), "--kubeconfig", str(kc), timeout=20)
+        assert result.returncode == 1, result.stderr
+        assert f"2 problem(s) in the roster {students}; nothing was sent to the cluster" in result.stderr
+        assert "row 2, column ssh_key: the key's data is not a ssh-ed25519 key" in result.stderr
+        assert "row 3, column name: 'Grace' is not a login name" in result.stderr and "Traceback" not in result.stderr
+    # A template whose user data is a script cannot take the students' accounts: said before connecting too.
+    script = tmp_path / "script.yaml"
+    script.write_text(yaml.safe_dump(vm("lab", user_data="#!/bin/sh\necho hi\n")))
+    students.write_text("name\nada\n")
+    result = kvtool("plan", "-f", str(script), "--roster", str(students), "--kubeconfig", str(kc), timeout=20)
+    assert result.returncode == 1 and "template lab: its userData must be #cloud-config" in result.stderr, result.stderr
+
+
 def test_usage_errors_exit_1_under_detailed_exitcode() -> None:
     assert kvtool("plan", "-f", LAB, "--detailed-exitcode", "--no-such-flag").returncode == 1
     assert kvtool("plan", "--detailed-exitcode").returncode == 1  # -f missing

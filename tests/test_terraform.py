@@ -436,3 +436,43 @@ def test_refresh_keeps_the_users_spelling_and_reports_drift() -> None:
                                                (None, 42)])
 def test_parse_duration(text: str | None, seconds: float) -> None:
     assert vmspec.parse_duration(text, 42) == seconds
+
+
+def test_roster_example_makes_one_vm_per_student_with_their_key(cluster: Cluster, tfenv: TerraformEnv, stack: str,
+                                                                 debian_image: str, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "terraform" / "examples" / "roster"
+    wd = tfenv.workdir(stack)
+    for tf_file in example.glob("*.tf"):
+        wd.write(tf_file.read_text(), tf_file.name)
+    keys = {}
+    for student in ("ada", "alan"):
+        key = tmp_path / student
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", student, "-f", str(key)], check=True)
+        keys[student] = key.with_suffix(".pub").read_text().strip()
+    students = tmp_path / "students.csv"
+    students.write_text("name,ssh_key,group\n" + "".join(f"{s},{k},tue\n" for s, k in keys.items()))
+    variables = ("-var", f"roster={students}", "-var", f"stack={stack}", "-var", f"prefix={stack}",
+                 "-var", f"image={debian_image}", "-var", "run_strategy=Halted")
+    wd.tf("init")
+    plan = wd.tf("plan", *variables)
+    assert "Plan: 2 to add, 0 to change, 0 to destroy." in plan.stdout, plan.output
+    wd.tf("apply", *variables)
+    try:
+        assert vm_names(cluster, stack) == [f"{stack}-ada", f"{stack}-alan"]
+        live = json.loads(cluster.kubectl("get", "vm", f"{stack}-alan", "-o", "json").stdout)
+        assert live["metadata"]["labels"]["kvtool.io/student"] == "alan"
+        volume = next(v for v in live["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v)
+        config = yaml.safe_load(volume["cloudInitNoCloud"]["userData"])
+        assert config["users"][0] == "default" and config["users"][1]["name"] == "alan"
+        assert config["users"][1]["ssh_authorized_keys"] == [keys["alan"]]
+        assert wd.tf("plan", "-detailed-exitcode", *variables).returncode == 0
+
+        # A row without a key stops the plan, naming the student; nothing changes.
+        students.write_text(students.read_text() + "grace,,thu\n")
+        refused = wd.tf("plan", *variables, check=False)
+        assert refused.returncode == 1, refused.output
+        assert "Roster row grace has no ssh_key" in refused.output
+    finally:
+        students.write_text("name,ssh_key\n" + "".join(f"{s},{k}\n" for s, k in keys.items()))
+        destroyed = wd.tf("destroy", *variables)
+    assert "Destroy complete! Resources: 2 destroyed." in destroyed.stdout, destroyed.output

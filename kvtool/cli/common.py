@@ -67,6 +67,12 @@ def add_files(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("-n", "--namespace", default="default", help="namespace for objects that name none")
 
 
+def add_roster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--roster", metavar="CSV",
+                        help="one copy of each VirtualMachine in -f per student of this CSV (columns: name, optional "
+                             "ssh_key, any others), each with the student's own account; see docs/labs.md")
+
+
 def confirm(question: str) -> bool:
     print(f"\n{question}\n  Only 'yes' will be accepted to approve.\n", file=sys.stderr)
     try:

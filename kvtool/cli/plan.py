@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from kvtool import paths
+from kvtool.api.types import SECRET
 from kvtool.cli import common
 from kvtool.images import usage
-from kvtool.plan import desired, planner, render
+from kvtool.plan import desired, planner, render, roster
 from kvtool.plan.desired import DesiredState
 from kvtool.plan.model import Plan
 
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_files(parser, required=True)
     common.add_stack(parser)
     common.add_api(parser)
+    common.add_roster(parser)
     parser.add_argument("--out", metavar="FILE", help="save the plan to FILE for `kvtool apply FILE`")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (secrets masked)")
     parser.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
@@ -32,12 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> DesiredState:
     """Read and validate every input file before connecting: input problems never wait for the cluster.
-    Says once when KubeVirt documents were read as kvtool's (on stderr when stdout is JSON)."""
+    Says once when KubeVirt documents were read as kvtool's (on stderr when stdout is JSON).
+
+    With --roster the files are templates: the roster is read and the expansion checked here too, and
+    `make` expands them for real once it can reuse the passwords the cluster already has."""
     state = desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
     note = state.conversion_note()
     if note:
         _say(args, note)
+    if getattr(args, "roster", None):
+        args.roster_input = roster.read(args.roster)
+        with_roster(args, state, passwords={})
     return state
+
+
+def with_roster(args: argparse.Namespace, templates: DesiredState, passwords: dict[str, str]) -> DesiredState:
+    """The templates expanded once per student of `args.roster_input`, validated as any input is."""
+    documents = roster.expand([o.manifest for o in templates.objects], args.roster_input, passwords=passwords)
+    return desired.load(objects=documents, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -46,6 +60,11 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
+    if getattr(args, "roster_input", None) is not None:
+        found, _ = conn.res.list(SECRET, args.namespace, label_selector=roster.selector(args.stack))
+        state = with_roster(args, state, roster.passwords_of(found))
+        _say(args, f"Roster {args.roster}: {len(args.roster_input.students)} student(s); "
+                   f"their initial passwords, where they have no key: kvtool lab passwords --stack {args.stack}")
     target = common.api_target(args, conn)
     if target is not state.target:
         desired.retarget(state, target)
