@@ -10,8 +10,16 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kvtool.api import quantity
-from kvtool.api.types import GUEST_KERNEL_ERROR, KVTOOL, MANAGED_BY, MANAGED_BY_LABEL, STACK_LABEL, Target
+from kvtool.api import expiry, quantity
+from kvtool.api.types import (
+    GUEST_KERNEL_ERROR,
+    KVTOOL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    STACK_LABEL,
+    STUDENT_LABEL,
+    Target,
+)
 from kvtool.kube.resources import Resources
 
 if TYPE_CHECKING:
@@ -19,9 +27,11 @@ if TYPE_CHECKING:
 
 COLUMNS = ["name", "status", "ready", "node", "ip", "cpu", "memory", "age", "message"]
 WIDE_COLUMNS = ["namespace", "stack", "name", "status", "ready", "phase", "node", "ip", "cpu", "memory",
-                "run_strategy", "image", "restart_required", "age", "message"]
+                "run_strategy", "image", "restart_required", "age", "student", "expires", "message"]
+# Shown in the table only when some VM has a value: roster labs and labs with a --ttl.
+LAB_COLUMNS = ("student", "expires")
 # What explains a VM that is not fine, most telling first (the controller writes these on the VM).
-PROBLEM_CONDITIONS = ("NodeLost", "Failure", GUEST_KERNEL_ERROR)
+PROBLEM_CONDITIONS = ("NodeLost", "Failure", GUEST_KERNEL_ERROR, "Expired")
 
 
 def selector(stack: str | None = None, labels: Mapping[str, str] | None = None) -> str:
@@ -106,6 +116,8 @@ def vm_row(vm: Mapping[str, Any], vmi: Mapping[str, Any] | None, now: dt.datetim
         "image": ",".join(images) or (kernel or ""),
         "restart_required": _condition(vm, "RestartRequired") == "True",
         "age": age(meta.get("creationTimestamp"), now),
+        "student": (meta.get("labels") or {}).get(STUDENT_LABEL, ""),
+        "expires": expiry.human(expiry.left(vm, now)),
         "message": problem(vm) or note,
         "created": meta.get("creationTimestamp"),
     }

@@ -27,6 +27,10 @@ FIELD_MANAGER = "kvtool-vmctl"
 KUBEVIRT_MIGRATION = Kind(KUBEVIRT_API_VERSION, "VirtualMachineInstanceMigration", "virtualmachineinstancemigrations")
 
 
+class NotRunning(KvtoolError):
+    """The verb needs a running VM."""
+
+
 def _vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
     vm = res.get(VIRTUAL_MACHINE, namespace, name)
     if vm is None:
@@ -89,7 +93,7 @@ def restart(res: Resources, namespace: str, name: str) -> str:
     vm = _vm(res, namespace, name)
     vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
     if vmi is None or _strategy(vm) == "Halted":
-        raise KvtoolError(f"virtualmachine {namespace}/{name} is not running; use `kvtool start`")
+        raise NotRunning(f"virtualmachine {namespace}/{name} is not running; use `kvtool start`")
     _request(res, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}, {"action": "Start"}])
     return f"{name}: restart requested"
 

@@ -338,3 +338,67 @@ def test_a_vmi_without_interfaces_gets_the_pod_network_unless_told_not_to() -> N
     assert conditions.get({"status": status}, "RestartRequired")["status"] == "False", "the default is no change"
     spec["domain"]["devices"]["autoattachPodInterface"] = False
     assert "networks" not in vm_logic.vmi_for(owner)["spec"]
+
+
+def expiring(ttl: str | None = "1h", expires_at: str | None = None, on_expiry: str | None = None,
+             **kw: Any) -> dict[str, Any]:
+    v = vm("Always", **kw)
+    v["metadata"]["creationTimestamp"] = "2026-11-25T11:30:00Z"
+    v["metadata"]["labels"] = {"kvtool.io/stack": "intro"}
+    notes = {"kvtool.io/ttl": ttl, "kvtool.io/expires-at": expires_at, "kvtool.io/on-expiry": on_expiry}
+    v["metadata"]["annotations"] = {k: val for k, val in notes.items() if val is not None}
+    return v
+
+
+def test_a_vm_runs_until_its_ttl_and_the_controller_comes_back_at_the_deadline() -> None:
+    v = expiring("1h")  # created 11:30: expires 12:30, NOW is 12:00
+    d = vm_logic.decide(v, None, NOW)
+    assert d.create_vmi and d.requeue_after == 1800.0
+    expired = conditions.get({"status": d.status}, "Expired")
+    assert expired and expired["status"] == "False" and expired["message"] == "expires at 2026-11-25T12:30:00Z"
+
+
+def test_an_expired_vm_is_stopped_and_says_how_to_get_more_time() -> None:
+    v = expiring("20m")  # expired at 11:50
+    running = vmi(v, "Running", conditions=[{"type": "Ready", "status": "True"}])
+    d = vm_logic.decide(v, running, NOW)
+    assert d.delete_vmi == running["metadata"]["uid"] and not d.create_vmi and not d.delete_vm
+    assert d.events == [("Normal", "Expired", "the lab's time ran out at 2026-11-25T11:50:00Z: the VM is stopped "
+                                              "until it gets more time; `kvtool lab extend --stack intro --by 1h` "
+                                              "starts it again")]
+    v["status"] = d.status
+    d = vm_logic.decide(v, None, NOW)
+    assert not d.create_vmi and d.status["printableStatus"] == "Stopped" and d.events == []
+    assert conditions.is_true({"status": d.status}, "Expired")
+    # A start request cannot override the deadline; a later expires-at (kvtool lab extend) starts it again.
+    v["status"] = {**d.status, "stateChangeRequests": [{"action": "Start"}]}
+    d = vm_logic.decide(v, None, NOW)
+    assert not d.create_vmi and d.status["stateChangeRequests"] == []
+    v["status"] = d.status
+    v["metadata"]["annotations"]["kvtool.io/expires-at"] = "2026-11-25T13:00:00Z"
+    d = vm_logic.decide(v, None, NOW)
+    assert d.create_vmi and d.requeue_after == 3600.0
+
+
+def test_on_expiry_delete_deletes_the_vm_and_bad_annotations_never_expire() -> None:
+    d = vm_logic.decide(expiring("20m", on_expiry="Delete"), None, NOW)
+    assert d.delete_vm and not d.create_vmi
+    d = vm_logic.decide(expiring("soon"), None, NOW)
+    assert d.create_vmi and not d.delete_vm
+    bad = conditions.get({"status": d.status}, "Expired")
+    assert bad and bad["status"] == "False" and bad["reason"] == "InvalidExpiry"
+    assert "annotation kvtool.io/ttl: 'soon' is not a duration" in bad["message"]
+    assert conditions.get({"status": vm_logic.decide(vm("Always"), None, NOW).status}, "Expired") is None
+
+
+def test_status_rows_show_the_student_and_the_time_left() -> None:
+    from kvtool import inventory
+    from kvtool.api import expiry
+
+    v = expiring("1h")  # created 11:30, NOW 12:00
+    v["metadata"]["labels"]["kvtool.io/student"] = "ada"
+    row = inventory.vm_row(v, None, NOW)
+    assert (row["student"], row["expires"]) == ("ada", "30m00s")
+    assert inventory.vm_row(expiring("20m"), None, NOW)["expires"] == "expired"
+    assert inventory.vm_row(vm("Always"), None, NOW)["expires"] == ""
+    assert [expiry.human(s) for s in (45, 3700, 90000, None)] == ["45s", "1h01m", "1d1h", ""]

@@ -153,3 +153,19 @@ def test_other_documents_pass_through_once() -> None:
 def test_passwords_are_twelve_characters_without_look_alikes() -> None:
     words = {roster.new_password() for _ in range(50)}
     assert len(words) == 50 and all(len(w) == 12 and not set(w) & set("0O1lI") for w in words)
+
+
+def test_a_lab_with_persistent_disks_is_not_reset_by_a_restart() -> None:
+    from kvtool import labctl
+
+    ephemeral = builder.virtual_machine("lab-ada", image="debian-12", image_kind="disk", user_data=TEMPLATE_DATA,
+                                        disks=[{"name": "scratch", "size": "1Gi"}])
+    kept = builder.virtual_machine("lab-bob", image="debian-12", image_kind="disk",
+                                   disks=[{"name": "home", "claim": "bob-home"}])
+    assert labctl.persistent_disks(ephemeral) == []
+    assert labctl.persistent_disks(kept) == ["home (persistentVolumeClaim bob-home)"]
+    assert labctl.reset_refusal("intro", [ephemeral]) is None
+    refusal = labctl.reset_refusal("intro", [ephemeral, kept])
+    assert refusal is not None and str(refusal).startswith(
+        "cannot reset stack 'intro': these VMs keep disks a restart does not undo "
+        "(lab-bob: home (persistentVolumeClaim bob-home)); nothing was reset")

@@ -1,6 +1,7 @@
-"""A roster lab on the cluster (issue 15, part 3): `kvtool apply --roster` makes one debian-12 VM per student,
-each with that student's own account, reached with their own key or, without one, the initial password kept
-in a Secret; planning the same roster again changes nothing."""
+"""A roster lab on the cluster (issue 15, parts 3 and 5): `kvtool apply --roster` makes one debian-12 VM per
+student, each with that student's own account, reached with their own key or, without one, the initial password
+kept in a Secret; planning the same roster again changes nothing; `kvtool lab reset` puts every VM back to its
+images (a file a student wrote is gone, the VM boots and takes the student's key again)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 from kvtool.plan import roster
 from tests.conftest import Cluster, kvtool
-from tests.runtime_helpers import wait_for
+from tests.runtime_helpers import get, wait_for
 
 STACK = "roster"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "roster"
@@ -93,6 +94,33 @@ def test_a_roster_of_three_gets_three_vms_each_with_its_own_user(cluster: Cluste
         assert grace.stdout == "grace\nlab-grace\nsudo\n" and "unable to resolve host" not in grace.stderr
         wrong = ssh("grace", "lab-grace", *by_password, env={**env, "ROSTER_TEST_PASSWORD": "not-" + password})
         assert wrong.returncode == 255 and "Permission denied" in wrong.stderr, wrong.stderr
+
+        # ada breaks her VM a little; the reset restarts every VM from its images.
+        wrote = kvtool("ssh", "ada@lab-ada", "-i", str(ada), "--known-hosts", known_hosts, "-o", "BatchMode=yes",
+                       "--", "echo homework > ~/homework && sync", timeout=120)
+        assert wrote.returncode == 0, wrote.stderr
+        before = {vm: (get(cluster, "vmi", vm) or {})["metadata"]["uid"] for vm in ("lab-ada", "lab-alan")}
+        refused = kvtool("lab", "reset", "--stack", STACK)  # no terminal to confirm on: nothing happens
+        assert refused.returncode == 1 and "pass --auto-approve" in refused.stderr, refused.stderr
+        assert (get(cluster, "vmi", "lab-ada") or {})["metadata"]["uid"] == before["lab-ada"]
+        reset_at = time.monotonic()
+        reset = kvtool("lab", "reset", "--stack", STACK, "--auto-approve", "--known-hosts", known_hosts, check=True)
+        assert reset.stdout.splitlines()[:3] == [f"{vm}: restarting from its images"
+                                                 for vm in ("lab-ada", "lab-alan", "lab-grace")], reset.stdout
+        assert f"Forgot their old SSH host keys in {known_hosts}." in reset.stdout
+        # Once the old guests are gone (ssh could still reach them a moment), the new ones answer, file gone.
+        wait_for(lambda: all((v := get(cluster, "vmi", vm)) and v["metadata"]["uid"] != uid
+                             and not v["metadata"].get("deletionTimestamp") for vm, uid in before.items()),
+                 timeout=180, what="new VMIs for the reset VMs")
+        Path(known_hosts).unlink(missing_ok=True)  # an old key an early ssh filed again, if any
+        for student, key in (("ada", ada), ("alan", alan)):
+            fresh = wait_for(lambda s=student, k=key: (r := ssh(s, f"lab-{s}", "-o", "BatchMode=yes", key=k))
+                             .returncode == 0 and r, timeout=BOOT_TIMEOUT, what=f"ssh {student} after the reset")
+            assert fresh.stdout == f"{student}\nlab-{student}\nsudo\n"
+        gone = kvtool("ssh", "ada@lab-ada", "-i", str(ada), "--known-hosts", known_hosts, "-o", "BatchMode=yes",
+                      "--", "test ! -e ~/homework", timeout=120)
+        assert gone.returncode == 0, "the file ada wrote must be gone after the reset"
+        print(f"lab reset of 3: reset to both keyed students' ssh answering {time.monotonic() - reset_at:.1f} s")
     finally:
         destroyed = kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
     assert "Resources: 0 added, 0 changed, 4 destroyed." in destroyed.stdout, destroyed.stdout

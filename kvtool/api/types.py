@@ -13,6 +13,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kvtool"
 STACK_LABEL = "kvtool.io/stack"
+STUDENT_LABEL = "kvtool.io/student"  # a roster lab's VM: whose it is (kvtool.plan.roster)
 DEFAULT_STACK = "default"
 FIELD_MANAGER = "kvtool"
 

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_stack(parser)
     common.add_api(parser)
     common.add_roster(parser)
+    common.add_expiry(parser)
     parser.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--force-conflicts", action="store_true",
                         help="take over fields another field manager owns")

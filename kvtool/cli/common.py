@@ -73,6 +73,14 @@ def add_roster(parser: argparse.ArgumentParser) -> None:
                              "ssh_key, any others), each with the student's own account; see docs/labs.md")
 
 
+def add_expiry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ttl", metavar="DURATION",
+                        help="each VM expires this long after it is created (e.g. 3h, 90m, 2d); the controller then "
+                             "stops it (or deletes it, --on-expiry delete); `kvtool lab extend` gives more time")
+    parser.add_argument("--on-expiry", choices=["stop", "delete"], help="what happens at the end of --ttl "
+                                                                           "(default stop)")
+
+
 def confirm(question: str) -> bool:
     print(f"\n{question}\n  Only 'yes' will be accepted to approve.\n", file=sys.stderr)
     try:

@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("kvtool.cli.console", "attach to a VM's serial console (--tail to print its log)"),
     "expose": ("kvtool.cli.expose", "make a Service in front of a VM (virtctl expose)"),
     "port-forward": ("kvtool.cli.port_forward", "relay local ports to a VM, pod or Service (kubectl-style)"),
-    "lab": ("kvtool.cli.lab", "a roster lab's per-student logins (lab passwords --stack STACK)"),
+    "lab": ("kvtool.cli.lab", "a lab's student logins (lab passwords) and more time (lab extend --by 1h)"),
     "ssh": ("kvtool.cli.ssh", "ssh to a VM through a port-forward to its port 22 (virtctl ssh)"),
     "crds": ("kvtool.cli.crds", "print the CRDs generated from schemas/"),
     "install-crds": ("kvtool.cli.install_crds", "install kvtool's CRDs on the current cluster"),

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 from kvtool import paths
+from kvtool.api import expiry, timeutil
 from kvtool.api.types import SECRET
 from kvtool.cli import common
+from kvtool.errors import KvtoolError
 from kvtool.images import usage
 from kvtool.plan import desired, planner, render, roster
 from kvtool.plan.desired import DesiredState
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_stack(parser)
     common.add_api(parser)
     common.add_roster(parser)
+    common.add_expiry(parser)
     parser.add_argument("--out", metavar="FILE", help="save the plan to FILE for `kvtool apply FILE`")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON (secrets masked)")
     parser.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
@@ -39,6 +42,7 @@ def load(args: argparse.Namespace) -> DesiredState:
     With --roster the files are templates: the roster is read and the expansion checked here too, and
     `make` expands them for real once it can reuse the passwords the cluster already has."""
     state = desired.load(args.files, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
+    set_expiry(args, state)
     note = state.conversion_note()
     if note:
         _say(args, note)
@@ -46,6 +50,25 @@ def load(args: argparse.Namespace) -> DesiredState:
         args.roster_input = roster.read(args.roster)
         with_roster(args, state, passwords={})
     return state
+
+
+def set_expiry(args: argparse.Namespace, state: DesiredState) -> None:
+    """--ttl and --on-expiry as the annotations the controller reads (kvtool.api.expiry) on every VM."""
+    ttl, on_expiry = getattr(args, "ttl", None), getattr(args, "on_expiry", None)
+    if ttl is None and on_expiry is None:
+        return
+    if ttl is not None:
+        try:
+            timeutil.parse_duration(ttl)
+        except ValueError as exc:
+            raise KvtoolError(f"--ttl: {exc}") from None
+    for obj in state.objects:
+        if obj.kind.kind == "VirtualMachine":
+            annotations = obj.manifest["metadata"].setdefault("annotations", {})
+            if ttl is not None:
+                annotations[expiry.TTL] = ttl
+            if on_expiry is not None:
+                annotations[expiry.ON_EXPIRY] = on_expiry.capitalize()
 
 
 def with_roster(args: argparse.Namespace, templates: DesiredState, passwords: dict[str, str]) -> DesiredState:

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     columns = inventory.WIDE_COLUMNS if args.output in ("wide", "csv") else inventory.COLUMNS
     if args.stack is None and args.output == "table":
         columns = ["stack", *columns]
+    if args.output == "table":  # a roster lab's students and a lab's time left, when there are any
+        extra = [c for c in inventory.LAB_COLUMNS if any(r[c] for r in rows)]
+        columns = [*columns[:-1], *extra, columns[-1]]
     df = inventory.frame(rows, columns)
     if args.output == "csv":
         print(df.to_csv(index=False), end="")

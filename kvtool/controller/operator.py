@@ -116,6 +116,13 @@ class Controller:
             log.warning("vm=%s/%s event=foreign-vmi uid=%s", namespace, name, vmi["metadata"]["uid"])
             vmi = None
         decision = vm_logic.decide(vm, vmi)
+        if decision.delete_vm:
+            try:
+                await self._call(self.res.delete, VIRTUAL_MACHINE, namespace, name, uid=vm["metadata"]["uid"])
+                log.info("vm=%s/%s event=vm-deleted reason=expired", namespace, name)
+            except KubeError as exc:
+                if exc.status not in (404, 409):
+                    raise
         if decision.create_vmi:
             try:
                 created = await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE, vm_logic.vmi_for(vm),

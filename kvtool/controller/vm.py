@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtool.api import timeutil
+from kvtool.api import expiry, timeutil
 from kvtool.api.types import GUEST_KERNEL_ERROR
 from kvtool.controller import conditions, failover
 
@@ -41,6 +41,7 @@ def backoff(failures: int) -> float:
 class VMDecision:
     create_vmi: bool = False
     delete_vmi: str | None = None  # uid of the VMI to delete
+    delete_vm: bool = False  # the VM expired with kvtool.io/on-expiry: Delete
     status: dict[str, Any] = field(default_factory=dict)
     requeue_after: float | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
@@ -96,8 +97,19 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
         else:
             d.create_vmi = True
 
+    at, expired_cond = _expiry(vm, now)
+    expired_message = expired_cond["message"] if expired_cond and expired_cond["status"] == "True" else None
+    expired = expired_message is not None
     if vm["metadata"].get("deletionTimestamp"):
         pass  # the garbage collector removes the VMI
+    elif expired:
+        requests, failure, waiting = [], {}, False  # no start until the deadline moves (`kvtool lab extend`)
+        if expiry.policy(vm) == expiry.DELETE:
+            d.delete_vm = True
+        elif vmi and not vmi_deleting:
+            d.delete_vmi = vmi_uid
+        if not conditions.is_true(vm, EXPIRED):
+            d.events.append(("Normal", "Expired", str(expired_message)))
     elif requests:
         req = requests[0]
         if req.get("action") == "Stop":
@@ -133,8 +145,38 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
         if vmi and not vmi_deleting:
             d.delete_vmi = vmi_uid
 
+    if at is not None and not expired:  # come back at the deadline
+        until = max(0.05, (at - now).total_seconds())
+        d.requeue_after = min(d.requeue_after, until) if d.requeue_after is not None else until
     d.status = _status(vm, vmi, strategy, failure, waiting, requests)
+    if expired_cond is not None:
+        d.status["conditions"].append(expired_cond)
     return d
+
+
+EXPIRED = "Expired"
+
+
+def _expiry(vm: dict[str, Any], now: dt.datetime) -> tuple[dt.datetime | None, dict[str, Any] | None]:
+    """(deadline, the Expired condition) — (None, None) for a VM that never expires."""
+    try:
+        at = expiry.deadline(vm)
+    except expiry.ExpiryError as exc:
+        return None, conditions.condition(EXPIRED, False, "InvalidExpiry",
+                                          f"{exc}; the VM does not expire until it is fixed")
+    if at is None:
+        return None, None
+    stack = (vm["metadata"].get("labels") or {}).get("kvtool.io/stack")
+    extend = f"`kvtool lab extend --stack {stack} --by 1h`" if stack else f"a later {expiry.EXPIRES_AT}"
+    if now < at:
+        return at, conditions.condition(EXPIRED, False, "", f"expires at {timeutil.stamp(at)}")
+    if expiry.policy(vm) == expiry.DELETE:
+        return at, conditions.condition(EXPIRED, True, "TTLExpired",
+                                        f"the lab's time ran out at {timeutil.stamp(at)}: the VM is deleted "
+                                        f"({expiry.ON_EXPIRY}: {expiry.DELETE})")
+    return at, conditions.condition(EXPIRED, True, "TTLExpired",
+                                    f"the lab's time ran out at {timeutil.stamp(at)}: the VM is stopped until it "
+                                    f"gets more time; {extend} starts it again")
 
 
 def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failure: dict[str, Any],

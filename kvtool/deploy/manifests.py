@@ -66,7 +66,8 @@ def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str
 
 def controller_rules() -> list[dict[str, Any]]:
     return [
-        _rule(["kvtool.io"], ["virtualmachines"], ["get", "list", "watch"]),
+        # delete: a lab VM that expires with kvtool.io/on-expiry: Delete.
+        _rule(["kvtool.io"], ["virtualmachines"], ["get", "list", "watch", "delete"]),
         _rule(["kvtool.io"], ["virtualmachines/status"], ["get", "patch", "update"]),
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kvtool.api import kubevirt, schema
+from kvtool.api import expiry, kubevirt, schema
 from kvtool.api.types import (
     DEFAULT_STACK,
     KVTOOL,
@@ -466,7 +466,25 @@ def normalise(doc: Any, loc: Location, *, stack: str, namespace: str) -> tuple[D
         issues += [InputIssue(loc, i.path, i.message) for i in schema.validate(manifest, kind.schema)]
     if kind.kind == "Secret":
         issues += _fold_string_data(manifest, loc)
+    if kind.kind == "VirtualMachine":
+        issues += _expiry_issues(manifest, loc)
     return (None if issues else Desired(kind, manifest, loc)), issues
+
+
+def _expiry_issues(manifest: dict[str, Any], loc: Location) -> list[InputIssue]:
+    """The lab expiry annotations (kvtool.api.expiry) must be readable: the controller acts on them unattended."""
+    annotations = manifest["metadata"].get("annotations")
+    if not isinstance(annotations, dict):
+        return []
+    try:
+        expiry.deadline(manifest)
+    except expiry.ExpiryError as exc:
+        return [InputIssue(loc, f"metadata.annotations.{exc.annotation}", str(exc).split(": ", 1)[1])]
+    value = annotations.get(expiry.ON_EXPIRY)
+    if value is not None and value not in expiry.POLICIES:
+        return [InputIssue(loc, f"metadata.annotations.{expiry.ON_EXPIRY}",
+                           f"{value!r} is not one of: {', '.join(expiry.POLICIES)}")]
+    return []
 
 
 def _fold_string_data(manifest: dict[str, Any], loc: Location) -> list[InputIssue]:

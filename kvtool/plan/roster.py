@@ -27,10 +27,9 @@ from typing import Any
 
 import yaml
 
-from kvtool.api.types import STACK_LABEL
+from kvtool.api.types import STACK_LABEL, STUDENT_LABEL
 from kvtool.errors import KvtoolError
 
-STUDENT_LABEL = "kvtool.io/student"
 EXTRA_PREFIX = "roster.kvtool.io/"
 PASSWORD_KEY = "password"
 USERDATA_KEY = "userdata"
@@ -159,6 +158,10 @@ def login_secret_name(vm: str) -> str:
     return f"{vm}-login"
 
 
+def vm_of_login_secret(secret: str) -> str:
+    return secret.removesuffix("-login")
+
+
 def expand(templates: Sequence[Mapping[str, Any]], roster: Roster, *,
            passwords: Mapping[str, str] | None = None,
            make_password: Callable[[], str] = new_password) -> list[dict[str, Any]]:
@@ -283,7 +286,7 @@ def passwords_of(secrets_found: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         value = (secret.get("data") or {}).get(PASSWORD_KEY)
         if name.endswith("-login") and STUDENT_LABEL in (secret.get("metadata", {}).get("labels") or {}) and value:
             try:
-                out[name.removesuffix("-login")] = base64.b64decode(value).decode()
+                out[vm_of_login_secret(name)] = base64.b64decode(value).decode()
             except (binascii.Error, UnicodeDecodeError):
                 continue  # not one kvtool wrote: a new password replaces it
     return out

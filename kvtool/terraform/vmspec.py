@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from kvtool.api import builder, quantity
+from kvtool.api import builder, quantity, timeutil
 from kvtool.api.types import FIELD_MANAGER, VIRTUAL_MACHINE
 from kvtool.errors import KvtoolError
 from kvtool.plan import desired, diff
@@ -36,7 +36,6 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     (f"{TEMPLATE}.domain.firmware", "image"), (f"{TEMPLATE}.nodeSelector", "node_selector"),
 )
 _ITEM = re.compile(rf"^{re.escape(TEMPLATE)}\.(volumes|domain\.devices\.disks)\[(\d+)\]")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
 @dataclass(frozen=True)
@@ -56,16 +55,7 @@ class Built:
 
 def parse_duration(value: str | None, default: float) -> float:
     """Seconds in "90s", "5m", "1h30m" or "300"; `default` for null."""
-    if value is None:
-        return default
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    m = _DURATION.match(text)
-    if not text or not m:
-        raise ValueError(f"{value!r} is not a duration (examples: 90s, 5m, 1h30m)")
-    hours, minutes, seconds = m.groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+    return default if value is None else timeutil.parse_duration(str(value))
 
 
 def parse_patch(text: str | None) -> dict[str, Any] | None:
