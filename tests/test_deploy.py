@@ -72,6 +72,7 @@ CAN = [
     (CONTROLLER, "delete", "virtualmachineinstances.kvtool.io", "default", True),
     (CONTROLLER, "patch", "virtualmachines.kvtool.io/status", "default", True),
     (CONTROLLER, "update", "virtualmachines.kvtool.io", "default", False),
+    (CONTROLLER, "delete", "virtualmachines.kvtool.io", "default", True),  # a lab VM with on-expiry Delete
     (CONTROLLER, "get", "secrets", "default", False),
     (CONTROLLER, "delete", "nodes", "", False),
     (CONTROLLER, "update", "leases.coordination.k8s.io", "kvtool-system", True),
