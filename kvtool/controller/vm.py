@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtool.api import expiry, timeutil
-from kvtool.api.types import GUEST_KERNEL_ERROR
+from kvtool.api.types import GUEST_KERNEL_ERROR, STACK_LABEL
 from kvtool.controller import conditions, failover
 
 FINAL = ("Succeeded", "Failed")
@@ -166,7 +166,7 @@ def _expiry(vm: dict[str, Any], now: dt.datetime) -> tuple[dt.datetime | None, d
                                           f"{exc}; the VM does not expire until it is fixed")
     if at is None:
         return None, None
-    stack = (vm["metadata"].get("labels") or {}).get("kvtool.io/stack")
+    stack = (vm["metadata"].get("labels") or {}).get(STACK_LABEL)
     extend = f"`kvtool lab extend --stack {stack} --by 1h`" if stack else f"a later {expiry.EXPIRES_AT}"
     if now < at:
         return at, conditions.condition(EXPIRED, False, "", f"expires at {timeutil.stamp(at)}")
