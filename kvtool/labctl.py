@@ -34,9 +34,15 @@ def stack_vms(res: Resources, namespace: str, stack: str) -> list[dict[str, Any]
     return sorted(vms, key=lambda v: v["metadata"]["name"])
 
 
+def login_secrets(res: Resources, namespace: str, stack: str) -> list[dict[str, Any]]:
+    """The login Secrets of a roster lab (kvtool.plan.roster): `plan --roster` reuses their passwords."""
+    found, _ = res.list(SECRET, namespace, label_selector=roster.selector(stack))
+    return found
+
+
 def passwords(res: Resources, namespace: str, stack: str) -> list[Login]:
     """The initial passwords of a roster lab's students without a key, by VM."""
-    found, _ = res.list(SECRET, namespace, label_selector=roster.selector(stack))
+    found = login_secrets(res, namespace, stack)
     students = {roster.vm_of_login_secret(s["metadata"]["name"]): s["metadata"]["labels"][STUDENT_LABEL]
                 for s in found}
     return [Login(students[vm], vm, pw) for vm, pw in sorted(roster.passwords_of(found).items())]

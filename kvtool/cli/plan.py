@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from kvtool import paths
+from kvtool import labctl, paths
 from kvtool.api import expiry, timeutil
-from kvtool.api.types import SECRET
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
@@ -84,7 +83,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
     if getattr(args, "roster_input", None) is not None:
-        found, _ = conn.res.list(SECRET, args.namespace, label_selector=roster.selector(args.stack))
+        found = labctl.login_secrets(conn.res, args.namespace, args.stack)
         state = with_roster(args, state, roster.passwords_of(found))
         _say(args, f"Roster {args.roster}: {len(args.roster_input.students)} student(s); "
                    f"their initial passwords, where they have no key: kvtool lab passwords --stack {args.stack}")
