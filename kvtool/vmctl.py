@@ -1,4 +1,5 @@
-"""VM verbs as virtctl has them: start, stop, restart, pause, unpause, migrate, migrate-cancel.
+"""VM verbs as virtctl has them: start, stop, restart, pause, unpause, migrate, migrate-cancel; and scale for
+a VirtualMachinePool (kubectl scale).
 
 Like virtctl, start/stop edit runStrategy where that says what the user
 means (Halted ⇄ Always) and otherwise post a state-change request the
@@ -18,6 +19,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
+    VIRTUAL_MACHINE_POOL,
     Kind,
 )
 from kvtool.errors import KvtoolError
@@ -209,3 +211,18 @@ def migration_outcome(migration: dict[str, Any]) -> str:
         return f"migrated from {state.get('sourceNode')} to {state.get('targetNode')}"
     failed: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), {})
     return f"failed: {state.get('failureReason') or failed.get('message') or 'no reason given'}"
+
+
+# -- pools -------------------------------------------------------------------------------------------------------
+def scale(res: Resources, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+    """Set a VirtualMachinePool's replicas through its scale subresource (what `kubectl scale` writes); the
+    pool as it was before."""
+    if not 0 <= replicas <= 1000:
+        raise KvtoolError(f"--replicas {replicas}: a pool keeps 0 to 1000 VMs")
+    pool = res.get(VIRTUAL_MACHINE_POOL, namespace, name)
+    if pool is None:
+        raise KvtoolError(f"virtualmachinepool {namespace}/{name} not found",
+                          hint=f"`kubectl get virtualmachinepools -n {namespace}` lists the pools")
+    res.merge_patch(VIRTUAL_MACHINE_POOL, namespace, name, {"spec": {"replicas": replicas}}, subresource="scale",
+                    field_manager=FIELD_MANAGER)
+    return pool

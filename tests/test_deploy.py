@@ -73,6 +73,9 @@ CAN = [
     (CONTROLLER, "patch", "virtualmachines.kvtool.io/status", "default", True),
     (CONTROLLER, "update", "virtualmachines.kvtool.io", "default", False),
     (CONTROLLER, "delete", "virtualmachines.kvtool.io", "default", True),  # a lab VM with on-expiry Delete
+    (CONTROLLER, "create", "virtualmachines.kvtool.io", "default", True),  # a VirtualMachinePool's VMs
+    (CONTROLLER, "patch", "virtualmachinepools.kvtool.io/status", "default", True),
+    (CONTROLLER, "patch", "virtualmachinepools.kvtool.io", "default", False),  # its spec is the user's
     (CONTROLLER, "get", "secrets", "default", False),
     (CONTROLLER, "delete", "nodes", "", False),
     (CONTROLLER, "update", "leases.coordination.k8s.io", "kvtool-system", True),

@@ -181,9 +181,12 @@ def test_crd_schema_is_structural() -> None:
         text = yaml.safe_dump(doc)
         assert "$ref" not in text and "x-kvtool" not in text and "propertyNames" not in text
         version = doc["spec"]["versions"][0]
-        assert version["subresources"] == {"status": {}}
+        scale = {"scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                           "labelSelectorPath": ".status.labelSelector"}}
+        assert version["subresources"] == {"status": {}, **(scale if doc["spec"]["names"]["kind"] ==
+                                                            "VirtualMachinePool" else {})}
         names = doc["spec"]["names"]
-        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"], ["vmim", "vmims"])
+        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"], ["vmim", "vmims"], ["vmpool", "vmpools"])
         cols = {c["name"] for c in version["additionalPrinterColumns"]}
         assert ({"Age", "Phase", "VMI"} if names["kind"] == "VirtualMachineInstanceMigration" else {"Age", "Ready"}) \
             <= cols

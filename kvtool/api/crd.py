@@ -15,7 +15,8 @@ import yaml
 from kvtool.api import schema
 from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL
 
-CRD_SCHEMAS = ("virtualmachine.json", "virtualmachineinstance.json", "virtualmachineinstancemigration.json")
+CRD_SCHEMAS = ("virtualmachine.json", "virtualmachineinstance.json", "virtualmachineinstancemigration.json",
+               "virtualmachinepool.json")
 _DROP = {"$schema", "$id", "$defs", "title", "x-kvtool-crd", "propertyNames", "const", "examples"}
 
 
@@ -104,7 +105,8 @@ def crd(schema_name: str) -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "schema": {"openAPIV3Schema": openapi},
-                "subresources": {"status": {}},
+                # A pool's scale subresource: `kubectl scale` and autoscalers work on it as on a ReplicaSet.
+                "subresources": {"status": {}, **({"scale": meta["scale"]} if "scale" in meta else {})},
                 "additionalPrinterColumns": meta["printerColumns"],
             }],
         },

@@ -18,6 +18,8 @@ from kvtool.api.types import API_VERSION
 GROUP = "kubevirt.io"
 VERSIONS = ("v1", "v1alpha3")
 KINDS = ("VirtualMachine", "VirtualMachineInstance")
+# KubeVirt's VirtualMachinePool lives in its own group; kvtool's has the same fields.
+POOL_API_VERSIONS = ("pool.kubevirt.io/v1alpha1", "pool.kubevirt.io/v1beta1")
 RUN_STRATEGY_ANNOTATION = "kvtool.io/run-strategy"
 # What `kubectl get -o yaml` and KubeVirt's generators leave in a VM template's metadata: only labels and
 # annotations mean anything there (KubeVirt ignores the rest too).
@@ -33,10 +35,13 @@ class Converted:
 
 
 def is_kubevirt(doc: Any) -> bool:
-    """A kubevirt.io VirtualMachine or VirtualMachineInstance that this module converts."""
+    """A kubevirt.io VirtualMachine or VirtualMachineInstance, or a pool.kubevirt.io VirtualMachinePool, that this
+    module converts."""
     if not isinstance(doc, Mapping):
         return False
     api_version = doc.get("apiVersion")
+    if api_version in POOL_API_VERSIONS:
+        return doc.get("kind") == "VirtualMachinePool"
     return (isinstance(api_version, str) and api_version in {f"{GROUP}/{v}" for v in VERSIONS}
             and doc.get("kind") in KINDS)
 
@@ -46,6 +51,11 @@ def from_kubevirt(doc: Mapping[str, Any], run_strategy: str | None = None) -> Co
 
     run_strategy: for a bare VMI, overrides its annotation and the default Always."""
     source = f"{doc['apiVersion']} {doc['kind']}"
+    if doc["kind"] == "VirtualMachinePool":
+        pool = copy.deepcopy(dict(doc))
+        pool["apiVersion"] = API_VERSION
+        pool.pop("status", None)
+        return Converted(pool, source)
     if doc["kind"] == "VirtualMachine":
         vm = copy.deepcopy(dict(doc))
         vm["apiVersion"] = API_VERSION

@@ -69,6 +69,11 @@ RULES: dict[str, Rule] = {
     "dns-none-needs-config": lambda n: n.get("dnsPolicy") != "None" or "dnsConfig" in n,
     "access-credentials-need-nocloud": lambda n: not any("sshPublicKey" in c for c in n.get("accessCredentials", []))
     or any("cloudInitNoCloud" in v for v in n.get("volumes", [])),
+    "pool-name": lambda n: bool(DNS_LABEL.match(str(n.get("metadata", {}).get("name", ""))))
+    and len(str(n.get("metadata", {}).get("name", ""))) <= 56,
+    "pool-selector-matches-template": lambda n: all(
+        ((n.get("virtualMachineTemplate") or {}).get("metadata") or {}).get("labels", {}).get(k) == v
+        for k, v in (n.get("selector") or {}).get("matchLabels", {}).items()),
     "paused-without-liveness": lambda n: not ("startStrategy" in n and "livenessProbe" in n),
 }
 

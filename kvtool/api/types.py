@@ -14,6 +14,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kvtool"
 STACK_LABEL = "kvtool.io/stack"
 STUDENT_LABEL = "kvtool.io/student"  # a roster lab's VM: whose it is (kvtool.plan.roster)
+POOL_LABEL = "kvtool.io/vmpool"  # on a VirtualMachinePool's VMs: the pool's name (KubeVirt's kubevirt.io/vmpool)
 DEFAULT_STACK = "default"
 FIELD_MANAGER = "kvtool"
 
@@ -89,6 +90,11 @@ VIRTUAL_MACHINE_INSTANCE = Kind(API_VERSION, "VirtualMachineInstance", "virtualm
 VIRTUAL_MACHINE_INSTANCE_MIGRATION = Kind(API_VERSION, "VirtualMachineInstanceMigration",
                                           "virtualmachineinstancemigrations",
                                           schema="virtualmachineinstancemigration.json")
+VIRTUAL_MACHINE_POOL = Kind(
+    API_VERSION, "VirtualMachinePool", "virtualmachinepools", schema="virtualmachinepool.json",
+    sensitive=tuple(p.replace("spec.template.", "spec.virtualMachineTemplate.spec.template.")
+                    for p in VIRTUAL_MACHINE.sensitive),
+)
 # KubeVirt's own kinds, for clusters that run KubeVirt: same fields, checked against kvtool's schemas first.
 KUBEVIRT_API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VIRTUAL_MACHINE = Kind(KUBEVIRT_API_VERSION, "VirtualMachine", "virtualmachines",
@@ -105,7 +111,7 @@ POD = Kind("v1", "Pod", "pods")  # read and made by the runtime (launcher pods),
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")  # heartbeats: kubelets' and the handlers'
 
 # What `kvtool plan` accepts in desired state, in the order it applies creates.
-PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, SERVICE)
+PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, VIRTUAL_MACHINE_POOL, SERVICE)
 BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE,
                                                          VIRTUAL_MACHINE_INSTANCE_MIGRATION,
                                                          KUBEVIRT_VIRTUAL_MACHINE, KUBEVIRT_VIRTUAL_MACHINE_INSTANCE)}
@@ -122,8 +128,9 @@ class Target:
 
     @property
     def plannable(self) -> tuple[Kind, ...]:
-        """PLANNABLE with this target's VirtualMachine, in the same order."""
-        return tuple(self.vm if k is VIRTUAL_MACHINE else k for k in PLANNABLE)
+        """PLANNABLE with this target's VirtualMachine, in the same order; pools are kvtool's own kind."""
+        return tuple(self.vm if k is VIRTUAL_MACHINE else k for k in PLANNABLE
+                     if k is not VIRTUAL_MACHINE_POOL or self.vm is VIRTUAL_MACHINE)
 
 
 KVTOOL = Target("kvtool", VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE)

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unpause": ("kvtool.cli.vmctl", "unpause a paused VM"),
     "migrate": ("kvtool.cli.migrate", "live-migrate a running VM to another node (virtctl migrate)"),
     "migrate-cancel": ("kvtool.cli.migrate", "cancel a VM's live migration; it stays where it runs"),
+    "scale": ("kvtool.cli.scale", "set how many VMs a VirtualMachinePool keeps (kubectl scale)"),
     "console": ("kvtool.cli.console", "attach to a VM's serial console (--tail to print its log)"),
     "expose": ("kvtool.cli.expose", "make a Service in front of a VM (virtctl expose)"),
     "port-forward": ("kvtool.cli.port_forward", "relay local ports to a VM, pod or Service (kubectl-style)"),

@@ -33,10 +33,12 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
+    VIRTUAL_MACHINE_POOL,
     Kind,
 )
 from kvtool.controller import conditions, eviction, failover, fence, metrics, template
 from kvtool.controller import migration as migration_logic
+from kvtool.controller import pool as pool_logic
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.kube import events, kopfbase, migrationtls
@@ -60,6 +62,8 @@ EVACUATION_RETRY = 10.0  # seconds between a failed evacuation's migration and t
 VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
+POOL_R = ("kvtool.io", "v1alpha1", "virtualmachinepools")
+POOL_FIELD_MANAGER = "kvtool-pool"  # owns the spec of the VMs a pool makes (a changed template rewrites it)
 LAUNCHER = {LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE}
 
 
@@ -92,6 +96,9 @@ class Controller:
         self.queue: WorkQueue[tuple[str, str, str]] = WorkQueue("controller", self.process, workers=QUEUE_WORKERS,
                                                                 resync=RESYNC, keys=self.all_keys)
         self.indexes: Mapping[str, Any] = {}
+        # Per pool: VMs it created or deleted that the cache may not show yet (client-go's "expectations"), so a
+        # sync on a stale cache neither makes a VM twice nor removes one more than asked (Random scale-in).
+        self.pool_writes: dict[tuple[str, str], pool_logic.Expectations] = {}
 
     # -- cache reads ---------------------------------------------------------
     def _one(self, index: str, key: Any) -> dict[str, Any] | None:
@@ -180,12 +187,15 @@ class Controller:
             return await self.sync_vm(namespace, name)
         if kind == "vmim":
             return await self.sync_migration(namespace, name)
+        if kind == "pool":
+            return await self.sync_pool(namespace, name)
         await self.sync_vmi(namespace, name)
         return None
 
     def all_keys(self) -> list[tuple[str, str, str]]:
         keys = [("vm", ns, name) for ns, name in self.indexes.get("vm_index", {})]
         keys += [("vmim", ns, name) for ns, name in self.indexes.get("vmim_index", {})]
+        keys += [("pool", ns, name) for ns, name in self.indexes.get("pool_index", {})]
         return keys + [("vmi", ns, name) for ns, name in self.indexes.get("vmi_index", {})]
 
     def enqueue_vm(self, namespace: str, name: str) -> None:
@@ -198,6 +208,62 @@ class Controller:
     def enqueue_migrations(self, namespace: str, vmi_name: str) -> None:
         for body in self.indexes.get("vmim_by_vmi", {}).get((namespace, vmi_name), []):
             self.queue.add(("vmim", namespace, body["metadata"]["name"]))
+
+    # -- VirtualMachinePool (decisions in pool.py) ---------------------------------------
+    async def sync_pool(self, namespace: str, name: str) -> float | None:
+        pool = self._one("pool_index", (namespace, name))
+        if pool is None or pool["metadata"].get("deletionTimestamp"):
+            self.pool_writes.pop((namespace, name), None)
+            return None  # its VMs go with it: the garbage collector follows their ownerReferences
+        vms = [plain(b) for (ns, _), store in list(self.indexes.get("vm_index", {}).items()) if ns == namespace
+               for b in store]
+        writes = self.pool_writes.setdefault((namespace, name), pool_logic.Expectations())
+        d = pool_logic.decide(pool, writes.seen(pool, vms, time.monotonic()), timeutil.now())
+        for vm in d.create:
+            try:
+                created = await self._call(self.res.create, VIRTUAL_MACHINE, vm, POOL_FIELD_MANAGER)
+                writes.created(created, time.monotonic())
+                log.info("pool=%s/%s event=vm-created vm=%s", namespace, name, vm["metadata"]["name"])
+            except KubeError as exc:
+                if exc.status == 409:
+                    continue  # made meanwhile (our own earlier write, not yet in the cache): the next sync counts it
+                await self._pool_failure(pool, d.status, "FailedCreate",
+                                         f"could not create VM {vm['metadata']['name']} (retrying): {exc.message}")
+                raise
+        for vm_name, uid in d.delete:
+            try:
+                await self._call(self.res.delete, VIRTUAL_MACHINE, namespace, vm_name, uid=uid)
+                writes.deleted(uid, time.monotonic())
+                log.info("pool=%s/%s event=vm-deleted vm=%s", namespace, name, vm_name)
+            except KubeError as exc:
+                if exc.status not in (404, 409):
+                    raise
+        for vm in d.update:
+            await self._call(self.res.apply, VIRTUAL_MACHINE, vm, force=True, field_manager=POOL_FIELD_MANAGER,
+                             parse=False)
+            log.info("pool=%s/%s event=vm-updated vm=%s reason=TemplateChanged", namespace, name,
+                     vm["metadata"]["name"])
+        await self._write_pool_status(pool, d.status)
+        for etype, reason, message in d.events:
+            await events.post(self.res, pool, etype, reason, message, FIELD_MANAGER)
+        return d.requeue_after
+
+    async def _pool_failure(self, pool: dict[str, Any], status: dict[str, Any], reason: str, message: str) -> None:
+        failed = conditions.condition("ReplicaFailure", True, reason, message)
+        await self._write_pool_status(pool, {**status, "conditions": conditions.put(status.get("conditions"), failed)})
+
+    async def _write_pool_status(self, pool: dict[str, Any], status: dict[str, Any]) -> None:
+        current = pool.get("status") or {}
+        if all(current.get(k) == v for k, v in status.items() if k != "conditions") and \
+                conditions.same(current.get("conditions"), status.get("conditions") or []):
+            return
+        meta = pool["metadata"]
+        try:
+            await self._call(self.res.merge_patch, VIRTUAL_MACHINE_POOL, meta["namespace"], meta["name"],
+                             {"status": status}, subresource="status", field_manager=FIELD_MANAGER)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
 
     # -- live migration (decisions in migration.py) -----------------------------------
     async def migration_config(self, fresh: bool = False) -> migration_logic.Config:
@@ -677,8 +743,12 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     def vmim_by_vmi(*, namespace: str | None, spec: Mapping[str, Any], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, spec.get("vmiName", "")): {"metadata": {"name": body["metadata"]["name"]}}}
 
+    @kopf.index(*POOL_R, id="pool_index", registry=registry)
+    def pool_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body)}
+
     indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index", "vmim_index",
-               "vmim_by_vmi")
+               "vmim_by_vmi", "pool_index")
 
     def remember(kwargs: Mapping[str, Any]) -> None:
         ctl.indexes = {k: kwargs[k] for k in indexes}
@@ -705,11 +775,20 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         await ctl.queue.stop()
 
     @kopf.on.event(*VM_R, registry=registry)
-    async def on_vm(*, namespace: str | None, name: str, **kwargs: Any) -> None:
+    async def on_vm(*, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
         if namespace is None:  # never: VirtualMachines are namespaced
             return
         ctl.queue.add(("vm", namespace, name))
+        for ref in body.get("metadata", {}).get("ownerReferences") or []:
+            if ref.get("kind") == VIRTUAL_MACHINE_POOL.kind:
+                ctl.queue.add(("pool", namespace, ref["name"]))
+
+    @kopf.on.event(*POOL_R, registry=registry)
+    async def on_pool(*, namespace: str | None, name: str, **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("pool", namespace, name))
 
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(*, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:

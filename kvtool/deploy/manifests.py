@@ -66,9 +66,13 @@ def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str
 
 def controller_rules() -> list[dict[str, Any]]:
     return [
-        # delete: a lab VM that expires with kvtool.io/on-expiry: Delete.
-        _rule(["kvtool.io"], ["virtualmachines"], ["get", "list", "watch", "delete"]),
+        # delete: a lab VM that expires with kvtool.io/on-expiry: Delete; create, patch and delete: a pool's VMs.
+        _rule(["kvtool.io"], ["virtualmachines"], ["get", "list", "watch", "create", "patch", "delete"]),
         _rule(["kvtool.io"], ["virtualmachines/status"], ["get", "patch", "update"]),
+        _rule(["kvtool.io"], ["virtualmachinepools"], ["get", "list", "watch"]),
+        _rule(["kvtool.io"], ["virtualmachinepools/status"], ["get", "patch", "update"]),
+        # A pool's VMs block its deletion until they are gone (ownerReferences' blockOwnerDeletion).
+        _rule(["kvtool.io"], ["virtualmachinepools/finalizers"], ["update"]),
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
         # Live migration: the controller runs VirtualMachineInstanceMigrations (finalizers: abort on delete) and

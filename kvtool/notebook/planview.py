@@ -70,7 +70,7 @@ def _resource_rows(rc: ResourceChange, destroy_plan: bool) -> list[str]:
         what += " (no longer in the desired state)"
     if rc.restart_required:
         what += "; the running VM takes the change on restart"
-    reasons = "".join(f"<div style='opacity:.8'>{html.escape(r)}</div>" for r in rc.replace_reasons)
+    reasons = "".join(f"<div style='opacity:.8'>{html.escape(r)}</div>" for r in [*rc.replace_reasons, *rc.notes])
     name = f"{rc.namespace}/{rc.name}" if rc.namespace else rc.name
     head = (f"<tr class='kvt-plan-resource kvt-action-{rc.action.value}' style='background:{background}'>"
             f"<td style='{CELL};color:{colour};font-weight:bold;font-family:monospace'>"

@@ -25,6 +25,7 @@ from kvtool.api.types import (
     MANAGED_BY_LABEL,
     PLANNABLE,
     STACK_LABEL,
+    VIRTUAL_MACHINE_POOL,
     Kind,
     Target,
     kind_for,
@@ -116,7 +117,8 @@ class DesiredState:
             return None
         kinds = sorted({what for _, what in self.converted})
         sources = sorted({loc.source for loc, _ in self.converted})
-        return (f"Read {len(self.converted)} KubeVirt document(s) ({', '.join(kinds)}) as kvtool's VirtualMachines "
+        ours = "VirtualMachines and VirtualMachinePools" if any("Pool" in k for k in kinds) else "VirtualMachines"
+        return (f"Read {len(self.converted)} KubeVirt document(s) ({', '.join(kinds)}) as kvtool's {ours} "
                 f"(a bare VirtualMachineInstance runs as a VM: runStrategy Always, or its kvtool.io/run-strategy "
                 f"annotation): {', '.join(sources)}. "
                 "`kvtool convert` writes them out.")
@@ -365,6 +367,12 @@ def retarget(state: DesiredState, target: Target) -> DesiredState:
     the VM's, and `kvtool status` finds them by those."""
     if target is state.target:
         return state
+    pools = [InputIssue(obj.location, "kind", f"a VirtualMachinePool is kvtool's own kind, run by kvtool's "
+                                              f"controller; the {target.name} target does not have it: plan its VMs "
+                                              "one by one (a roster or Terraform's count)")
+             for obj in state.objects if obj.kind is VIRTUAL_MACHINE_POOL]
+    if pools:
+        raise InvalidInput(pools)
     for obj in state.objects:
         if obj.kind is not state.target.vm:
             continue

@@ -65,6 +65,7 @@ class ResourceChange:
     replace_reasons: list[str] = field(default_factory=list)
     restart_required: bool = False
     source: str | None = None  # file and document the object came from
+    notes: list[str] = field(default_factory=list)  # what else follows from it (the VMs a pool makes or removes)
 
     @property
     def address(self) -> str:

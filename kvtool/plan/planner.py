@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvtool.api import poolnames
 from kvtool.api.types import (
     BY_KEY,
     GROUP,
@@ -20,7 +21,10 @@ from kvtool.api.types import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     PLANNABLE,
+    POOL_LABEL,
     STACK_LABEL,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_POOL,
     Kind,
     Target,
 )
@@ -28,7 +32,7 @@ from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
 from kvtool.plan import diff
 from kvtool.plan.desired import Desired, DesiredState
-from kvtool.plan.model import Action, Plan
+from kvtool.plan.model import Action, Plan, ResourceChange
 
 ObjKey = tuple[str, str, str | None, str]
 GET_THRESHOLD = 32
@@ -47,6 +51,8 @@ def stack_selector(stack: str) -> str:
 class LiveState:
     members: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)  # objects labelled with the stack
     others: dict[ObjKey, dict[str, Any]] = field(default_factory=dict)  # desired keys found outside the stack
+    # (namespace, pool) -> its VMs' names, for pools in the stack or the desired state: the plan shows them.
+    pool_vms: dict[tuple[str | None, str], list[str]] = field(default_factory=dict)
 
 
 class OwnershipError(KvtoolError):
@@ -55,7 +61,8 @@ class OwnershipError(KvtoolError):
 
 def list_stack(res: Resources, stack: str, kinds: Collection[Kind] = PLANNABLE,
                namespaces: Collection[str] | None = None) -> dict[ObjKey, dict[str, Any]]:
-    """Every object labelled with the stack: one LIST per kind, cluster-wide (or per namespace)."""
+    """Every object labelled with the stack, but those a controller made: one LIST per kind, cluster-wide (or per
+    namespace)."""
     selector = stack_selector(stack)
 
     def list_kind(kind: Kind) -> list[dict[str, Any]]:
@@ -67,8 +74,14 @@ def list_stack(res: Resources, stack: str, kinds: Collection[Kind] = PLANNABLE,
     with ThreadPoolExecutor(max_workers=8) as pool:
         for kind, items in zip(kinds, pool.map(list_kind, kinds), strict=True):
             for obj in items:
-                members[key_of(kind, obj)] = obj
+                if not _made_by_a_controller(obj):
+                    members[key_of(kind, obj)] = obj
     return members
+
+
+def _made_by_a_controller(obj: Mapping[str, Any]) -> bool:
+    """A pool's VM carries the stack's labels but is the pool's to make and remove, not the plan's."""
+    return any(ref.get("controller") for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def find_others(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[Desired]) -> dict[ObjKey, Any]:
@@ -112,7 +125,56 @@ def fetch(res: Resources, stack: str, desired: Iterable[Desired] = (),
             raise
         # No cluster-wide list permission: look in the namespaces we know of.
         members = list_stack(res, stack, kinds, {d.namespace for d in wanted if d.namespace})
-    return LiveState(members, find_others(res, members, wanted))
+    return LiveState(members, find_others(res, members, wanted), list_pool_vms(res, members, wanted))
+
+
+def list_pool_vms(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[Desired]
+                  ) -> dict[tuple[str | None, str], list[str]]:
+    """The VMs of every pool the plan touches: one LIST per namespace that has such a pool."""
+    pools = {(k[2], k[3]) for k in members if k[:2] == VIRTUAL_MACHINE_POOL.key}
+    pools |= {(d.namespace, d.name) for d in wanted if d.kind is VIRTUAL_MACHINE_POOL}
+    out: dict[tuple[str | None, str], list[str]] = {p: [] for p in pools}
+    for ns in sorted({ns for ns, _ in pools if ns}):
+        for vm in res.list(VIRTUAL_MACHINE, ns, label_selector=POOL_LABEL)[0]:
+            key = (ns, vm["metadata"]["labels"][POOL_LABEL])
+            if key in out:
+                out[key].append(vm["metadata"]["name"])
+    return {k: sorted(v, key=lambda n: (poolnames.index_of(k[1], n) or 0, n)) for k, v in out.items()}
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def pool_notes(rc: ResourceChange, current: Mapping[str, Any] | None, vms: list[str]) -> list[str]:
+    """What a pool's change does to its VMs, which the controller makes: names where they are known."""
+    before = poolnames.replicas(current.get("spec") or {}) if current else 0
+    spec = (rc.manifest or {}).get("spec") or {}
+    after = poolnames.replicas(spec) if rc.manifest is not None else 0
+    if rc.manifest is None:
+        return [f"its VMs go with it: {_names(vms)}"] if vms else []
+    notes = []
+    if after > len(vms):
+        added = poolnames.next_names(rc.name, vms, after - len(vms))
+        now = f" (now: {_names(vms)})" if vms else ""
+        notes.append(f"replicas {before} -> {after}: the controller makes {_names(added)}{now}")
+    elif after < len(vms):
+        policy = poolnames.sort_policy(spec)
+        count = len(vms) - after
+        if poolnames.unmanaged_scale_in(spec):
+            notes.append(f"replicas {len(vms)} -> {after}: scale-in is unmanaged, delete {count} VM(s) yourself")
+        elif policy in ("AscendingOrder", "DescendingOrder"):
+            order = vms if policy == "AscendingOrder" else vms[::-1]
+            notes.append(f"replicas {len(vms)} -> {after}: the controller removes {_names(order[:count])} "
+                         f"(not-ready VMs first, then {policy})")
+        else:
+            notes.append(f"replicas {len(vms)} -> {after}: the controller removes {count} of {_names(vms)} "
+                         f"(not-ready VMs first, then {policy})")
+    if current and any(f.path.startswith(("spec.virtualMachineTemplate", "spec.nameGeneration"))
+                          for f in rc.fields) and vms:
+        notes.append(f"the template changed: the controller rewrites the spec of {_names(vms)}; running VMs take "
+                     "it on restart")
+    return notes
 
 
 def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: Collection[str] = (),
@@ -143,6 +205,10 @@ def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: C
     for k, obj in live.members.items():
         if k not in seen:
             plan.changes.append(diff.diff_object(BY_KEY[k[:2]], None, obj))
+    for rc in plan.changes:
+        if (rc.api_version, rc.kind) == VIRTUAL_MACHINE_POOL.key:
+            current = live.members.get((rc.api_version, rc.kind, rc.namespace, rc.name))
+            rc.notes = pool_notes(rc, current, live.pool_vms.get((rc.namespace, rc.name), []))
     order = {k.kind: i for i, k in enumerate(PLANNABLE)}
     plan.changes.sort(key=lambda c: (order.get(c.kind, 99), c.namespace or "", c.name))
     return plan

@@ -64,7 +64,7 @@ def render_text(plan: Plan, stream: TextIO | None = None, *, color: bool | None 
         sym = SYMBOL[rc.action]
         sym_c = f"\x1b[{COLOR[rc.action]}m{sym}\x1b[0m" if color else sym
         lines.append(_header(rc, plan.destroy))
-        for reason in rc.replace_reasons:
+        for reason in [*rc.replace_reasons, *rc.notes]:
             lines.append(f"  #   {reason}")
         if rc.action == Action.DELETE or (compact and rc.action == Action.CREATE):
             lines.append(f"{sym_c:>{len(sym_c) + 3 - len(sym)}} {rc.kind.lower()} \"{_ns_name(rc)}\"")
