@@ -8,6 +8,7 @@ disk would keep what was written, so a reset refuses the whole lab before touchi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,9 @@ from kvtool import vmctl
 from kvtool.api import expiry, timeutil
 from kvtool.api.types import SECRET, STACK_LABEL, STUDENT_LABEL, VIRTUAL_MACHINE
 from kvtool.errors import KvtoolError
+from kvtool.images import usage
 from kvtool.kube.resources import Resources
-from kvtool.plan import roster
+from kvtool.plan import desired, roster
 
 # Volume kinds whose writes outlive the VMI: a restart does not undo them.
 PERSISTENT_VOLUMES = ("persistentVolumeClaim", "dataVolume", "hostDisk")
@@ -27,6 +29,14 @@ class Login:
     student: str
     vm: str
     password: str
+
+
+def roster_state(templates: Sequence[Mapping[str, Any]], students: roster.Roster, *, stack: str, namespace: str,
+                 passwords: Mapping[str, str]) -> desired.DesiredState:
+    """The templates once per student (kvtool.plan.roster), checked as `kvtool plan` checks files; `passwords`:
+    the ones the lab's login Secrets already hold (roster.passwords_of), so a second plan changes nothing."""
+    documents = roster.expand(templates, students, passwords=passwords)
+    return desired.load(objects=documents, stack=stack, namespace=namespace, checks=[usage.checker()])
 
 
 def stack_vms(res: Resources, namespace: str, stack: str) -> list[dict[str, Any]]:

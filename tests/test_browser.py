@@ -158,3 +158,88 @@ def test_inspect_notebook_in_jupyterlab(cluster: Cluster, tmp_path: Path) -> Non
         expect(table.locator("tr", has_text=f"{stack}-off")).to_contain_text("Stopped")
         expect(page.locator(".jp-OutputArea-output img").first).to_be_visible(timeout=120_000)
         page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+
+
+ROSTER = "name,group\nada,a\nbob,b\n"
+
+
+def classroom_notebook(path: Path, stack: str, template: Path) -> Path:
+    """A Voila app for a class: the Classroom widget alone, on a tiny-linux template."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from kvtool.notebook import Classroom\n"
+        f"room = Classroom({stack!r}, {str(template)!r}, ttl='2h', refresh=5)\n"
+        "display(room)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_classroom_roster_upload_and_reset_in_voila(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 15, part 7: the class list uploaded through Chromium's file chooser, one VM per student, the time
+    left in the table, and Reset… asking before it restarts anything."""
+    import yaml
+    from playwright.sync_api import expect
+
+    from tests.vmfactory import vm
+
+    bh.require_browser()
+    stack = f"room-{uuid.uuid4().hex[:6]}"
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump(vm("lab", memory="96Mi", run_strategy="Always")))
+    roster = tmp_path / "class.csv"
+    roster.write_text(ROSTER)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("login\nada\n")
+    nb = classroom_notebook(tmp_path / "room.ipynb", stack, template)
+    port = bh.free_port()
+    argv = [str(bh.VENV_BIN / "voila"), nb.name, "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+            "--show_tracebacks=True"]
+    env = bh.isolated_env(tmp_path / "jupyter")
+    try:
+        with bh.server(argv, env, f"http://127.0.0.1:{port}/", tmp_path / "voila.log", cwd=tmp_path), \
+                bh.chromium_page(viewport=(1280, 1800)) as page:
+            page.set_default_timeout(120_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator(".kvt-roster-preview")).to_be_disabled(timeout=180_000)
+
+            def choose(path: Path) -> None:
+                """Click the upload button and pick the file in the browser's file chooser, as a user does."""
+                with page.expect_file_chooser() as chooser:
+                    page.locator(".kvt-roster-upload").click()
+                chooser.value.set_files(str(path))
+
+            # A roster without a name column: said, and nothing to preview.
+            choose(bad)
+            expect(page.locator(".kvt-roster")).to_contain_text("there is no `name` column (found: login)")
+            expect(page.locator(".kvt-roster-preview")).to_be_disabled()
+
+            choose(roster)
+            expect(page.locator(".kvt-roster")).to_contain_text("2 student(s) from class.csv")
+            page.locator(".kvt-roster-preview").click()
+            expect(page.locator(".kvt-plan")).to_contain_text("Plan: 4 to add, 0 to change, 0 to destroy.")
+            page.locator(".kvt-apply").click()
+            expect(page.locator(".kvt-message")).to_contain_text("Apply complete! Resources: 4 added")
+
+            table = page.locator(".kvt-live-table")
+            for student in ("ada", "bob"):
+                row = table.locator("tr", has_text=f"lab-{student}")
+                expect(row).to_contain_text("Running", timeout=300_000)
+                expect(row).to_contain_text("1h5")  # the time left (1h5xm), from the 2h limit
+            page.screenshot(path=str(tmp_path / "1-class-running.png"), full_page=True)
+            old = {n: cluster.kubectl("get", "vmi", n, "-o", "jsonpath={.metadata.uid}").stdout
+                   for n in ("lab-ada", "lab-bob")}
+
+            # Reset… asks first and names the VMs; nothing restarts before the confirmation.
+            page.locator(".kvt-lab-reset").click()
+            expect(page.locator(".kvt-lab-reset-box")).to_contain_text("Reset 2 VM(s) to their images?")
+            for name, uid in old.items():
+                assert cluster.kubectl("get", "vmi", name, "-o", "jsonpath={.metadata.uid}").stdout == uid
+            page.locator(".kvt-lab-reset-confirm").click()
+            expect(page.locator(".kvt-classroom-message")).to_contain_text("lab-bob: restarting from its images")
+            expect(page.locator(".kvt-lab-reset-box")).to_be_hidden()
+            page.screenshot(path=str(tmp_path / "2-reset.png"), full_page=True)
+        for name, uid in old.items():
+            from tests.test_notebook_widgets import wait_for_new_vmi
+            wait_for_new_vmi(cluster, name, uid)
+    finally:
+        kvtool("destroy", "--stack", stack, "--auto-approve")

@@ -23,7 +23,18 @@ from kvtool.api import schema
 from kvtool.api.types import VIRTUAL_MACHINE
 from kvtool.images import store
 from kvtool.local.layout import Layout
-from kvtool.notebook import ConsoleView, Lab, LabBuilder, LiveTable, Portal, VMForm, planview, render_html, status_frame
+from kvtool.notebook import (
+    Classroom,
+    ConsoleView,
+    Lab,
+    LabBuilder,
+    LiveTable,
+    Portal,
+    VMForm,
+    planview,
+    render_html,
+    status_frame,
+)
 from kvtool.notebook.frames import latency_rows
 from kvtool.notebook.manifest import ImageChoice
 from kvtool.plan import desired, planner
@@ -291,6 +302,46 @@ def test_console_socket_dir_matches_the_embedded_layout(tmp_path: Path) -> None:
     assert consoles.node_sockets_dir("kvtool-node-1", tmp_path) == Layout(tmp_path).node_sockets("kvtool-node-1")
 
 
+KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ada@laptop")
+
+
+def classroom_template(run_strategy: str = "Halted") -> list[dict]:
+    return [vm("lab", run_strategy=run_strategy, memory="96Mi")]
+
+
+def upload(room: Classroom, name: str, text: str) -> None:
+    """What the browser's file input hands the FileUpload widget (ipywidgets 8: a tuple of dicts)."""
+    import datetime as dt
+
+    room.upload.value = ({"name": name, "type": "text/csv", "size": len(text), "content": memoryview(text.encode()),
+                          "last_modified": dt.datetime.now(dt.UTC)},)
+
+
+def test_classroom_reads_an_uploaded_roster_and_says_what_is_wrong_by_row() -> None:
+    room = Classroom("os101", classroom_template(), start=False)
+    assert room.preview_button.disabled, "nothing to plan before a roster"
+    upload(room, "class.csv", "name,ssh_key\nAda,\nbob,not-a-key\n")
+    shown = room.roster_view.value
+    assert "kvt-roster-error" in shown and "class.csv" in shown
+    assert "row 2, column name: &#x27;Ada&#x27; is not a login name" in shown, shown
+    assert "row 3, column ssh_key" in shown and room.preview_button.disabled
+    upload(room, "class.csv", f"\ufeffname,ssh_key,group\nada,{KEY},a\nbob,,b\n")
+    shown = room.roster_view.value
+    assert "2 student(s) from class.csv" in shown and "key (ssh-ed25519)" in shown
+    assert "password (kvtool lab passwords)" in shown and ">b<" in shown
+    assert not room.preview_button.disabled and room.roster is not None and room.roster.names() == ["ada", "bob"]
+
+
+def test_classroom_refuses_a_template_without_a_vm_or_with_a_bad_one() -> None:
+    from kvtool.errors import KvtoolError
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"a": "b"}}
+    with pytest.raises(KvtoolError, match="no VirtualMachine to make once per student"):
+        Classroom("os101", [secret], start=False)
+    with pytest.raises(desired.InvalidInput, match=r"metadata\.name"):
+        Classroom("os101", [vm("Bad_Name")], start=False)
+
+
 # ---- against the real cluster ------------------------------------------------------------------
 
 @pytest.fixture
@@ -391,3 +442,65 @@ def test_console_view_says_why_a_stopped_vm_has_no_console(cluster: Cluster, sta
     with pytest.raises(Exception, match="is not running"):
         view.tail()
     assert "is not running" in view.message.value
+
+
+def test_classroom_plans_one_vm_per_student_shows_time_left_extends_and_resets(cluster: Cluster, stack: str) -> None:
+    room = Classroom(stack, classroom_template("Always"), ttl="2h", refresh=1.0)
+    try:
+        room.load_roster(f"name,ssh_key\nada,{KEY}\nbob,\n".encode(), name="class.csv")
+        room.preview_button.click()
+        room.portal.wait_idle(60)
+        view = room.plan_view
+        assert "Plan: 3 to add, 0 to change, 0 to destroy." in view.html.value, view.html.value + room.message.value
+        view.apply_button.click()
+        room.portal.wait_idle(120)
+        assert "Apply complete!" in view.message.value, view.message.value
+        frame = room.live.wait_for(lambda df: len(df) == 2 and df["ready"].all(), timeout=300,
+                                   what="both students' VMs running")
+        assert list(frame["student"]) == ["ada", "bob"] and list(frame["name"]) == ["lab-ada", "lab-bob"]
+        assert all(e.startswith(("1h59m", "1h58m", "2h")) for e in frame["expires"]), frame["expires"]
+        assert "expires" in room.live.out.outputs[0]["data"]["text/html"]
+        # The table redraws by the clock with no event: a second later it says so.
+        drawn = room.live.updated_at
+        room.live.wait_for(lambda df: room.live.updated_at != drawn, timeout=10, what="a redraw by the timer")
+
+        # A second preview of the same roster keeps bob's password: nothing to change.
+        room.preview_button.click()
+        room.portal.wait_idle(60)
+        assert "No changes." in view.html.value or "no changes" in view.html.value.lower(), view.html.value
+
+        room.extend_by.value = "1h"
+        room.extend_button.click()
+        room.portal.wait_idle(60)
+        assert "Extended 2 VM(s) by 1h" in room.message.value, room.message.value
+        room.live.wait_for(lambda df: all(e.startswith(("2h59m", "2h58m", "3h")) for e in df["expires"]),
+                           timeout=30, what="the new time left")
+
+        uids = {n: cluster.kubectl("get", "vmi", n, "-o", "jsonpath={.metadata.uid}").stdout
+                for n in ("lab-ada", "lab-bob")}
+        room.reset_button.click()
+        room.portal.wait_idle(60)
+        assert room.reset_box.layout.display == "flex" and "lab-ada, lab-bob" in room.reset_question.value
+        room.reset_cancel.click()
+        assert room.reset_box.layout.display == "none" and "nothing was restarted" in room.message.value
+        room.reset_button.click()
+        room.portal.wait_idle(60)
+        room.reset_confirm.click()
+        room.portal.wait_idle(60)
+        assert "lab-ada: restarting from its images" in room.message.value, room.message.value
+        for name, uid in uids.items():
+            wait_for_new_vmi(cluster, name, uid)
+    finally:
+        room.live.stop()
+
+
+def wait_for_new_vmi(cluster: Cluster, name: str, old_uid: str) -> None:
+    from tests.waiting import wait_for
+
+    def fresh() -> bool:
+        got = cluster.kubectl("get", "vmi", name, "-o", "json", check=False)
+        if got.returncode != 0:
+            return False
+        vmi = json.loads(got.stdout)
+        return vmi["metadata"]["uid"] != old_uid and (vmi.get("status") or {}).get("phase") == "Running"
+    wait_for(fresh, timeout=300, what=f"{name} to run again as a new VMI after the reset")

@@ -83,3 +83,16 @@ def human(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
+
+
+def annotate(manifest: dict[str, Any], ttl: str | None, on_expiry: str | None) -> None:
+    """Give a VirtualMachine manifest a lab's end: `ttl` (checked here) and what happens then (Stop, Delete)."""
+    if ttl is not None:
+        timeutil.parse_duration(ttl)  # ValueError, with what is wrong
+    if on_expiry is not None and on_expiry.capitalize() not in POLICIES:
+        raise ValueError(f"{on_expiry!r} is not one of {', '.join(POLICIES)}")
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    if ttl is not None:
+        annotations[TTL] = ttl
+    if on_expiry is not None:
+        annotations[ON_EXPIRY] = on_expiry.capitalize()

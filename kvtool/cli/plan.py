@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kvtool import labctl, paths
-from kvtool.api import expiry, timeutil
+from kvtool.api import expiry
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
@@ -56,24 +56,18 @@ def set_expiry(args: argparse.Namespace, state: DesiredState) -> None:
     ttl, on_expiry = getattr(args, "ttl", None), getattr(args, "on_expiry", None)
     if ttl is None and on_expiry is None:
         return
-    if ttl is not None:
-        try:
-            timeutil.parse_duration(ttl)
-        except ValueError as exc:
-            raise KvtoolError(f"--ttl: {exc}") from None
     for obj in state.objects:
         if obj.kind.kind == "VirtualMachine":
-            annotations = obj.manifest["metadata"].setdefault("annotations", {})
-            if ttl is not None:
-                annotations[expiry.TTL] = ttl
-            if on_expiry is not None:
-                annotations[expiry.ON_EXPIRY] = on_expiry.capitalize()
+            try:
+                expiry.annotate(obj.manifest, ttl, on_expiry)
+            except ValueError as exc:
+                raise KvtoolError(f"--ttl: {exc}") from None
 
 
 def with_roster(args: argparse.Namespace, templates: DesiredState, passwords: dict[str, str]) -> DesiredState:
     """The templates expanded once per student of `args.roster_input`, validated as any input is."""
-    documents = roster.expand([o.manifest for o in templates.objects], args.roster_input, passwords=passwords)
-    return desired.load(objects=documents, stack=args.stack, namespace=args.namespace, checks=[usage.checker()])
+    return labctl.roster_state([o.manifest for o in templates.objects], args.roster_input, stack=args.stack,
+                               namespace=args.namespace, passwords=passwords)
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -38,7 +38,7 @@ class ConsoleView(w.VBox):
         self.portal = portal or default_portal()
         self.namespace = namespace
         self._live = live
-        self._conn = connection or (live.connection() if live is not None else None)
+        self._conn = connection  # else the live table's, on first use: building the view needs no cluster
         self._follow_stop = threading.Event()
         self._follow_stop.set()
         self.vm = w.Combobox(description="VM", placeholder="VM name", ensure_option=False)
@@ -61,7 +61,7 @@ class ConsoleView(w.VBox):
 
     def connection(self) -> Connection:
         if self._conn is None:
-            self._conn = connect()
+            self._conn = self._live.connection() if self._live is not None else connect()
         return self._conn
 
     def _namespace_of(self, name: str) -> str:

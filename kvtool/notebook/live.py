@@ -44,8 +44,10 @@ class LiveTable(w.VBox):
     def __init__(self, stack: str | None = None, *, namespace: str | None = None,
                  labels: Mapping[str, str] | None = None, connection: Connection | None = None,
                  columns: list[str] | None = None, portal: Portal | None = None, start: bool = True,
-                 api: str = "auto") -> None:
+                 api: str = "auto", refresh: float | None = None) -> None:
         self.portal = portal or default_portal()
+        # Seconds between redraws with no event: the rows' ages and a lab's time left change by the clock alone.
+        self.refresh = refresh
         self.columns = list(columns or LIVE_COLUMNS)
         self.namespace = namespace
         self._conn = connection
@@ -115,6 +117,8 @@ class LiveTable(w.VBox):
                                (target.vmi, inventory.selector(stack))):
             threading.Thread(target=self._watch, args=(kind, selector, gen), daemon=True,
                              name=f"kvtool-watch-{kind.plural}").start()
+        if self.refresh:
+            threading.Thread(target=self._tick, args=(gen, self.refresh), daemon=True, name="kvtool-live-tick").start()
 
     def stop(self) -> None:
         """Stop watching; the threads finish their current request (at most WATCH_SECONDS) and exit."""
@@ -170,6 +174,13 @@ class LiveTable(w.VBox):
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 10)
                 self._schedule_render()
+
+    def _tick(self, gen: int, every: float) -> None:
+        """Recompute the rows every `every` seconds while this generation of watches runs."""
+        while not self._stopped.wait(every) and self._active(gen):
+            with self._cond:
+                self._frame = self._compute()
+            self._schedule_render()
 
     def _apply(self, kind: Kind, gen: int, replace: list[dict[str, Any]] | None = None,
                event: tuple[str, dict[str, Any]] | None = None) -> None:

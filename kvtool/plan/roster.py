@@ -85,10 +85,20 @@ def read(source: str | Path | Any) -> Roster:
         text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV export often starts with a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise RosterError(str(path), [f"cannot read it: {exc}"]) from None
-    reader = csv.DictReader(text.splitlines())
+    return read_text(text, str(path))
+
+
+def read_text(text: str | bytes, source: str) -> Roster:
+    """A roster from a CSV's contents (an upload in a notebook); `source` names it in messages."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise RosterError(source, [f"it is not UTF-8 text: {exc}"]) from None
+    reader = csv.DictReader(text.removeprefix("\ufeff").splitlines())
     columns = list(reader.fieldnames or [])
     rows = [{k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None} for row in reader]
-    return from_rows(rows, str(path), columns=columns, first_row=2)  # row 1 is the header
+    return from_rows(rows, source, columns=columns, first_row=2)  # row 1 is the header
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]], source: str, *, columns: Sequence[str] | None = None,
