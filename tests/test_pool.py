@@ -102,3 +102,34 @@ def test_a_pool_scales_heals_and_goes_with_its_stack(cluster: Cluster, tmp_path:
         kvtool("destroy", "--stack", STACK, "--auto-approve", check=True)
     wait_for(lambda: not pool_vms(cluster), timeout=180, what="the pool's VMs to go with it",
              describe=describe(cluster))
+
+
+def test_autohealing_replaces_a_vm_that_keeps_failing_to_start(cluster: Cluster) -> None:
+    """Written with kubectl, as a KubeVirt user would: a pool whose VM no node can take (its nodeSelector matches
+    none) replaces it once it has been unschedulable for minFailingToStartDuration, and says why in an event."""
+    doc = pool_doc(1)
+    doc["metadata"]["name"] = "crashy"
+    doc["spec"]["autohealing"] = {"minFailingToStartDuration": "20s"}
+    vmi_spec = doc["spec"]["virtualMachineTemplate"]["spec"]["template"]["spec"]
+    vmi_spec["nodeSelector"] = {"kvtool.io/no-such-node": "true"}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    try:
+        def vms() -> list[dict[str, Any]]:
+            out = cluster.kubectl("get", "vm", "-l", "kvtool.io/vmpool=crashy", "-o", "json").stdout
+            return json.loads(out)["items"]
+        wait_for(lambda: [v for v in vms() if (v.get("status") or {}).get("printableStatus") == "ErrorUnschedulable"],
+                 timeout=60, what="the pool's VM unschedulable",
+                 describe=lambda: json.dumps([v.get("status") for v in vms()], indent=1))
+        first = vms()[0]["metadata"]["uid"]
+
+        def healed() -> str:
+            return cluster.kubectl("get", "events", "--field-selector",
+                                   "involvedObject.name=crashy,reason=Autohealed",
+                                   "-o", "jsonpath={.items[*].message}").stdout
+        wait_for(healed, timeout=120, what="an Autohealed event on the pool",
+                 describe=lambda: json.dumps([v.get("status") for v in vms()], indent=1))
+        assert "ErrorUnschedulable for" in healed() and "minFailingToStartDuration 20s" in healed(), healed()
+        wait_for(lambda: any(v["metadata"]["uid"] != first and not v["metadata"].get("deletionTimestamp")
+                             for v in vms()), timeout=60, what="a new VM in place of the failing one")
+    finally:
+        cluster.kubectl("delete", "virtualmachinepool", "crashy", "--wait=true", "--timeout=120s")
