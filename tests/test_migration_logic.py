@@ -4,6 +4,8 @@ the launcher's disk plan and flags, the handler's status mapping, the protocol's
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -17,6 +19,7 @@ from kvtool.handler import migration as handler_migration
 from kvtool.handler import status as handler_status
 from kvtool.launcher import migration as launcher_migration
 from kvtool.launchercom import protocol
+from tests.waiting import wait_for
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 CFG = m.Config()
@@ -478,3 +481,66 @@ def test_the_vmi_records_claim_disk_sizes_for_a_migrations_copy() -> None:
     assert launcher_volumes.recorded_size(recorded, "other") is None
     with pytest.raises(protocol.LauncherError, match="volumeSizes"):
         protocol.check_status({**domain, "volumeSizes": {"data": "big"}})
+
+
+class _RefusingDom:
+    """A domain whose QEMU refuses the switch to post-copy `refusals` times (the copy has not begun yet)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.switched, self.aborted = refusals, 0, 0
+
+    def jobStats(self) -> dict[str, int]:
+        return {"data_remaining": 1 << 20, "memory_iteration": 1}
+
+    def migrateSetMaxDowntime(self, ms: int, flags: int) -> None:
+        pass
+
+    def migrateStartPostCopy(self) -> None:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise _LibvirtError("Requested operation is not valid: postcopy not yet possible")
+        self.switched += 1
+
+    def abortJob(self) -> None:
+        self.aborted += 1
+
+
+class _LibvirtError(libvirt.libvirtError):
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+        self.message = message
+
+    def get_error_message(self) -> str:
+        return self.message
+
+
+def _outgoing(dom: _RefusingDom) -> tuple[launcher_migration.Outgoing, list[dict]]:
+    reports: list[dict] = []
+    options = launcher_migration.Options.parse({"allowPostCopy": True, "completionTimeoutPerGiB": 1})
+    job = launcher_migration.Outgoing("m1", dom, Path("/nonexistent"), options,  # type: ignore[arg-type]
+                                      launcher_migration.DiskPlan((), (), 0), 128 << 20, reports.append)
+    job.deadline = 0.2
+    return job, reports
+
+
+def test_a_refused_switch_to_post_copy_is_tried_again_not_aborted() -> None:
+    dom = _RefusingDom(refusals=2)
+    job, reports = _outgoing(dom)
+    monitor = threading.Thread(target=job._monitor)
+    monitor.start()
+    try:
+        wait_for(lambda: dom.switched, timeout=10, what="the third try to switch to post-copy")
+    finally:
+        job.done.set()
+        monitor.join(5)
+    assert (dom.switched, dom.aborted, job.mode) == (1, 0, "PostCopy") and {"mode": "PostCopy"} in reports
+
+
+def test_a_switch_to_post_copy_refused_for_too_long_aborts_with_qemus_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher_migration, "POST_COPY_RETRY", 0.5)
+    dom = _RefusingDom(refusals=10_000)
+    job, _ = _outgoing(dom)
+    job._monitor()  # returns once it aborted
+    assert dom.aborted == 1 and dom.switched == 0
+    assert "the switch to post-copy failed for 0 s: Requested operation is not valid: postcopy not yet possible" \
+        in job.abort_reason, job.abort_reason

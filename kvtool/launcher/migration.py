@@ -31,6 +31,7 @@ log = logging.getLogger("kvtool.launcher.migration")
 
 GIB = 1 << 30
 MONITOR_PERIOD = 0.25
+POST_COPY_RETRY = 10.0  # seconds past the deadline a refused switch to post-copy is tried again
 # The switchover allowance (QEMU's downtime-limit), tuned as KubeVirt's VEP 291 does: first only
 # INITIAL_DOWNTIME_MS, so a guest that dirties little switches over with a short pause; from memory pass
 # RAMP_AFTER_ITERATION on it grows in RAMP_STEPS even steps to QEMU's own default, so a busy guest still
@@ -263,7 +264,16 @@ class Outgoing:
                         log.info("event=migration-post-copy uid=%s after=%.1fs", self.uid, now - started)
                         continue
                     except libvirt.libvirtError as exc:
-                        log.warning("event=post-copy-failed uid=%s error=%r", self.uid, exc.get_error_message())
+                        # QEMU refuses the switch until the copy has really begun (a short deadline can come
+                        # first, on a loaded machine): try again each period, for POST_COPY_RETRY seconds.
+                        post_copy_error = exc.get_error_message()
+                        log.warning("event=post-copy-failed uid=%s error=%r", self.uid, post_copy_error)
+                        if now - started < self.deadline + POST_COPY_RETRY:
+                            continue
+                        self.abort(f"not completed within {self.deadline:.0f} s (completionTimeoutPerGiB "
+                                   f"{self.options.completion_timeout_per_gib} s per GiB), and the switch to "
+                                   f"post-copy failed for {POST_COPY_RETRY:.0f} s: {post_copy_error}")
+                        return
                 self.abort(f"not completed within {self.deadline:.0f} s (completionTimeoutPerGiB "
                            f"{self.options.completion_timeout_per_gib} s per GiB)")
                 return
