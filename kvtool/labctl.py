@@ -8,13 +8,14 @@ disk would keep what was written, so a reset refuses the whole lab before touchi
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kvtool import vmctl
 from kvtool.api import expiry, timeutil
-from kvtool.api.types import SECRET, STACK_LABEL, STUDENT_LABEL, VIRTUAL_MACHINE
+from kvtool.api.types import SECRET, STACK_LABEL, STUDENT_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
 from kvtool.kube.resources import Resources
@@ -123,3 +124,29 @@ def reset(res: Resources, namespace: str, stack: str) -> list[str]:
         else:
             lines.append(f"{name}: restarting from its images")
     return lines
+
+
+def running_instances(res: Resources, namespace: str, stack: str) -> dict[str, str]:
+    """VM name -> uid of its VMI, for the stack's VMs that have one (what a reset replaces)."""
+    vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, namespace, label_selector=f"{STACK_LABEL}={stack}")
+    return {v["metadata"]["name"]: v["metadata"]["uid"] for v in vmis}
+
+
+def wait_restarted(res: Resources, namespace: str, before: Mapping[str, str], timeout: float,
+                   poll: float = 1.0) -> str:
+    """Until each VM in `before` runs a VMI other than the one it had; a sentence saying so (KvtoolError if not
+    within `timeout` seconds, naming the VMs still on their way)."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(before)
+    while waiting:
+        for name, uid in list(waiting.items()):
+            vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
+            if vmi and vmi["metadata"]["uid"] != uid and (vmi.get("status") or {}).get("phase") == "Running":
+                del waiting[name]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise KvtoolError(f"{', '.join(sorted(waiting))} did not run again within {timeout:.0f}s after the reset",
+                              hint="`kvtool status` shows why")
+        time.sleep(poll)
+    return f"All {len(before)} running VM(s) run again from their images."

@@ -185,7 +185,7 @@ def test_classroom_roster_upload_and_reset_in_voila(cluster: Cluster, tmp_path: 
     bh.require_browser()
     stack = f"room-{uuid.uuid4().hex[:6]}"
     template = tmp_path / "template.yaml"
-    template.write_text(yaml.safe_dump(vm("lab", memory="96Mi", run_strategy="Always")))
+    template.write_text(yaml.safe_dump(vm(stack, memory="96Mi", run_strategy="Always")))  # VMs <stack>-<login>
     roster = tmp_path / "class.csv"
     roster.write_text(ROSTER)
     bad = tmp_path / "bad.csv"
@@ -222,12 +222,12 @@ def test_classroom_roster_upload_and_reset_in_voila(cluster: Cluster, tmp_path: 
 
             table = page.locator(".kvt-live-table")
             for student in ("ada", "bob"):
-                row = table.locator("tr", has_text=f"lab-{student}")
+                row = table.locator("tr", has_text=f"{stack}-{student}")
                 expect(row).to_contain_text("Running", timeout=300_000)
                 expect(row).to_contain_text("1h5")  # the time left (1h5xm), from the 2h limit
             page.screenshot(path=str(tmp_path / "1-class-running.png"), full_page=True)
             old = {n: cluster.kubectl("get", "vmi", n, "-o", "jsonpath={.metadata.uid}").stdout
-                   for n in ("lab-ada", "lab-bob")}
+                   for n in (f"{stack}-ada", f"{stack}-bob")}
 
             # Reset… asks first and names the VMs; nothing restarts before the confirmation.
             page.locator(".kvt-lab-reset").click()
@@ -235,7 +235,9 @@ def test_classroom_roster_upload_and_reset_in_voila(cluster: Cluster, tmp_path: 
             for name, uid in old.items():
                 assert cluster.kubectl("get", "vmi", name, "-o", "jsonpath={.metadata.uid}").stdout == uid
             page.locator(".kvt-lab-reset-confirm").click()
-            expect(page.locator(".kvt-classroom-message")).to_contain_text("lab-bob: restarting from its images")
+            expect(page.locator(".kvt-classroom-message")).to_contain_text(f"{stack}-bob: restarting from its images")
+            expect(page.locator(".kvt-classroom-message")).to_contain_text("All 2 running VM(s) run again",
+                                                                           timeout=300_000)
             expect(page.locator(".kvt-lab-reset-box")).to_be_hidden()
             page.screenshot(path=str(tmp_path / "2-reset.png"), full_page=True)
         for name, uid in old.items():

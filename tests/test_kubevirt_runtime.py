@@ -264,12 +264,15 @@ def test_the_lab_notebook_drives_kubevirts_api(cluster: Cluster, kubevirt_crds: 
                      parameters={"STACK": stack, "RUN_STRATEGY": "Halted", "API": "kubevirt"})
     finally:
         kvtool("destroy", "--stack", stack, "--api", "kubevirt", "--auto-approve")
+        kvtool("destroy", "--stack", f"{stack}-roster", "--api", "kubevirt", "--auto-approve")
     text = text_of(nb)
     assert "Plan: 3 to add, 0 to change, 0 to destroy." in text, text[-3000:]
-    assert f"Stack '{stack}' is empty again." in text
-    leftover = cluster.kubectl(*cache, "get", "virtualmachines.kubevirt.io", "-l", f"kvtool.io/stack={stack}",
-                               "-o", "name").stdout
-    assert leftover.strip() == "", leftover
+    assert f"Stack '{stack}' is empty again." in text and f"Stack '{stack}-roster' is empty again." in text
+    for each in (stack, f"{stack}-roster"):
+        leftover = cluster.kubectl(*cache, "get", "virtualmachines.kubevirt.io", "-l", f"kvtool.io/stack={each}",
+                                   "-o", "name").stdout
+        assert leftover.strip() == "", leftover
+    assert f"{stack}-ada" in text, "the class table listed its VMs"
 
 
 def test_a_failing_liveness_probe_ends_the_vmi_and_always_starts_a_new_one(cluster: Cluster, tiny_image: str,

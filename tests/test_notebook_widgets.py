@@ -305,8 +305,8 @@ def test_console_socket_dir_matches_the_embedded_layout(tmp_path: Path) -> None:
 KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ada@laptop")
 
 
-def classroom_template(run_strategy: str = "Halted") -> list[dict]:
-    return [vm("lab", run_strategy=run_strategy, memory="96Mi")]
+def classroom_template(run_strategy: str = "Halted", name: str = "lab") -> list[dict]:
+    return [vm(name, run_strategy=run_strategy, memory="96Mi")]
 
 
 def upload(room: Classroom, name: str, text: str) -> None:
@@ -445,7 +445,7 @@ def test_console_view_says_why_a_stopped_vm_has_no_console(cluster: Cluster, sta
 
 
 def test_classroom_plans_one_vm_per_student_shows_time_left_extends_and_resets(cluster: Cluster, stack: str) -> None:
-    room = Classroom(stack, classroom_template("Always"), ttl="2h", refresh=1.0)
+    room = Classroom(stack, classroom_template("Always", stack), ttl="2h", refresh=1.0)
     try:
         room.load_roster(f"name,ssh_key\nada,{KEY}\nbob,\n".encode(), name="class.csv")
         room.preview_button.click()
@@ -457,7 +457,7 @@ def test_classroom_plans_one_vm_per_student_shows_time_left_extends_and_resets(c
         assert "Apply complete!" in view.message.value, view.message.value
         frame = room.live.wait_for(lambda df: len(df) == 2 and df["ready"].all(), timeout=300,
                                    what="both students' VMs running")
-        assert list(frame["student"]) == ["ada", "bob"] and list(frame["name"]) == ["lab-ada", "lab-bob"]
+        assert list(frame["student"]) == ["ada", "bob"] and list(frame["name"]) == [f"{stack}-ada", f"{stack}-bob"]
         assert all(e.startswith(("1h59m", "1h58m", "2h")) for e in frame["expires"]), frame["expires"]
         assert "expires" in room.live.out.outputs[0]["data"]["text/html"]
         # The table redraws by the clock with no event: a second later it says so.
@@ -477,17 +477,18 @@ def test_classroom_plans_one_vm_per_student_shows_time_left_extends_and_resets(c
                            timeout=30, what="the new time left")
 
         uids = {n: cluster.kubectl("get", "vmi", n, "-o", "jsonpath={.metadata.uid}").stdout
-                for n in ("lab-ada", "lab-bob")}
+                for n in (f"{stack}-ada", f"{stack}-bob")}
         room.reset_button.click()
         room.portal.wait_idle(60)
-        assert room.reset_box.layout.display == "flex" and "lab-ada, lab-bob" in room.reset_question.value
+        assert room.reset_box.layout.display == "flex" and f"{stack}-ada, {stack}-bob" in room.reset_question.value
         room.reset_cancel.click()
         assert room.reset_box.layout.display == "none" and "nothing was restarted" in room.message.value
         room.reset_button.click()
         room.portal.wait_idle(60)
         room.reset_confirm.click()
-        room.portal.wait_idle(60)
-        assert "lab-ada: restarting from its images" in room.message.value, room.message.value
+        room.portal.wait_idle(600)  # the reset returns once the VMs run again
+        assert f"{stack}-ada: restarting from its images" in room.message.value, room.message.value
+        assert "All 2 running VM(s) run again from their images." in room.message.value
         for name, uid in uids.items():
             wait_for_new_vmi(cluster, name, uid)
     finally:

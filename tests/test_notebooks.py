@@ -70,11 +70,12 @@ def stack_vms(cluster: Cluster, stack: str) -> list[str]:
 # ---- one runner per notebook: what it needs first, and what its outputs must show ---------------
 
 def run_lab_provisioning(cluster: Cluster, tmp_path: Path) -> None:
-    assert stack_vms(cluster, "class-101") == []
+    assert stack_vms(cluster, "class-101") == [] and stack_vms(cluster, "class-101-roster") == []
     try:
         nb = execute(NOTEBOOKS / "lab_provisioning.ipynb", tmp_path)
     finally:
         kvtool("destroy", "--stack", "class-101", "--auto-approve")
+        kvtool("destroy", "--stack", "class-101-roster", "--auto-approve")
     text = text_of(nb)
     assert "Plan: 3 to add, 0 to change, 0 to destroy." in text
     assert "Applied: virtualmachine default/lab-01, virtualmachine default/lab-02, virtualmachine default/lab-03" \
@@ -83,6 +84,11 @@ def run_lab_provisioning(cluster: Cluster, tmp_path: Path) -> None:
     assert "Stack 'class-101' is empty again." in text
     assert "'welcome to the lab'" not in text, "the user data itself is never printed"
     assert stack_vms(cluster, "class-101") == []
+    # Section 5, a class from a roster: a VM and a login Secret per student, reset, torn down.
+    assert "Plan: 4 to add, 0 to change, 0 to destroy." in text
+    assert "class-101-ada: restarting from its images" in text and "class-101-grace" in text
+    assert "Stack 'class-101-roster' is empty again." in text
+    assert stack_vms(cluster, "class-101-roster") == []
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from kvtool.plan.model import Plan
 
 CLASS_COLUMNS = ["student", "name", "status", "ip", "expires", "message"]
 REFRESH = 15.0  # seconds between redraws of the time left
+RESET_TIMEOUT = 600.0  # seconds a reset waits for the restarted VMs to run again
 
 
 def roster_html(students: roster.Roster) -> str:
@@ -53,8 +54,9 @@ class Classroom(w.VBox):
     def __init__(self, stack: str, template: str | Path | Sequence[Mapping[str, Any]], *,
                  namespace: str = "default", ttl: str | None = None, on_expiry: str = expiry.STOP,
                  connection: Connection | None = None, portal: Portal | None = None, start: bool = True,
-                 refresh: float = REFRESH) -> None:
+                 refresh: float = REFRESH, api: str = "auto") -> None:
         self.stack = desired.validate_stack(stack)
+        self.api = api  # whose VM API: "kvtool", "kubevirt" or "auto" (kvtool's where the cluster serves it)
         self.namespace = namespace
         self.templates = self._templates(template)
         self.roster: roster.Roster | None = None
@@ -67,9 +69,9 @@ class Classroom(w.VBox):
         self.on_expiry = w.Dropdown(options=list(expiry.POLICIES), value=on_expiry, description="Then")
         self.preview_button = w.Button(description="Preview plan", button_style="info", icon="search",
                                        disabled=True)
-        self.plan_view = PlanView(self.connection, lambda: self.stack, self.portal)
+        self.plan_view = PlanView(self.connection, lambda: self.stack, self.portal, api=api)
         self.live = LiveTable(self.stack, namespace=namespace, connection=connection, columns=CLASS_COLUMNS,
-                              portal=self.portal, start=False, refresh=refresh)
+                              portal=self.portal, start=False, refresh=refresh, api=api)
         self.extend_by = w.Text(value="1h", description="Extend by", layout=w.Layout(width="16em"))
         self.extend_button = w.Button(description="Extend", icon="clock-o")
         self.reset_button = w.Button(description="Reset…", button_style="warning", icon="undo")
@@ -180,7 +182,7 @@ class Classroom(w.VBox):
         """Plan the class against the cluster and show it: Apply applies exactly this plan."""
         conn = self.connection()
         state = self.desired()
-        plan = planner.plan(conn.res, desired.retarget(state, target_for(conn.res, "auto")), conn.server)
+        plan = planner.plan(conn.res, desired.retarget(state, target_for(conn.res, self.api)), conn.server)
         self.portal.call(self.plan_view.show, plan)
         self._say(f"{len(self.roster.students) if self.roster else 0} student(s): review the plan, then Apply. "
                   f"Initial passwords (students without a key): kvtool lab passwords --stack {self.stack}")
@@ -220,14 +222,18 @@ class Classroom(w.VBox):
         self._say("")
         return names
 
-    def reset(self, confirm: bool = False) -> list[str]:
+    def reset(self, confirm: bool = False, timeout: float = RESET_TIMEOUT) -> list[str]:
         """Every VM of the class back to its images (`kvtool lab reset`); only with confirm=True, the second
-        click: without it, the question alone."""
+        click: without it, the question alone. Returns once the restarted VMs run again."""
         if not confirm:
             return self.ask_reset()
         self.portal.call(setattr, self.reset_box.layout, "display", "none")
-        lines = labctl.reset(self.connection().res, self.namespace, self.stack)
-        self._say("Reset: " + "; ".join(lines), "ok")
+        res = self.connection().res
+        before = labctl.running_instances(res, self.namespace, self.stack)
+        lines = labctl.reset(res, self.namespace, self.stack)
+        self._say("Reset: " + "; ".join(lines) + ". Waiting for them to run again…", "info")
+        back = labctl.wait_restarted(res, self.namespace, before, timeout)
+        self._say("Reset: " + "; ".join(lines) + f". {back}", "ok")
         return lines
 
     def _cancel_reset(self) -> None:
