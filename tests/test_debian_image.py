@@ -38,7 +38,7 @@ def test_a_boot_img_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
 def test_grubs_menu_boots_the_kernel_by_uuid_with_a_serial_console() -> None:
     cfg = dc.grub_config("6.1.0-41-cloud-amd64", "0b3f7c1e-0000-4000-8000-000000000001")
     assert "linux /boot/vmlinuz-6.1.0-41-cloud-amd64 root=UUID=0b3f7c1e-0000-4000-8000-000000000001 ro" in cfg
-    assert "console=ttyS0,115200n8" in cfg and "initrd /boot/initrd.img-6.1.0-41-cloud-amd64" in cfg
+    assert "console=ttyS0,115200n8 no_timer_check" in cfg and "initrd /boot/initrd.img-6.1.0-41-cloud-amd64" in cfg
     assert "terminal_output serial" in cfg and "set timeout=0" in cfg
 
 
