@@ -76,6 +76,11 @@ CAN = [
     (CONTROLLER, "create", "virtualmachines.kvtool.io", "default", True),  # a VirtualMachinePool's VMs
     (CONTROLLER, "patch", "virtualmachinepools.kvtool.io/status", "default", True),
     (CONTROLLER, "patch", "virtualmachinepools.kvtool.io", "default", False),  # its spec is the user's
+    (CONTROLLER, "create", "jobs.batch", "default", True),  # a snapshot's or restore's copy Job
+    (CONTROLLER, "create", "persistentvolumeclaims", "default", True),  # a snapshot's backup claims
+    (CONTROLLER, "patch", "virtualmachinesnapshots.kvtool.io/status", "default", True),
+    (CONTROLLER, "patch", "virtualmachinesnapshots.kvtool.io", "default", False),  # its spec is the user's
+    (CONTROLLER, "patch", "virtualmachinerestores.kvtool.io/status", "default", True),
     (CONTROLLER, "get", "secrets", "default", False),
     (CONTROLLER, "delete", "nodes", "", False),
     (CONTROLLER, "update", "leases.coordination.k8s.io", "kvtool-system", True),

@@ -16,7 +16,7 @@ from kvtool.api import schema
 from kvtool.api.types import MANAGED_BY, MANAGED_BY_LABEL
 
 CRD_SCHEMAS = ("virtualmachine.json", "virtualmachineinstance.json", "virtualmachineinstancemigration.json",
-               "virtualmachinepool.json")
+               "virtualmachinepool.json", "virtualmachinesnapshot.json", "virtualmachinerestore.json")
 _DROP = {"$schema", "$id", "$defs", "title", "x-kvtool-crd", "propertyNames", "const", "examples"}
 
 
@@ -71,6 +71,7 @@ def structural(node: Any, base_id: str) -> Any:
 _REFUSED_TYPES: dict[str, dict[str, Any]] = {
     "object": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     "array": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    "stringArray": {"type": "array", "items": {"type": "string"}},
     "quantity": {"x-kubernetes-int-or-string": True},
     "string": {"type": "string"},
     "integer": {"type": "integer"},

@@ -20,6 +20,10 @@ VERSIONS = ("v1", "v1alpha3")
 KINDS = ("VirtualMachine", "VirtualMachineInstance")
 # KubeVirt's VirtualMachinePool lives in its own group; kvtool's has the same fields.
 POOL_API_VERSIONS = ("pool.kubevirt.io/v1alpha1", "pool.kubevirt.io/v1beta1")
+# So do its VirtualMachineSnapshot and VirtualMachineRestore (their source and target keep apiGroup kubevirt.io,
+# which kvtool's schemas accept: the same VirtualMachine to kvtool).
+SNAPSHOT_API_VERSIONS = ("snapshot.kubevirt.io/v1alpha1", "snapshot.kubevirt.io/v1beta1")
+SNAPSHOT_KINDS = ("VirtualMachineSnapshot", "VirtualMachineRestore")
 RUN_STRATEGY_ANNOTATION = "kvtool.io/run-strategy"
 # What `kubectl get -o yaml` and KubeVirt's generators leave in a VM template's metadata: only labels and
 # annotations mean anything there (KubeVirt ignores the rest too).
@@ -35,27 +39,30 @@ class Converted:
 
 
 def is_kubevirt(doc: Any) -> bool:
-    """A kubevirt.io VirtualMachine or VirtualMachineInstance, or a pool.kubevirt.io VirtualMachinePool, that this
-    module converts."""
+    """A kubevirt.io VirtualMachine or VirtualMachineInstance, a pool.kubevirt.io VirtualMachinePool, or a
+    snapshot.kubevirt.io VirtualMachineSnapshot or VirtualMachineRestore, that this module converts."""
     if not isinstance(doc, Mapping):
         return False
     api_version = doc.get("apiVersion")
     if api_version in POOL_API_VERSIONS:
         return doc.get("kind") == "VirtualMachinePool"
+    if api_version in SNAPSHOT_API_VERSIONS:
+        return doc.get("kind") in SNAPSHOT_KINDS
     return (isinstance(api_version, str) and api_version in {f"{GROUP}/{v}" for v in VERSIONS}
             and doc.get("kind") in KINDS)
 
 
 def from_kubevirt(doc: Mapping[str, Any], run_strategy: str | None = None) -> Converted:
-    """kvtool's VirtualMachine for a KubeVirt VirtualMachine or VirtualMachineInstance (see is_kubevirt).
+    """kvtool's VirtualMachine for a KubeVirt VirtualMachine or VirtualMachineInstance, and kvtool's pool, snapshot
+    or restore for KubeVirt's (see is_kubevirt).
 
     run_strategy: for a bare VMI, overrides its annotation and the default Always."""
     source = f"{doc['apiVersion']} {doc['kind']}"
-    if doc["kind"] == "VirtualMachinePool":
-        pool = copy.deepcopy(dict(doc))
-        pool["apiVersion"] = API_VERSION
-        pool.pop("status", None)
-        return Converted(pool, source)
+    if doc["kind"] in ("VirtualMachinePool", *SNAPSHOT_KINDS):
+        same = copy.deepcopy(dict(doc))
+        same["apiVersion"] = API_VERSION
+        same.pop("status", None)
+        return Converted(same, source)
     if doc["kind"] == "VirtualMachine":
         vm = copy.deepcopy(dict(doc))
         vm["apiVersion"] = API_VERSION

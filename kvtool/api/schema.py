@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     import jsonschema
 
 SCHEMA_FILES = ("common.json", "virtualmachine.json", "virtualmachineinstance.json",
-                "virtualmachineinstancemigration.json", "virtualmachinepool.json")
+                "virtualmachineinstancemigration.json", "virtualmachinepool.json", "virtualmachinesnapshot.json",
+                "virtualmachinerestore.json")
 # Marks a KubeVirt field kvtool refuses; its value says why. The field's schema is {"not": {}, UNSUPPORTED: why}.
 UNSUPPORTED = "x-kvtool-unsupported"
 

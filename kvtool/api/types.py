@@ -15,6 +15,8 @@ MANAGED_BY = "kvtool"
 STACK_LABEL = "kvtool.io/stack"
 STUDENT_LABEL = "kvtool.io/student"  # a roster lab's VM: whose it is (kvtool.plan.roster)
 POOL_LABEL = "kvtool.io/vmpool"  # on a VirtualMachinePool's VMs: the pool's name (KubeVirt's kubevirt.io/vmpool)
+SNAPSHOT_LABEL = "kvtool.io/snapshot"  # on a VirtualMachineSnapshot's backup claims and copy Jobs: the snapshot's name
+RESTORE_LABEL = "kvtool.io/restore"  # on a VirtualMachineRestore's copy Jobs: the restore's name
 DEFAULT_STACK = "default"
 FIELD_MANAGER = "kvtool"
 
@@ -95,6 +97,11 @@ VIRTUAL_MACHINE_POOL = Kind(
     sensitive=tuple(p.replace("spec.template.", "spec.virtualMachineTemplate.spec.template.")
                     for p in VIRTUAL_MACHINE.sensitive),
 )
+# Snapshots and restores: run by the controller, like migrations; never planned.
+VIRTUAL_MACHINE_SNAPSHOT = Kind(API_VERSION, "VirtualMachineSnapshot", "virtualmachinesnapshots",
+                                schema="virtualmachinesnapshot.json")
+VIRTUAL_MACHINE_RESTORE = Kind(API_VERSION, "VirtualMachineRestore", "virtualmachinerestores",
+                               schema="virtualmachinerestore.json")
 # KubeVirt's own kinds, for clusters that run KubeVirt: same fields, checked against kvtool's schemas first.
 KUBEVIRT_API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VIRTUAL_MACHINE = Kind(KUBEVIRT_API_VERSION, "VirtualMachine", "virtualmachines",
@@ -114,6 +121,7 @@ LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")  # heartbeats: kubelet
 PLANNABLE: tuple[Kind, ...] = (SECRET, CONFIG_MAP, PVC, VIRTUAL_MACHINE, VIRTUAL_MACHINE_POOL, SERVICE)
 BY_KEY: dict[tuple[str, str], Kind] = {k.key: k for k in (*PLANNABLE, VIRTUAL_MACHINE_INSTANCE,
                                                          VIRTUAL_MACHINE_INSTANCE_MIGRATION,
+                                                         VIRTUAL_MACHINE_SNAPSHOT, VIRTUAL_MACHINE_RESTORE,
                                                          KUBEVIRT_VIRTUAL_MACHINE, KUBEVIRT_VIRTUAL_MACHINE_INSTANCE)}
 
 

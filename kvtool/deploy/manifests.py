@@ -73,6 +73,14 @@ def controller_rules() -> list[dict[str, Any]]:
         _rule(["kvtool.io"], ["virtualmachinepools/status"], ["get", "patch", "update"]),
         # A pool's VMs block its deletion until they are gone (ownerReferences' blockOwnerDeletion).
         _rule(["kvtool.io"], ["virtualmachinepools/finalizers"], ["update"]),
+        # Snapshots and restores: the controller copies a VM's disks into backup claims and back with Jobs, which
+        # the snapshot or restore owns (finalizers: an owner reference may block its deletion); create: a lab VM's
+        # baseline snapshot (kvtool.io/baseline).
+        _rule(["kvtool.io"], ["virtualmachinesnapshots"], ["get", "list", "watch", "create"]),
+        _rule(["kvtool.io"], ["virtualmachinerestores"], ["get", "list", "watch"]),
+        _rule(["kvtool.io"], ["virtualmachinesnapshots/status", "virtualmachinerestores/status"],
+              ["get", "patch", "update"]),
+        _rule(["kvtool.io"], ["virtualmachinesnapshots/finalizers", "virtualmachinerestores/finalizers"], ["update"]),
         _rule(["kvtool.io"], ["virtualmachineinstances"], ["get", "list", "watch", "create", "delete", "patch"]),
         _rule(["kvtool.io"], ["virtualmachineinstances/status"], ["get", "patch", "update"]),
         # Live migration: the controller runs VirtualMachineInstanceMigrations (finalizers: abort on delete) and
@@ -84,8 +92,14 @@ def controller_rules() -> list[dict[str, Any]]:
         # Node loss: heartbeats are Leases; fencing annotates and taints the Node (out-of-service).
         _rule([""], ["nodes"], ["get", "list", "watch", "patch"]),
         _rule(["coordination.k8s.io"], ["leases"], ["get", "list", "watch"]),
-        # Whether a lost node's VM may move: is its disk on a PV that lives only on that node?
-        _rule([""], ["persistentvolumeclaims", "persistentvolumes"], ["get"]),
+        # Whether a lost node's VM may move: is its disk on a PV that lives only on that node? Snapshots: a backup
+        # claim per disk, like the VM's (its storage class, its PV's node), made and deleted by the controller.
+        _rule([""], ["persistentvolumeclaims"], ["get", "list", "watch", "create", "delete"]),
+        _rule([""], ["persistentvolumes"], ["get", "list", "watch"]),
+        _rule(["storage.k8s.io"], ["storageclasses"], ["get", "list"]),
+        _rule(["snapshot.storage.k8s.io"], ["volumesnapshotclasses"], ["get", "list"]),
+        # The Jobs that copy a snapshot's disks, in the VM's namespace (fence Jobs: the failover Role).
+        _rule(["batch"], ["jobs"], ["get", "list", "watch", "create", "delete"]),
         _rule(["", "events.k8s.io"], ["events"], ["create", "patch", "update"]),
         # The eviction webhook's CA bundle, set by the controller that made its certificate.
         {**_rule(["admissionregistration.k8s.io"], ["validatingwebhookconfigurations"], ["get", "patch"]),
