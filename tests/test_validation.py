@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvtool.api import crd, rules, schema
+from kvtool.api import crd, kubevirt, rules, schema
 from kvtool.plan import desired
 from tests.vmfactory import vm, with_
 
@@ -101,6 +101,15 @@ def test_unknown_kind_and_kubevirt_hint(tmp_path: Path) -> None:
     assert len(issues) == 2, "a kubevirt.io/v1 VirtualMachine is read as kvtool's"
 
 
+def test_a_snapshot_in_desired_state_says_it_is_a_request(tmp_path: Path) -> None:
+    [issue] = _issues(tmp_path, {"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+                                 "metadata": {"name": "s"},
+                                 "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine",
+                                                     "name": "x"}}})
+    assert "unknown kind 'VirtualMachineSnapshot' (apiVersion 'snapshot.kubevirt.io/v1beta1')" in issue
+    assert "a one-off request, not desired state: `kvtool snapshot VM`" in issue
+
+
 def test_all_errors_at_once_with_field_paths(tmp_path: Path) -> None:
     bad = vm("vm-1")
     bad["spec"]["template"]["spec"]["domain"]["cpu"] = {"corse": 2, "threads": "two"}
@@ -186,7 +195,121 @@ def test_crd_schema_is_structural() -> None:
         assert version["subresources"] == {"status": {}, **(scale if doc["spec"]["names"]["kind"] ==
                                                             "VirtualMachinePool" else {})}
         names = doc["spec"]["names"]
-        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"], ["vmim", "vmims"], ["vmpool", "vmpools"])
+        assert names["shortNames"] in (["vm", "vms"], ["vmi", "vmis"], ["vmim", "vmims"], ["vmpool", "vmpools"],
+                                       ["vmsnapshot", "vmsnapshots"], ["vmrestore", "vmrestores"])
         cols = {c["name"] for c in version["additionalPrinterColumns"]}
-        assert ({"Age", "Phase", "VMI"} if names["kind"] == "VirtualMachineInstanceMigration" else {"Age", "Ready"}) \
-            <= cols
+        expected = {"VirtualMachineInstanceMigration": {"Age", "Phase", "VMI"},
+                    "VirtualMachineSnapshot": {"Age", "SourceKind", "SourceName", "Phase", "ReadyToUse", "CreationTime",
+                                               "Error"},
+                    "VirtualMachineRestore": {"Age", "TargetKind", "TargetName", "Complete", "RestoreTime", "Error"}}
+        assert expected.get(names["kind"], {"Age", "Ready"}) <= cols
+
+
+# KubeVirt's documents as its user guide writes them (snapshot.kubevirt.io/v1beta1).
+KUBEVIRT_SNAPSHOT = {"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+                     "metadata": {"name": "snap-larry"},
+                     "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "larry"}}}
+KUBEVIRT_RESTORE = {"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore",
+                    "metadata": {"name": "restore-larry"},
+                    "spec": {"target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "larry"},
+                             "virtualMachineSnapshotName": "snap-larry"}}
+
+
+def snapshot_doc(**spec: object) -> dict:
+    return {"apiVersion": "kvtool.io/v1alpha1", "kind": "VirtualMachineSnapshot",
+            "metadata": {"name": "snap-1", "namespace": "default"},
+            "spec": {"source": {"apiGroup": "kvtool.io", "kind": "VirtualMachine", "name": "vm-1"}, **spec}}
+
+
+def restore_doc(**spec: object) -> dict:
+    return {"apiVersion": "kvtool.io/v1alpha1", "kind": "VirtualMachineRestore",
+            "metadata": {"name": "restore-1", "namespace": "default"},
+            "spec": {"target": {"apiGroup": "kvtool.io", "kind": "VirtualMachine", "name": "vm-1"},
+                     "virtualMachineSnapshotName": "snap-1", **spec}}
+
+
+def _messages(doc: dict, schema_name: str) -> dict[str, str]:
+    return {i.path: i.message for i in schema.validate(doc, schema_name)}
+
+
+def test_snapshots_and_restores_validate_in_kvtools_and_kubevirts_forms() -> None:
+    assert schema.validate(snapshot_doc(deletionPolicy="Retain", failureDeadline="1h30m"),
+                           "virtualmachinesnapshot.json") == []
+    assert schema.validate(restore_doc(targetReadinessPolicy="WaitEventually"), "virtualmachinerestore.json") == []
+    v1alpha1 = {**KUBEVIRT_SNAPSHOT, "apiVersion": "snapshot.kubevirt.io/v1alpha1",
+                "status": {"phase": "Succeeded", "readyToUse": True}}
+    for doc, name in ((KUBEVIRT_SNAPSHOT, "virtualmachinesnapshot.json"),
+                      (KUBEVIRT_RESTORE, "virtualmachinerestore.json"), (v1alpha1, "virtualmachinesnapshot.json")):
+        assert kubevirt.is_kubevirt(doc)
+        converted = kubevirt.from_kubevirt(doc)
+        assert converted.source == f"{doc['apiVersion']} {doc['kind']}"
+        assert converted.manifest["apiVersion"] == "kvtool.io/v1alpha1" and "status" not in converted.manifest
+        assert schema.validate(converted.manifest, name) == [], doc
+    assert not kubevirt.is_kubevirt({**KUBEVIRT_SNAPSHOT, "kind": "VirtualMachineSnapshotContent"})
+
+
+def test_the_status_the_controller_writes_validates() -> None:
+    condition = {"type": "Ready", "status": "True", "reason": "Succeeded", "lastTransitionTime": "2026-01-02T03:04:05Z"}
+    snapshot = snapshot_doc()
+    snapshot["status"] = {
+        "sourceUID": "u-1", "creationTime": "2026-01-02T03:04:05Z", "phase": "Succeeded", "readyToUse": True,
+        "conditions": [condition], "indications": ["Online", "NoGuestAgent", "Paused"], "paused": False,
+        "snapshotVolumes": {"includedVolumes": ["root", "scratch"], "excludedVolumes": ["cloudinit"]},
+        "volumeBackups": [{"volumeName": "root", "persistentVolumeClaim": {"name": "vm-1-root"},
+                           "backupClaimName": "snap-1-root", "method": "Copy", "size": "1Gi"},
+                          {"volumeName": "scratch", "persistentVolumeClaim": {"name": "vm-1-scratch"},
+                           "method": "Empty"}],
+        "error": {"time": "2026-01-02T03:04:05Z", "message": "no"}}
+    assert schema.validate(snapshot, "virtualmachinesnapshot.json") == []
+    restore = restore_doc()
+    restore["status"] = {"complete": True, "restoreTime": "2026-01-02T03:04:05Z", "conditions": [condition],
+                         "restores": [{"volumeName": "root", "persistentVolumeClaim": "vm-1-root",
+                                       "volumeSnapshotName": "snap-1-root"}], "deletedDataVolumes": []}
+    assert schema.validate(restore, "virtualmachinerestore.json") == []
+    snapshot["status"]["phase"] = "Done"
+    snapshot["status"]["volumeBackups"][0]["method"] = "Snapshot"
+    issues = _messages(snapshot, "virtualmachinesnapshot.json")
+    assert issues["status.phase"] == "'Done' is not one of: InProgress, Succeeded, Failed, Unknown"
+    assert issues["status.volumeBackups[0].method"] == "'Snapshot' is not one of: Copy, Empty"
+
+
+def test_a_bad_snapshot_is_refused_naming_the_field() -> None:
+    missing = snapshot_doc()
+    del missing["spec"]["source"]
+    assert _messages(missing, "virtualmachinesnapshot.json") == {"spec": "missing required field 'source'"}
+    pod = snapshot_doc()
+    pod["spec"]["source"]["kind"] = "Pod"
+    assert _messages(pod, "virtualmachinesnapshot.json") == {"spec.source.kind": "'Pod' is not one of: VirtualMachine"}
+    issues = _messages(snapshot_doc(failureDeadline="5 minutes", deletionPolicy="Keep"), "virtualmachinesnapshot.json")
+    assert issues["spec.failureDeadline"].startswith("'5 minutes' is not valid: How long the snapshot may take")
+    assert "Go duration like 5m" in issues["spec.failureDeadline"]
+    assert issues["spec.deletionPolicy"] == "'Keep' is not one of: Delete, Retain"
+    long_name = snapshot_doc()
+    long_name["metadata"]["name"] = "s" * 53
+    assert "at most 52 characters" in _messages(long_name, "virtualmachinesnapshot.json")["metadata.name"]
+    long_name["metadata"]["name"] = "s" * 52
+    assert schema.validate(long_name, "virtualmachinesnapshot.json") == []
+
+
+def test_a_bad_restore_is_refused_naming_the_field_and_why() -> None:
+    issues = _messages(restore_doc(patches=['{"op": "replace", "path": "/metadata/name", "value": "new-vm"}'],
+                                   volumeRestorePolicy="RandomizeNames", targetReadinessPolicy="StopTarget"),
+                       "virtualmachinerestore.json")
+    refused = schema.unsupported_message("restoring to a changed VM is not implemented: the restore writes the "
+                                         "snapshot's disks back into the same VM")
+    assert issues["spec.patches"] == refused
+    assert "into the VM's own claims" in issues["spec.volumeRestorePolicy"]
+    assert issues["spec.targetReadinessPolicy"] == \
+        "'StopTarget' is not one of: FailImmediate, WaitGracePeriod, WaitEventually"
+    missing = restore_doc()
+    del missing["spec"]["virtualMachineSnapshotName"]
+    missing["spec"]["target"]["kind"] = "VirtualMachineInstance"
+    issues = _messages(missing, "virtualmachinerestore.json")
+    assert issues == {"spec": "missing required field 'virtualMachineSnapshotName'",
+                      "spec.target.kind": "'VirtualMachineInstance' is not one of: VirtualMachine"}
+    # The API server refuses the same fields with the same words (the CRD's CEL rules), keeping KubeVirt's types.
+    openapi = crd.crd("virtualmachinerestore.json")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = openapi["properties"]["spec"]
+    rule = {"rule": "!has(self.patches)", "message": refused, "fieldPath": ".patches"}
+    assert rule in spec["x-kubernetes-validations"]
+    assert spec["properties"]["patches"] == {"type": "array", "items": {"type": "string"}}
