@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unpause": ("kvtool.cli.vmctl", "unpause a paused VM"),
     "migrate": ("kvtool.cli.migrate", "live-migrate a running VM to another node (virtctl migrate)"),
     "migrate-cancel": ("kvtool.cli.migrate", "cancel a VM's live migration; it stays where it runs"),
+    "snapshot": ("kvtool.cli.snapshot", "snapshot a VM's claims (a VirtualMachineSnapshot)"),
+    "restore": ("kvtool.cli.snapshot", "write a snapshot back into its VM (a VirtualMachineRestore)"),
     "scale": ("kvtool.cli.scale", "set how many VMs a VirtualMachinePool keeps (kubectl scale)"),
     "console": ("kvtool.cli.console", "attach to a VM's serial console (--tail to print its log)"),
     "expose": ("kvtool.cli.expose", "make a Service in front of a VM (virtctl expose)"),
@@ -50,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launcher": ("kvtool.cli.launcher", "run one VM's libvirt domain (the launcher pod's command)"),
     "tf": ("kvtool.cli.tf", "Terraform with kvtool's provider: init, plan, apply, destroy, output; install"),
     "tf-external": ("kvtool.cli.tf_external", "answer Terraform's external data source protocol (JSON on stdin)"),
+    "disk-copy": ("kvtool.cli.disk_copy", "copy claim disks for a snapshot or restore (the copy Job's command)"),
 }
 
 

@@ -21,24 +21,30 @@ from typing import Any
 
 import kopf
 
-from kvtool.api import timeutil
+from kvtool.api import snapshotnames, timeutil
 from kvtool.api.types import (
     CONFIG_MAP,
     LAUNCHER_LABEL_KEY,
     LAUNCHER_LABEL_VALUE,
     LEASE,
+    PAUSE_ANNOTATION,
     POD,
     PVC,
+    RESTORE_LABEL,
     SECRET,
+    SNAPSHOT_LABEL,
     VIRTUAL_MACHINE,
     VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     VIRTUAL_MACHINE_POOL,
+    VIRTUAL_MACHINE_RESTORE,
+    VIRTUAL_MACHINE_SNAPSHOT,
     Kind,
 )
 from kvtool.controller import conditions, eviction, failover, fence, metrics, template
 from kvtool.controller import migration as migration_logic
 from kvtool.controller import pool as pool_logic
+from kvtool.controller import snapshot as snapshot_logic
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.kube import events, kopfbase, migrationtls
@@ -63,6 +69,9 @@ VM_R = ("kvtool.io", "v1alpha1", "virtualmachines")
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
 POOL_R = ("kvtool.io", "v1alpha1", "virtualmachinepools")
+SNAPSHOT_R = ("kvtool.io", "v1alpha1", "virtualmachinesnapshots")
+RESTORE_R = ("kvtool.io", "v1alpha1", "virtualmachinerestores")
+VOLUME_SNAPSHOT_CLASS = Kind("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass", "volumesnapshotclasses")
 POOL_FIELD_MANAGER = "kvtool-pool"  # owns the spec of the VMs a pool makes (a changed template rewrites it)
 LAUNCHER = {LAUNCHER_LABEL_KEY: LAUNCHER_LABEL_VALUE}
 
@@ -122,7 +131,12 @@ class Controller:
         if vmi is not None and not _owned_by(vmi, vm):
             log.warning("vm=%s/%s event=foreign-vmi uid=%s", namespace, name, vmi["metadata"]["uid"])
             vmi = None
-        decision = vm_logic.decide(vm, vmi)
+        restoring = next((b["metadata"]["name"] for b in self._all("restore_by_vm", (namespace, name))
+                          if not snapshot_logic.restore_done(b)), None)
+        snapshotting = next((b["metadata"]["name"] for b in self._all("snapshot_by_vm", (namespace, name))
+                             if (b.get("status") or {}).get("phase") not in snapshot_logic.FINAL), None)
+        hold = await self._baseline(vm, vmi)
+        decision = vm_logic.decide(vm, vmi, restoring=restoring, snapshotting=snapshotting, hold=hold)
         if decision.delete_vm:
             try:
                 await self._call(self.res.delete, VIRTUAL_MACHINE, namespace, name, uid=vm["metadata"]["uid"])
@@ -160,6 +174,26 @@ class Controller:
         metrics.SYNCS.labels(kind="vm", result="ok").inc()
         return decision.requeue_after
 
+    async def _baseline(self, vm: dict[str, Any], vmi: dict[str, Any] | None) -> bool:
+        """A lab VM's baseline snapshot (kvtool.io/baseline): made when missing; True while the VM, never started
+        since, must wait for it (its first boot must not change what a reset goes back to)."""
+        if not snapshot_logic.wants_baseline(vm) or vm["metadata"].get("deletionTimestamp"):
+            return False
+        meta = vm["metadata"]
+        name = snapshotnames.baseline(meta["name"])
+        snap = self._one("snapshot_index", (meta["namespace"], name))
+        if snap is None:
+            try:
+                await self._call(self.res.create, VIRTUAL_MACHINE_SNAPSHOT, snapshot_logic.baseline_snapshot(vm),
+                                 FIELD_MANAGER)
+                log.info("vm=%s/%s event=baseline-snapshot-created snapshot=%s", meta["namespace"], meta["name"],
+                         name)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+            return vmi is None and not (vm.get("status") or {}).get("created")
+        return vmi is None and (snap.get("status") or {}).get("phase") not in snapshot_logic.FINAL
+
     async def _write_vm_status(self, vm: dict[str, Any], status: dict[str, Any]) -> None:
         current = vm.get("status") or {}
         status = dict(status)
@@ -189,6 +223,10 @@ class Controller:
             return await self.sync_migration(namespace, name)
         if kind == "pool":
             return await self.sync_pool(namespace, name)
+        if kind == "snapshot":
+            return await self.sync_snapshot(namespace, name)
+        if kind == "restore":
+            return await self.sync_restore(namespace, name)
         await self.sync_vmi(namespace, name)
         return None
 
@@ -196,6 +234,8 @@ class Controller:
         keys = [("vm", ns, name) for ns, name in self.indexes.get("vm_index", {})]
         keys += [("vmim", ns, name) for ns, name in self.indexes.get("vmim_index", {})]
         keys += [("pool", ns, name) for ns, name in self.indexes.get("pool_index", {})]
+        keys += [("snapshot", ns, name) for ns, name in self.indexes.get("snapshot_index", {})]
+        keys += [("restore", ns, name) for ns, name in self.indexes.get("restore_index", {})]
         return keys + [("vmi", ns, name) for ns, name in self.indexes.get("vmi_index", {})]
 
     def enqueue_vm(self, namespace: str, name: str) -> None:
@@ -264,6 +304,124 @@ class Controller:
         except KubeError as exc:
             if exc.status != 404:
                 raise
+
+    # -- VirtualMachineSnapshot / VirtualMachineRestore (decisions in snapshot.py) ----------
+    async def _storage(self, namespace: str, claim: str) -> snapshot_logic.Storage:
+        pvc = await self._call(self.res.get, PVC, namespace, claim)
+        name = ((pvc or {}).get("spec") or {}).get("volumeName")
+        pv = await self._call(self.res.get, PV, None, name) if pvc and name else None
+        driver = (((pv or {}).get("spec") or {}).get("csi") or {}).get("driver")
+        classes: tuple[str, ...] = ()
+        if driver:
+            try:
+                found, _ = await self._call(self.res.list, VOLUME_SNAPSHOT_CLASS)
+                classes = tuple(c["metadata"]["name"] for c in found if c.get("driver") == driver)
+            except KubeError as exc:
+                if exc.status != 404:  # 404: the cluster has no VolumeSnapshot CRDs at all
+                    raise
+        return snapshot_logic.Storage(pvc, pv, classes)
+
+    async def _copy_job(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The copy Job `name` and its pods' termination messages (the copy's own words when it failed)."""
+        job = await self._call(self.res.get, JOB, namespace, name)
+        if job is None:
+            return None, []
+        pods, _ = await self._call(self.res.list, POD, namespace, f"job-name={name}")
+        messages = [((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
+                    for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []]
+        return job, messages
+
+    async def _carry_out(self, kind: Kind, obj: dict[str, Any], vmi: dict[str, Any] | None,
+                         d: snapshot_logic.Decision, job_name: str) -> None:
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        what = "snapshot" if kind is VIRTUAL_MACHINE_SNAPSHOT else "restore"
+        if d.pause is not None and vmi is not None:
+            annotations = ({PAUSE_ANNOTATION: "true", snapshot_logic.PAUSED_BY: meta["uid"]} if d.pause else
+                           {PAUSE_ANNOTATION: "false", snapshot_logic.PAUSED_BY: None})
+            await self._patch(vmi, {"metadata": {"annotations": annotations}})
+            log.info("%s=%s/%s event=%s vmi=%s", what, namespace, name, "vm-paused" if d.pause else "vm-unpaused",
+                     vmi["metadata"]["name"])
+        for claim in d.create_claims:
+            try:
+                await self._call(self.res.create, PVC, claim, FIELD_MANAGER)
+                log.info("%s=%s/%s event=backup-claim-created claim=%s", what, namespace, name,
+                         claim["metadata"]["name"])
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        if d.create_job is not None:
+            try:
+                await self._call(self.res.create, JOB, d.create_job, FIELD_MANAGER)
+                log.info("%s=%s/%s event=copy-job-created job=%s", what, namespace, name, job_name)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        if d.delete_job:
+            await self._call(self.res.delete, JOB, namespace, job_name, propagation="Background")
+        if d.status:
+            status = dict(d.status)
+            status["conditions"] = conditions.merge((obj.get("status") or {}).get("conditions"), status["conditions"])
+            current = obj.get("status") or {}
+            if not (all(current.get(k) == v for k, v in status.items() if k != "conditions")
+                    and conditions.same(current.get("conditions"), status["conditions"])):
+                try:
+                    await self._call(self.res.merge_patch, kind, namespace, name, {"status": status},
+                                     subresource="status", field_manager=FIELD_MANAGER)
+                except KubeError as exc:
+                    if exc.status != 404:
+                        raise
+                if status.get("phase") in snapshot_logic.FINAL or "complete" in status:
+                    log.info("%s=%s/%s event=%s", what, namespace, name,
+                             status.get("phase") or ("complete" if status.get("complete") else "waiting"))
+        for etype, reason, message in d.events:
+            await events.post(self.res, obj, etype, reason, message, FIELD_MANAGER)
+
+    async def sync_snapshot(self, namespace: str, name: str) -> float | None:
+        snap = self._one("snapshot_index", (namespace, name))
+        if snap is None or snap["metadata"].get("deletionTimestamp"):
+            return None  # its backup claims and Job go with it (ownerReferences), unless deletionPolicy Retain
+        source = ((snap.get("spec") or {}).get("source") or {}).get("name", "")
+        vm = self._one("vm_index", (namespace, source))
+        vmi = self._one("vmi_index", (namespace, source))
+        storage: dict[str, snapshot_logic.Storage] = {}
+        backups: dict[str, dict[str, Any] | None] = {}
+        if vm is not None and (snap.get("status") or {}).get("phase") not in snapshot_logic.FINAL:
+            for volume, claim in snapshot_logic.claim_volumes(vm)[0]:
+                storage[claim] = await self._storage(namespace, claim)
+                backup = snapshotnames.backup_claim(name, volume)
+                backups[backup] = await self._call(self.res.get, PVC, namespace, backup)
+        job_name = snapshotnames.copy_job("snapshot", name)
+        job, messages = await self._copy_job(namespace, job_name)
+        d = snapshot_logic.decide_snapshot(snap, vm, vmi, storage, backups, job, messages, self.config.image,
+                                           timeutil.now())
+        await self._carry_out(VIRTUAL_MACHINE_SNAPSHOT, snap, vmi, d, job_name)
+        return d.requeue_after
+
+    async def sync_restore(self, namespace: str, name: str) -> float | None:
+        restore = self._one("restore_index", (namespace, name))
+        if restore is None or restore["metadata"].get("deletionTimestamp"):
+            return None
+        spec = restore.get("spec") or {}
+        target = (spec.get("target") or {}).get("name", "")
+        snap = await self._call(self.res.get, VIRTUAL_MACHINE_SNAPSHOT, namespace,
+                                spec.get("virtualMachineSnapshotName", ""))
+        vm = self._one("vm_index", (namespace, target))
+        vmi = await self._call(self.res.get, VIRTUAL_MACHINE_INSTANCE, namespace, target)  # fresh: it must be gone
+        claims: dict[str, dict[str, Any] | None] = {}
+        if not snapshot_logic.restore_done(restore):
+            for backup in ((snap or {}).get("status") or {}).get("volumeBackups") or []:
+                for claim in ((backup.get("persistentVolumeClaim") or {}).get("name"), backup.get("backupClaimName")):
+                    if claim and claim not in claims:
+                        claims[claim] = await self._call(self.res.get, PVC, namespace, claim)
+        job_name = snapshotnames.copy_job("restore", name)
+        job, messages = await self._copy_job(namespace, job_name)
+        d = snapshot_logic.decide_restore(restore, snap, vm, vmi, claims, job, messages, self.config.image,
+                                          timeutil.now())
+        await self._carry_out(VIRTUAL_MACHINE_RESTORE, restore, None, d, job_name)
+        if d.status.get("complete") or snapshot_logic.restore_done({"status": d.status}):
+            self.queue.add(("vm", namespace, target))
+        return d.requeue_after
 
     # -- live migration (decisions in migration.py) -----------------------------------
     async def migration_config(self, fresh: bool = False) -> migration_logic.Config:
@@ -747,8 +905,27 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     def pool_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body)}
 
+    @kopf.index(*SNAPSHOT_R, id="snapshot_index", registry=registry)
+    def snapshot_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body)}
+
+    @kopf.index(*SNAPSHOT_R, id="snapshot_by_vm", registry=registry)
+    def snapshot_by_vm(*, namespace: str | None, spec: Mapping[str, Any], body: kopf.Body,
+                       **_: Any) -> dict[Any, Any]:
+        return {(namespace, (spec.get("source") or {}).get("name", "")): slim(body)}
+
+    @kopf.index(*RESTORE_R, id="restore_index", registry=registry)
+    def restore_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): slim(body)}
+
+    @kopf.index(*RESTORE_R, id="restore_by_vm", registry=registry)
+    def restore_by_vm(*, namespace: str | None, spec: Mapping[str, Any], body: kopf.Body,
+                      **_: Any) -> dict[Any, Any]:
+        return {(namespace, (spec.get("target") or {}).get("name", "")): slim(body)}
+
     indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index", "vmim_index",
-               "vmim_by_vmi", "pool_index")
+               "vmim_by_vmi", "pool_index", "snapshot_index", "snapshot_by_vm", "restore_index",
+               "restore_by_vm")
 
     def remember(kwargs: Mapping[str, Any]) -> None:
         ctl.indexes = {k: kwargs[k] for k in indexes}
@@ -790,6 +967,32 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         if namespace is not None:
             ctl.queue.add(("pool", namespace, name))
 
+    @kopf.on.event(*SNAPSHOT_R, registry=registry)
+    async def on_snapshot(*, namespace: str | None, name: str, spec: Mapping[str, Any], **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("snapshot", namespace, name))
+            ctl.queue.add(("vm", namespace, (spec.get("source") or {}).get("name", "")))
+
+    @kopf.on.event(*RESTORE_R, registry=registry)
+    async def on_restore(*, namespace: str | None, name: str, spec: Mapping[str, Any], **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("restore", namespace, name))
+            ctl.queue.add(("vm", namespace, (spec.get("target") or {}).get("name", "")))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={SNAPSHOT_LABEL: kopf.PRESENT}, registry=registry)
+    async def on_snapshot_job(*, namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("snapshot", namespace, labels[SNAPSHOT_LABEL]))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={RESTORE_LABEL: kopf.PRESENT}, registry=registry)
+    async def on_restore_job(*, namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+        remember(kwargs)
+        if namespace is not None:
+            ctl.queue.add(("restore", namespace, labels[RESTORE_LABEL]))
+
     @kopf.on.event(*VMI_R, registry=registry)
     async def on_vmi(*, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
@@ -797,6 +1000,11 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
             return
         ctl.queue.add(("vmi", namespace, name))
         ctl.enqueue_migrations(namespace, name)
+        # A snapshot waits for its VMI to pause, a restore for it to go.
+        for b in kwargs["snapshot_by_vm"].get((namespace, name), []):
+            ctl.queue.add(("snapshot", namespace, b["metadata"]["name"]))
+        for b in kwargs["restore_by_vm"].get((namespace, name), []):
+            ctl.queue.add(("restore", namespace, b["metadata"]["name"]))
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("kind") == "VirtualMachine":
                 ctl.queue.add(("vm", namespace, ref["name"]))

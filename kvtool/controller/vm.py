@@ -45,6 +45,7 @@ class VMDecision:
     status: dict[str, Any] = field(default_factory=dict)
     requeue_after: float | None = None
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    held: bool = False  # it would start now, but waits for its disks (a restore, a first baseline snapshot)
 
 
 def _phase(vmi: dict[str, Any] | None) -> str | None:
@@ -65,7 +66,10 @@ def permanent_failure(vm: dict[str, Any], vmi: dict[str, Any] | None) -> bool:
                 and vm.get("spec", {}).get("template", {}).get("spec") == vmi.get("spec"))
 
 
-def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | None = None) -> VMDecision:
+def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | None = None, *,
+           restoring: str | None = None, snapshotting: str | None = None, hold: bool = False) -> VMDecision:
+    """restoring: the VirtualMachineRestore writing the VM's disks; snapshotting: the VirtualMachineSnapshot
+    copying them; hold: no VMI may start yet (either of them says so: kvtool.controller.snapshot)."""
     now = now or timeutil.now()
     d = VMDecision()
     status = dict(vm.get("status") or {})
@@ -92,7 +96,9 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
     waiting = retry_after is not None and retry_after > now
 
     def start_vmi() -> None:
-        if waiting:
+        if hold or restoring:
+            d.held = True  # the restore's or snapshot's end syncs the VM again
+        elif waiting:
             d.requeue_after = max(0.05, (retry_after - now).total_seconds())  # type: ignore[operator]
         else:
             d.create_vmi = True
@@ -149,6 +155,10 @@ def decide(vm: dict[str, Any], vmi: dict[str, Any] | None, now: dt.datetime | No
         until = max(0.05, (at - now).total_seconds())
         d.requeue_after = min(d.requeue_after, until) if d.requeue_after is not None else until
     d.status = _status(vm, vmi, strategy, failure, waiting, requests)
+    d.status["restoreInProgress"] = restoring
+    d.status["snapshotInProgress"] = snapshotting
+    if d.held and vmi is None:
+        d.status["printableStatus"] = "Provisioning"
     if expired_cond is not None:
         d.status["conditions"].append(expired_cond)
     return d
