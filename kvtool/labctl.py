@@ -1,8 +1,11 @@
 """Lab-wide verbs on a stack's VMs: passwords, extend, reset. One place for the CLI and the notebook.
 
 reset: a VM whose disks are all ephemeral (containerDisk, emptyDisk, cloud-init, Secrets...) starts
-from its images again on every launch, so a restart is a reset to its baseline; a VM with a persistent
-disk would keep what was written, so a reset refuses the whole lab before touching any VM.
+from its images again on every launch, so a restart is a reset to its baseline. A VM with claims goes back
+to its baseline snapshot (`kvtool apply --baseline` asks the controller to take one before the first boot):
+it is stopped, its claims are written back from the snapshot, and it starts again. A VM whose writes
+nothing can undo (a hostDisk, or claims without a ready baseline) makes the reset refuse the whole lab
+before touching any VM.
 """
 
 from __future__ import annotations
@@ -13,9 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvtool import vmctl
-from kvtool.api import expiry, timeutil
-from kvtool.api.types import SECRET, STACK_LABEL, STUDENT_LABEL, VIRTUAL_MACHINE, VIRTUAL_MACHINE_INSTANCE
+from kvtool import snapshotctl, vmctl
+from kvtool.api import expiry, snapshotnames, timeutil
+from kvtool.api.types import (
+    SECRET,
+    STACK_LABEL,
+    STUDENT_LABEL,
+    VIRTUAL_MACHINE,
+    VIRTUAL_MACHINE_INSTANCE,
+    VIRTUAL_MACHINE_SNAPSHOT,
+)
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
 from kvtool.kube.resources import Resources
@@ -93,30 +103,77 @@ def persistent_disks(vm: dict[str, Any]) -> list[str]:
     return out
 
 
-def reset_refusal(stack: str, vms: list[dict[str, Any]]) -> KvtoolError | None:
-    """Why the stack's VMs cannot be reset by a restart (some keep persistent disks), or None."""
-    kept = {vm["metadata"]["name"]: disks for vm in vms if (disks := persistent_disks(vm))}
-    if not kept:
+def lab_settings(state: desired.DesiredState, *, ttl: str | None = None, on_expiry: str | None = None,
+                 baseline: bool = False) -> None:
+    """A lab's settings as the annotations the controller reads, on every VM of `state` (`kvtool plan|apply
+    --ttl --on-expiry --baseline`, the notebook's fields): an end (kvtool.api.expiry; ValueError when `ttl` is
+    not a duration) and, for VMs with claims, a baseline snapshot before the first boot."""
+    for obj in state.objects:
+        if obj.kind.kind != "VirtualMachine":
+            continue
+        if ttl is not None or on_expiry is not None:
+            expiry.annotate(obj.manifest, ttl, on_expiry)
+        if baseline and persistent_disks(obj.manifest):
+            obj.manifest["metadata"].setdefault("annotations", {})[snapshotnames.BASELINE_ANNOTATION] = "true"
+
+
+def _baseline_problem(vm: dict[str, Any], snapshot: dict[str, Any] | None) -> str | None:
+    """Why `vm`'s persistent disks cannot go back to a baseline, or None (none to undo, or a ready baseline)."""
+    disks = persistent_disks(vm)
+    if not disks:
         return None
-    listed = "; ".join(f"{name}: {', '.join(disks)}" for name, disks in sorted(kept.items()))
+    host = [d for d in disks if "(hostDisk" in d]
+    if host:
+        return f"{', '.join(host)}: a host disk has no snapshots"
+    name = snapshotnames.baseline(vm["metadata"]["name"])
+    if snapshot is None:
+        return f"{', '.join(disks)}: no baseline snapshot {name}"
+    status = snapshot.get("status") or {}
+    if not status.get("readyToUse"):
+        why = (status.get("error") or {}).get("message") or f"phase {status.get('phase') or 'InProgress'}"
+        return f"baseline snapshot {name} is not ready ({why})"
+    return None
+
+
+def reset_refusal(stack: str, vms: list[dict[str, Any]],
+                  baselines: dict[str, dict[str, Any] | None]) -> KvtoolError | None:
+    """Why the stack's VMs cannot all be reset, or None; baselines: VM name -> its baseline snapshot."""
+    problems = {vm["metadata"]["name"]: why for vm in vms
+                if (why := _baseline_problem(vm, baselines.get(vm["metadata"]["name"])))}
+    if not problems:
+        return None
+    listed = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
     return KvtoolError(f"cannot reset stack {stack!r}: these VMs keep disks a restart does not undo ({listed}); "
                        "nothing was reset",
-                       hint="a reset to a baseline of persistent disks needs snapshots, which kvtool does not "
-                            "have yet; use containerDisk and emptyDisk volumes for lab VMs")
+                       hint="apply the lab with `kvtool apply --baseline ...` (the controller snapshots each VM's "
+                            "claims before its first boot), or use containerDisk and emptyDisk volumes")
+
+
+def baselines(res: Resources, namespace: str, vms: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """VM name -> its baseline snapshot (None: there is none), for the VMs with persistent disks."""
+    return {vm["metadata"]["name"]: res.get(VIRTUAL_MACHINE_SNAPSHOT, namespace,
+                                            snapshotnames.baseline(vm["metadata"]["name"]))
+            for vm in vms if persistent_disks(vm)}
 
 
 def reset(res: Resources, namespace: str, stack: str) -> list[str]:
-    """Restart every running VM of the stack from its images; a line per VM. Refuses, changing nothing, when
-    any VM has a persistent disk."""
+    """Every VM of the stack back to its start, a line per VM: a restart for VMs of images only, a restore of
+    the baseline snapshot for VMs with claims. Refuses, changing nothing, when any VM cannot be."""
     vms = stack_vms(res, namespace, stack)
     if not vms:
         raise KvtoolError(f"stack {stack!r} has no VMs in namespace {namespace!r}")
-    refusal = reset_refusal(stack, vms)
+    kept = baselines(res, namespace, vms)
+    refusal = reset_refusal(stack, vms, kept)
     if refusal is not None:
         raise refusal
     lines = []
     for vm in vms:
         name = vm["metadata"]["name"]
+        if name in kept:
+            restore, running = snapshotctl.restore(res, namespace, name, snapshotnames.baseline(name))
+            lines.append(f"{name}: restoring its disks from its baseline ({restore})" +
+                         ("; it starts again after" if running else ""))
+            continue
         try:
             vmctl.restart(res, namespace, name)
         except vmctl.NotRunning:

@@ -33,7 +33,7 @@ class NotRunning(KvtoolError):
     """The verb needs a running VM."""
 
 
-def _vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
+def get_vm(res: Resources, namespace: str, name: str) -> dict[str, Any]:
     vm = res.get(VIRTUAL_MACHINE, namespace, name)
     if vm is None:
         raise KvtoolError(f"virtualmachine {namespace}/{name} not found",
@@ -64,7 +64,7 @@ def _request(res: Resources, vm: dict[str, Any], requests: list[dict[str, Any]])
 
 
 def start(res: Resources, namespace: str, name: str) -> str:
-    vm = _vm(res, namespace, name)
+    vm = get_vm(res, namespace, name)
     strategy = _strategy(vm)
     status = vm.get("status") or {}
     if strategy == "Halted":
@@ -77,7 +77,7 @@ def start(res: Resources, namespace: str, name: str) -> str:
 
 
 def stop(res: Resources, namespace: str, name: str) -> str:
-    vm = _vm(res, namespace, name)
+    vm = get_vm(res, namespace, name)
     strategy = _strategy(vm)
     if strategy == "Halted":
         raise KvtoolError(f"virtualmachine {namespace}/{name} is already stopped (runStrategy Halted)")
@@ -92,7 +92,7 @@ def stop(res: Resources, namespace: str, name: str) -> str:
 
 
 def restart(res: Resources, namespace: str, name: str) -> str:
-    vm = _vm(res, namespace, name)
+    vm = get_vm(res, namespace, name)
     vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
     if vmi is None or _strategy(vm) == "Halted":
         raise NotRunning(f"virtualmachine {namespace}/{name} is not running; use `kvtool start`")

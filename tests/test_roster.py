@@ -164,8 +164,22 @@ def test_a_lab_with_persistent_disks_is_not_reset_by_a_restart() -> None:
                                    disks=[{"name": "home", "claim": "bob-home"}])
     assert labctl.persistent_disks(ephemeral) == []
     assert labctl.persistent_disks(kept) == ["home (persistentVolumeClaim bob-home)"]
-    assert labctl.reset_refusal("intro", [ephemeral]) is None
-    refusal = labctl.reset_refusal("intro", [ephemeral, kept])
+    assert labctl.reset_refusal("intro", [ephemeral], {}) is None
+    refusal = labctl.reset_refusal("intro", [ephemeral, kept], {"lab-bob": None})
     assert refusal is not None and str(refusal).startswith(
         "cannot reset stack 'intro': these VMs keep disks a restart does not undo "
-        "(lab-bob: home (persistentVolumeClaim bob-home)); nothing was reset")
+        "(lab-bob: home (persistentVolumeClaim bob-home): no baseline snapshot lab-bob-baseline); nothing was reset")
+    assert "kvtool apply --baseline" in (refusal.hint or "")
+    # A baseline that is not ready yet, or failed, refuses too; a ready one makes the lab resettable.
+    pending = {"metadata": {"name": "lab-bob-baseline"}, "status": {"phase": "InProgress"}}
+    failed = {"metadata": {"name": "lab-bob-baseline"},
+              "status": {"phase": "Failed", "error": {"message": "no VolumeSnapshotClass"}}}
+    ready = {"metadata": {"name": "lab-bob-baseline"}, "status": {"phase": "Succeeded", "readyToUse": True}}
+    assert "is not ready (phase InProgress)" in str(labctl.reset_refusal("intro", [kept], {"lab-bob": pending}))
+    assert "is not ready (no VolumeSnapshotClass)" in str(labctl.reset_refusal("intro", [kept], {"lab-bob": failed}))
+    assert labctl.reset_refusal("intro", [ephemeral, kept], {"lab-bob": ready}) is None
+    # A host disk has no snapshots: no baseline helps.
+    host = builder.virtual_machine("lab-cy", image="debian-12", image_kind="disk")
+    host["spec"]["template"]["spec"]["volumes"].append({"name": "data", "hostDisk": {"path": "/srv/cy.img",
+                                                                                       "type": "Disk"}})
+    assert "a host disk has no snapshots" in str(labctl.reset_refusal("intro", [host], {"lab-cy": ready}))

@@ -79,6 +79,9 @@ def add_expiry(parser: argparse.ArgumentParser) -> None:
                              "stops it (or deletes it, --on-expiry delete); `kvtool lab extend` gives more time")
     parser.add_argument("--on-expiry", choices=["stop", "delete"], help="what happens at the end of --ttl "
                                                                            "(default stop)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="snapshot each VM's claims before its first boot, so `kvtool lab reset` can put them "
+                             "back (annotation kvtool.io/baseline)")
 
 
 def confirm(question: str) -> bool:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from kvtool import labctl, paths
-from kvtool.api import expiry
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
@@ -52,16 +51,12 @@ def load(args: argparse.Namespace) -> DesiredState:
 
 
 def set_expiry(args: argparse.Namespace, state: DesiredState) -> None:
-    """--ttl and --on-expiry as the annotations the controller reads (kvtool.api.expiry) on every VM."""
-    ttl, on_expiry = getattr(args, "ttl", None), getattr(args, "on_expiry", None)
-    if ttl is None and on_expiry is None:
-        return
-    for obj in state.objects:
-        if obj.kind.kind == "VirtualMachine":
-            try:
-                expiry.annotate(obj.manifest, ttl, on_expiry)
-            except ValueError as exc:
-                raise KvtoolError(f"--ttl: {exc}") from None
+    """--ttl, --on-expiry and --baseline as the annotations the controller reads (labctl.lab_settings)."""
+    try:
+        labctl.lab_settings(state, ttl=getattr(args, "ttl", None), on_expiry=getattr(args, "on_expiry", None),
+                            baseline=getattr(args, "baseline", False))
+    except ValueError as exc:
+        raise KvtoolError(f"--ttl: {exc}") from None
 
 
 def with_roster(args: argparse.Namespace, templates: DesiredState, passwords: dict[str, str]) -> DesiredState:

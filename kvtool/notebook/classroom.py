@@ -22,6 +22,7 @@ from kvtool.errors import KvtoolError
 from kvtool.kube.resources import target_for
 from kvtool.notebook.console import ConsoleView
 from kvtool.notebook.live import LiveTable
+from kvtool.notebook.message import message_html
 from kvtool.notebook.planview import PlanView
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 from kvtool.plan import desired, planner, roster
@@ -54,7 +55,7 @@ class Classroom(w.VBox):
     def __init__(self, stack: str, template: str | Path | Sequence[Mapping[str, Any]], *,
                  namespace: str = "default", ttl: str | None = None, on_expiry: str = expiry.STOP,
                  connection: Connection | None = None, portal: Portal | None = None, start: bool = True,
-                 refresh: float = REFRESH, api: str = "auto") -> None:
+                 refresh: float = REFRESH, api: str = "auto", baseline: bool = True) -> None:
         self.stack = desired.validate_stack(stack)
         self.api = api  # whose VM API: "kvtool", "kubevirt" or "auto" (kvtool's where the cluster serves it)
         self.namespace = namespace
@@ -67,6 +68,8 @@ class Classroom(w.VBox):
                                   "student's login), an optional <code>ssh_key</code> column, any others.</i>")
         self.ttl = w.Text(value=ttl or "", description="Time limit", placeholder="e.g. 3h; empty: no end")
         self.on_expiry = w.Dropdown(options=list(expiry.POLICIES), value=on_expiry, description="Then")
+        # VMs with claims are snapshotted before their first boot, so Reset can put their disks back.
+        self.baseline = w.Checkbox(value=baseline, description="Baseline snapshot of disks (for Reset)")
         self.preview_button = w.Button(description="Preview plan", button_style="info", icon="search",
                                        disabled=True)
         self.plan_view = PlanView(self.connection, lambda: self.stack, self.portal, api=api)
@@ -84,6 +87,7 @@ class Classroom(w.VBox):
         self.console = ConsoleView(self.live, namespace=namespace, connection=connection, portal=self.portal)
         for widget, cls in ((self.upload, "kvt-roster-upload"), (self.roster_view, "kvt-roster"),
                             (self.ttl, "kvt-roster-ttl"), (self.on_expiry, "kvt-roster-on-expiry"),
+                            (self.baseline, "kvt-roster-baseline"),
                             (self.preview_button, "kvt-roster-preview"), (self.extend_by, "kvt-lab-extend-by"),
                             (self.extend_button, "kvt-lab-extend"), (self.reset_button, "kvt-lab-reset"),
                             (self.reset_confirm, "kvt-lab-reset-confirm"), (self.reset_cancel, "kvt-lab-reset-cancel"),
@@ -97,7 +101,7 @@ class Classroom(w.VBox):
         self.reset_cancel.on_click(lambda _: self._cancel_reset())
         super().__init__([
             w.HTML("<h4 style='margin:6px 0'>The class</h4>"), self.upload, self.roster_view,
-            w.HBox([self.ttl, self.on_expiry]), self.preview_button, self.plan_view,
+            w.HBox([self.ttl, self.on_expiry, self.baseline]), self.preview_button, self.plan_view,
             w.HTML("<h4 style='margin:6px 0'>The students' VMs</h4>"), self.live,
             w.HBox([self.extend_by, self.extend_button, self.reset_button]), self.reset_box, self.message,
             w.HTML("<h4 style='margin:6px 0'>A student's console</h4>"), self.console,
@@ -124,10 +128,7 @@ class Classroom(w.VBox):
         return [o.manifest for o in state.objects]
 
     def _say(self, text: str, kind: str = "info") -> None:
-        colour = {"info": "inherit", "ok": "#1a7f37", "error": "#cf222e", "warn": "#9a6700"}[kind]
-        body = html.escape(text).replace("\n", "<br>")
-        self.portal.call(setattr, self.message, "value",
-                         f"<div class='kvt-message-{kind}' style='color:{colour}'>{body}</div>" if text else "")
+        self.portal.call(setattr, self.message, "value", message_html(text, kind))
 
     def _background(self, action: Callable[[], Any]) -> None:
         self.portal.submit(action, on_error=lambda exc: self._say(str(exc), "error"))
@@ -170,12 +171,11 @@ class Classroom(w.VBox):
         state = labctl.roster_state(self.templates, self.roster, stack=self.stack, namespace=self.namespace,
                                     passwords=roster.passwords_of(found))
         ttl = self.ttl.value.strip() or None
-        for obj in state.objects:
-            if obj.kind.kind == "VirtualMachine":
-                try:
-                    expiry.annotate(obj.manifest, ttl, self.on_expiry.value if ttl else None)
-                except ValueError as exc:
-                    raise KvtoolError(f"Time limit: {exc}") from None
+        try:
+            labctl.lab_settings(state, ttl=ttl, on_expiry=self.on_expiry.value if ttl else None,
+                                baseline=self.baseline.value)
+        except ValueError as exc:
+            raise KvtoolError(f"Time limit: {exc}") from None
         return state
 
     def preview(self) -> Plan:
@@ -206,16 +206,17 @@ class Classroom(w.VBox):
 
     def ask_reset(self) -> list[str]:
         """The reset's question, with the VMs it restarts; a lab it would refuse says why and asks nothing."""
-        vms = labctl.stack_vms(self.connection().res, self.namespace, self.stack)
+        res = self.connection().res
+        vms = labctl.stack_vms(res, self.namespace, self.stack)
         if not vms:
             raise KvtoolError(f"stack {self.stack!r} has no VMs to reset")
-        refusal = labctl.reset_refusal(self.stack, vms)
+        refusal = labctl.reset_refusal(self.stack, vms, labctl.baselines(res, self.namespace, vms))
         if refusal is not None:
             raise refusal
         names = [v["metadata"]["name"] for v in vms]
 
         def ask() -> None:
-            self.reset_question.value = (f"<b>Reset {len(names)} VM(s) to their images?</b> Everything the students "
+            self.reset_question.value = (f"<b>Reset {len(names)} VM(s) to their start?</b> Everything the students "
                                          f"wrote on them is lost: {html.escape(', '.join(names))}&nbsp;")
             self.reset_box.layout.display = "flex"
         self.portal.call(ask)
