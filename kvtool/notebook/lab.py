@@ -23,6 +23,7 @@ from kvtool.images import usage
 from kvtool.kube.resources import target_for
 from kvtool.notebook import forms
 from kvtool.notebook import manifest as mf
+from kvtool.notebook.message import message_html
 from kvtool.notebook.planview import PlanView
 from kvtool.notebook.session import Connection, Portal, connect, default_portal
 from kvtool.plan import apply, desired, planner
@@ -235,9 +236,7 @@ class LabBuilder(w.VBox):
         self._changed()
 
     def _say(self, text: str, kind: str = "info") -> None:
-        colour = {"info": "inherit", "ok": "#1a7f37", "error": "#cf222e"}[kind]
-        body = html.escape(mask(text, self.lab.secrets())).replace("\n", "<br>")
-        self.message.value = f"<div class='kvt-message-{kind}' style='color:{colour}'>{body}</div>" if text else ""
+        self.message.value = message_html(mask(text, self.lab.secrets()), kind)
 
     def _guard(self, action: Callable[[], Any]) -> None:
         try:

@@ -22,6 +22,7 @@ import ipywidgets as w
 
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import target_for
+from kvtool.notebook.message import message_html
 from kvtool.notebook.session import Connection, Portal, default_portal
 from kvtool.plan import apply, planner
 from kvtool.plan.apply import ApplyResult
@@ -197,11 +198,9 @@ class PlanView(w.VBox):
         self.apply_button.tooltip = self.blocked or ""
 
     def _say(self, text: str, kind: str = "info") -> None:
-        colour = {"info": "inherit", "ok": "#1a7f37", "error": "#cf222e", "warn": "#9a6700"}[kind]
         for secret in sorted(secrets(self.plan), key=len, reverse=True):  # a server error may quote a value
             text = text.replace(secret, SENSITIVE)
-        body = html.escape(text).replace("\n", "<br>")
-        self.message.value = f"<div class='kvt-message-{kind}' style='color:{colour}'>{body}</div>" if text else ""
+        self.message.value = message_html(text, kind)
 
     # ---- actions: the sync methods are the core; buttons run them on a worker thread
 
