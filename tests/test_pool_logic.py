@@ -72,6 +72,9 @@ def test_scale_out_fills_the_lowest_free_indexes_and_skips_names_in_use() -> Non
     d = pool_logic.decide(pool, [made(pool, 0), made(pool, 3), other], NOW)
     assert names(d.create) == ["lab-2", "lab-4"]
     assert d.status["replicas"] == 2 and not d.delete
+    # The controller hands over only the pool's own VMs, and the namespace's names as a container of its own.
+    d = pool_logic.decide(pool, [made(pool, 0), made(pool, 3)], NOW, taken={"lab-1", "lab-2", "other"})
+    assert names(d.create) == ["lab-4", "lab-5"]
 
 
 def test_a_vm_deleted_by_hand_is_made_again_but_not_while_its_deletion_runs() -> None:

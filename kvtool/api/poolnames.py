@@ -4,7 +4,7 @@ which go first on scale-in. Shared by the controller, which makes them, and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Container, Mapping
 from typing import Any
 
 _INDEX = re.compile(r"^(?P<pool>.+)-(?P<index>[0-9]+)$")
@@ -21,15 +21,20 @@ def index_of(pool: str, vm: str) -> int | None:
     return int(m["index"]) if m and m["pool"] == pool else None
 
 
-def next_names(pool: str, taken: Collection[str], count: int) -> list[str]:
-    """The names the next `count` VMs get: the lowest indexes whose names no VM has."""
-    out: list[str] = []
+def next_indexes(pool: str, taken: Container[str], count: int) -> list[int]:
+    """The indexes the next `count` VMs get: the lowest ones whose names no VM has."""
+    out: list[int] = []
     index = 0
     while len(out) < count:
-        if (name := vm_name(pool, index)) not in taken:
-            out.append(name)
+        if vm_name(pool, index) not in taken:
+            out.append(index)
         index += 1
     return out
+
+
+def next_names(pool: str, taken: Collection[str], count: int) -> list[str]:
+    """The names the next `count` VMs get (next_indexes)."""
+    return [vm_name(pool, i) for i in next_indexes(pool, taken, count)]
 
 
 def replicas(spec: Mapping[str, Any]) -> int:

@@ -255,10 +255,10 @@ class Controller:
         if pool is None or pool["metadata"].get("deletionTimestamp"):
             self.pool_writes.pop((namespace, name), None)
             return None  # its VMs go with it: the garbage collector follows their ownerReferences
-        vms = [plain(b) for (ns, _), store in list(self.indexes.get("vm_index", {}).items()) if ns == namespace
-               for b in store]
+        vms = self._all("vm_by_pool", (namespace, name))  # its own VMs: no walk over the namespace's
         writes = self.pool_writes.setdefault((namespace, name), pool_logic.Expectations())
-        d = pool_logic.decide(pool, writes.seen(pool, vms, time.monotonic()), timeutil.now())
+        d = pool_logic.decide(pool, writes.seen(pool, vms, time.monotonic()), timeutil.now(),
+                              taken=_NamesIn(self.indexes.get("vm_index", {}), namespace))
         for vm in d.create:
             try:
                 created = await self._call(self.res.create, VIRTUAL_MACHINE, vm, POOL_FIELD_MANAGER)
@@ -850,6 +850,16 @@ class Controller:
         return True
 
 
+class _NamesIn:
+    """The VM names of one namespace, as the VM cache (keyed by (namespace, name)) has them."""
+
+    def __init__(self, index: Mapping[Any, Any], namespace: str) -> None:
+        self.index, self.namespace = index, namespace
+
+    def __contains__(self, name: object) -> bool:
+        return (self.namespace, name) in self.index
+
+
 def _owned_by(vmi: dict[str, Any], vm: dict[str, Any]) -> bool:
     return any(r.get("uid") == vm["metadata"]["uid"] for r in vmi["metadata"].get("ownerReferences") or [])
 
@@ -901,6 +911,12 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     def vmim_by_vmi(*, namespace: str | None, spec: Mapping[str, Any], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, spec.get("vmiName", "")): {"metadata": {"name": body["metadata"]["name"]}}}
 
+    @kopf.index(*VM_R, id="vm_by_pool", registry=registry)
+    def vm_by_pool(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        owners = [r["name"] for r in body.get("metadata", {}).get("ownerReferences") or []
+                  if r.get("kind") == VIRTUAL_MACHINE_POOL.kind]
+        return {(namespace, owner): slim(body) for owner in owners}
+
     @kopf.index(*POOL_R, id="pool_index", registry=registry)
     def pool_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): slim(body)}
@@ -924,7 +940,7 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
         return {(namespace, (spec.get("target") or {}).get("name", "")): slim(body)}
 
     indexes = ("vm_index", "vmi_index", "pod_index", "node_index", "node_body_index", "lease_index", "vmim_index",
-               "vmim_by_vmi", "pool_index", "snapshot_index", "snapshot_by_vm", "restore_index",
+               "vmim_by_vmi", "pool_index", "vm_by_pool", "snapshot_index", "snapshot_by_vm", "restore_index",
                "restore_by_vm")
 
     def remember(kwargs: Mapping[str, Any]) -> None:

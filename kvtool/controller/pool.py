@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,9 +206,20 @@ def scale_in_order(spec: Mapping[str, Any], pool_name: str, vms: Sequence[dict[s
     return sorted(ordered, key=_ready)  # stable: within ready and not ready, the policy's order stays
 
 
+class _Either:
+    """Names in either of two containers: the VMs at hand, and every VM name of the namespace."""
+
+    def __init__(self, first: Container[str], second: Container[str]) -> None:
+        self.first, self.second = first, second
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.first or name in self.second
+
+
 def decide(pool: Mapping[str, Any], vms: Sequence[Mapping[str, Any]], now: dt.datetime,
-           rng: random.Random | None = None) -> Decision:
-    """What to do for one pool, given every VM in its namespace (its own and any others, for free names)."""
+           rng: random.Random | None = None, taken: Container[str] | None = None) -> Decision:
+    """What to do for one pool, given its VMs (any others in its namespace may be among them) and `taken`: the
+    namespace's VM names, which new VMs must not have (default: the names in `vms`)."""
     meta, spec = pool["metadata"], pool.get("spec") or {}
     name = meta["name"]
     d = Decision()
@@ -247,9 +258,9 @@ def decide(pool: Mapping[str, Any], vms: Sequence[Mapping[str, Any]], now: dt.da
 
     wanted = replicas - len(keep)
     if wanted > 0:
-        taken = {v["metadata"]["name"] for v in vms}  # any VM's name, even one being deleted or not ours
-        for vm_name in poolnames.next_names(name, taken, wanted):
-            d.create.append(vm_for(pool, poolnames.index_of(name, vm_name) or 0))
+        names = {v["metadata"]["name"] for v in vms}  # any VM's name, even one being deleted or not ours
+        for index in poolnames.next_indexes(name, names if taken is None else _Either(names, taken), wanted):
+            d.create.append(vm_for(pool, index))
         d.events.append(("Normal", "SuccessfulCreate",
                          f"created {', '.join(v['metadata']['name'] for v in d.create)} (replicas {replicas})"))
     elif wanted < 0 and not poolnames.unmanaged_scale_in(spec):
