@@ -220,11 +220,16 @@ def floor_runs(memory: str, user_data: str, converge: bool, runs: int) -> list[d
             # Its domain left: the launcher ends by itself (kill() would match the guest's uuid in the target's QEMU).
             source.wait_exit(30)
             source = target
-    except (AssertionError, SystemExit):
+    except (AssertionError, SystemExit, protocol.LauncherError) as exc:
         for one in made[-2:]:
             print(f"--- launcher {one.pod_uid} stderr:\n{one.stderr()[-3000:]}\n--- its console:\n"
                   f"{one.console_log()[-600:]}", file=sys.stderr)
-        raise
+        if not isinstance(exc, protocol.LauncherError) or not out:
+            raise
+        # A launcher that stopped answering ends the floor's series, not the whole benchmark: the runs
+        # measured so far stand, and the report says how many there were.
+        print(f"  floor run {len(out) + 1}: its launcher failed ({exc}); the floor keeps its {len(out)} run(s)",
+              flush=True)
     finally:
         watch.stop()
         for one in made:
