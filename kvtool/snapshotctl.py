@@ -17,6 +17,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_RESTORE,
     VIRTUAL_MACHINE_SNAPSHOT,
+    Kind,
 )
 from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
@@ -50,27 +51,49 @@ def snapshot(res: Resources, namespace: str, vm: str, name: str | None = None) -
         raise
 
 
-def wait_snapshot(res: Resources, namespace: str, name: str, timeout: float,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Until the snapshot succeeded (returned) or failed (KvtoolError with its error)."""
+def _wait(res: Resources, kind: Kind, namespace: str, name: str, timeout: float,
+          progress: Callable[[str], None] | None, outcome: Callable[[dict[str, Any]], str | None]) -> dict[str, Any]:
+    """Until `outcome` of the object says "" (done: returned) or a reason (failed: KvtoolError with it); None:
+    not yet. Progress: each new message of its Progressing condition, with the time since the start."""
     started, said = time.monotonic(), ""
+    what = f"{kind.kind.removeprefix('VirtualMachine').lower()} {name}"
     while True:
-        snap = res.get(VIRTUAL_MACHINE_SNAPSHOT, namespace, name)
-        if snap is None:
-            raise KvtoolError(f"virtualmachinesnapshot {namespace}/{name} was deleted")
-        status = snap.get("status") or {}
-        if status.get("phase") == "Succeeded":
-            return snap
-        if status.get("phase") == "Failed":
-            raise KvtoolError(f"snapshot {name} failed: {(status.get('error') or {}).get('message', '')}")
-        message = _condition(snap, "Progressing").get("message", "")
+        obj = res.get(kind, namespace, name)
+        if obj is None:
+            raise KvtoolError(f"{kind.kind.lower()} {namespace}/{name} was deleted")
+        result = outcome(obj)
+        if result == "":
+            return obj
+        if result is not None:
+            raise KvtoolError(f"{what} failed: {result}")
+        message = _condition(obj, "Progressing").get("message", "")
         if progress and message and message != said:
             progress(f"{time.monotonic() - started:6.1f}s  {message}")
             said = message
         if time.monotonic() - started > timeout:
-            raise KvtoolError(f"snapshot {name} did not finish within {timeout:.0f}s" +
-                              (f" (last: {message})" if message else ""))
+            last = f" (last: {message})" if message else ""
+            raise KvtoolError(f"{what} did not finish within {timeout:.0f}s{last}")
         time.sleep(POLL)
+
+
+def _snapshot_outcome(snap: dict[str, Any]) -> str | None:
+    status = snap.get("status") or {}
+    if status.get("phase") == "Failed":
+        return str((status.get("error") or {}).get("message") or "no reason given")
+    return "" if status.get("phase") == "Succeeded" else None
+
+
+def _restore_outcome(restore: dict[str, Any]) -> str | None:
+    failure = _condition(restore, "Failure")
+    if failure.get("status") == "True":
+        return str(failure.get("message") or "no reason given")
+    return "" if (restore.get("status") or {}).get("complete") else None
+
+
+def wait_snapshot(res: Resources, namespace: str, name: str, timeout: float,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Until the snapshot succeeded (returned) or failed (KvtoolError with its error)."""
+    return _wait(res, VIRTUAL_MACHINE_SNAPSHOT, namespace, name, timeout, progress, _snapshot_outcome)
 
 
 def ready_snapshot(res: Resources, namespace: str, vm: str, name: str) -> dict[str, Any]:
@@ -132,21 +155,4 @@ def _restart(res: Resources, namespace: str, vm: str) -> bool:
 def wait_restore(res: Resources, namespace: str, name: str, timeout: float,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Until the restore completed (returned) or failed (KvtoolError with the reason)."""
-    started, said = time.monotonic(), ""
-    while True:
-        obj = res.get(VIRTUAL_MACHINE_RESTORE, namespace, name)
-        if obj is None:
-            raise KvtoolError(f"virtualmachinerestore {namespace}/{name} was deleted")
-        if (obj.get("status") or {}).get("complete"):
-            return obj
-        failure = _condition(obj, "Failure")
-        if failure.get("status") == "True":
-            raise KvtoolError(f"restore {name} failed: {failure.get('message', '')}")
-        message = _condition(obj, "Progressing").get("message", "")
-        if progress and message and message != said:
-            progress(f"{time.monotonic() - started:6.1f}s  {message}")
-            said = message
-        if time.monotonic() - started > timeout:
-            raise KvtoolError(f"restore {name} did not finish within {timeout:.0f}s" +
-                              (f" (last: {message})" if message else ""))
-        time.sleep(POLL)
+    return _wait(res, VIRTUAL_MACHINE_RESTORE, namespace, name, timeout, progress, _restore_outcome)

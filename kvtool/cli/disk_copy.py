@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from kvtool.errors import KvtoolError
+from kvtool.images import store
 
 DISK = "disk.img"
 EMPTY = "empty"
@@ -38,7 +39,7 @@ def copy_disk(source: Path | None, target: Path) -> str:
     if source is None or not (source / DISK).is_file():
         if disk.exists():
             disk.unlink()
-        _sync_dir(target)
+        store.fsync_dir(target)
         return f"{target}: disk removed (the snapshot had none)"
     tmp = target / f".{DISK}.kvtool-copy"
     tmp.unlink(missing_ok=True)
@@ -51,19 +52,11 @@ def copy_disk(source: Path | None, target: Path) -> str:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, disk)
-    _sync_dir(target)
+    store.fsync_dir(target)
     size = disk.stat().st_size
     used = disk.stat().st_blocks * 512
     return (f"{target}: copied {size >> 20} MiB disk ({used >> 20} MiB written) from {source} "
             f"in {time.monotonic() - started:.1f}s")
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run(args: argparse.Namespace) -> int:

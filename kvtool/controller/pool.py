@@ -259,8 +259,8 @@ def decide(pool: Mapping[str, Any], vms: Sequence[Mapping[str, Any]], now: dt.da
     wanted = replicas - len(keep)
     if wanted > 0:
         names = {v["metadata"]["name"] for v in vms}  # any VM's name, even one being deleted or not ours
-        for index in poolnames.next_indexes(name, names if taken is None else _Either(names, taken), wanted):
-            d.create.append(vm_for(pool, index))
+        for free in poolnames.next_indexes(name, names if taken is None else _Either(names, taken), wanted):
+            d.create.append(vm_for(pool, free))
         d.events.append(("Normal", "SuccessfulCreate",
                          f"created {', '.join(v['metadata']['name'] for v in d.create)} (replicas {replicas})"))
     elif wanted < 0 and not poolnames.unmanaged_scale_in(spec):

@@ -218,7 +218,7 @@ class ImageStore:
                 trash = Path(tempfile.mkdtemp(prefix=f".trash-{name}-", dir=self.root))
                 os.rename(target, trash / name)
             os.rename(staged, target)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -253,7 +253,7 @@ class ImageStore:
                 self.get(name)  # raises the not-found error
             trash = Path(tempfile.mkdtemp(prefix=f".trash-{name}-", dir=self.root))
             os.rename(target, trash / name)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     def import_disk(self, name: str, file: Path, force: bool = False) -> Image:
@@ -349,7 +349,8 @@ def _sparse_copy(src: Path, dst: Path) -> None:
         fout.truncate()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
