@@ -1,4 +1,5 @@
-"""`kvtool lab passwords | extend | reset`: a lab's per-student logins, more time, and a fresh start.
+"""`kvtool lab passwords | extend | reset`: a lab's per-student logins, more time, and a fresh start (from the
+images, and for claims from the baseline snapshots `kvtool apply --baseline` has the controller take).
 
 Passwords are printed only here, on request (like `terraform output -raw`): never in plans, status,
 events or logs. The verbs themselves are kvtool.labctl's, shared with the notebook.
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ext = sub.add_parser("extend", help="give a lab's VMs more time (restarts the ones their expiry stopped)")
     ext.add_argument("--by", required=True, metavar="DURATION",
                      help="how much longer: from the current deadline, or from now once it has passed (1h, 30m, 2d)")
-    reset = sub.add_parser("reset", help="every VM of the lab back to its images (a restart: all disks ephemeral)")
+    reset = sub.add_parser("reset", help="every VM of the lab back to its start: a restart from its images, its "
+                                         "claims written back from its baseline snapshot (apply --baseline)")
     reset.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     reset.add_argument("--known-hosts", type=Path,
                        help="forget the VMs' old host keys here (default ~/.kvtool/known_hosts, kvtool ssh's)")
