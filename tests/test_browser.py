@@ -231,7 +231,7 @@ def test_classroom_roster_upload_and_reset_in_voila(cluster: Cluster, tmp_path: 
 
             # Reset… asks first and names the VMs; nothing restarts before the confirmation.
             page.locator(".kvt-lab-reset").click()
-            expect(page.locator(".kvt-lab-reset-box")).to_contain_text("Reset 2 VM(s) to their images?")
+            expect(page.locator(".kvt-lab-reset-box")).to_contain_text("Reset 2 VM(s) to their start?")
             for name, uid in old.items():
                 assert cluster.kubectl("get", "vmi", name, "-o", "jsonpath={.metadata.uid}").stdout == uid
             page.locator(".kvt-lab-reset-confirm").click()

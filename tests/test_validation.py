@@ -108,6 +108,9 @@ def test_a_snapshot_in_desired_state_says_it_is_a_request(tmp_path: Path) -> Non
                                                      "name": "x"}}})
     assert "unknown kind 'VirtualMachineSnapshot' (apiVersion 'snapshot.kubevirt.io/v1beta1')" in issue
     assert "a one-off request, not desired state: `kvtool snapshot VM`" in issue
+    # A kind that is no string (a fuzzer's find) is refused as any unknown kind, not a crash.
+    [odd] = _issues(tmp_path, {"apiVersion": "v1", "kind": ["VirtualMachineSnapshot"], "metadata": {"name": "s"}})
+    assert "unknown kind" in odd
 
 
 def test_all_errors_at_once_with_field_paths(tmp_path: Path) -> None:

@@ -339,7 +339,7 @@ def load(paths: Sequence[str | Path] = (), objects: Sequence[Mapping[str, Any]] 
     said = {(i.location.source, i.location.index, i.path) for i in issues if isinstance(i, NotAStringIssue)}
     for loc, doc in raw:
         for item_loc, item in unlist(loc, doc):
-            if kubevirt.is_kubevirt(item) and item.get("kind") not in REQUESTS:  # a request: refused as written
+            if kubevirt.is_kubevirt(item) and item["kind"] not in REQUESTS:  # a request: refused as written
                 converted = kubevirt.from_kubevirt(item)
                 item = converted.manifest
                 state.converted.append((item_loc, converted.source))
@@ -441,7 +441,7 @@ def normalise(doc: Any, loc: Location, *, stack: str, namespace: str) -> tuple[D
         if str(api_version).startswith(f"{kubevirt.GROUP}/"):
             hint = (f"; kvtool reads KubeVirt's {' and '.join(kubevirt.KINDS)} ({', '.join(kubevirt.VERSIONS)}), "
                     f"not {kind_name}")
-        if kind_name in REQUESTS:
+        if isinstance(kind_name, str) and kind_name in REQUESTS:
             hint = (f"; a {kind_name} is a one-off request, not desired state: {REQUESTS[kind_name]}")
         return None, [InputIssue(loc, "kind", f"unknown kind {kind_name!r} (apiVersion {api_version!r}); "
                                               f"kvtool plans: {known}{hint}")]
