@@ -14,7 +14,6 @@ from kvtool import vmctl
 from kvtool.api import timeutil
 from kvtool.api.types import (
     API_VERSION,
-    VIRTUAL_MACHINE_INSTANCE,
     VIRTUAL_MACHINE_RESTORE,
     VIRTUAL_MACHINE_SNAPSHOT,
     Kind,
@@ -24,7 +23,6 @@ from kvtool.kube.resources import KubeError, Resources
 
 FIELD_MANAGER = "kvtool-snapshot"
 POLL = 0.5
-RETRIES = 10
 
 
 def _stamp() -> str:
@@ -134,22 +132,12 @@ def restore(res: Resources, namespace: str, vm: str, snapshot_name: str, name: s
 
 
 def _restart(res: Resources, namespace: str, vm: str) -> bool:
-    """Ask a running VM to stop and start again (the restore holds the start); False if it was not running.
-    The restore's creation moves the VM's status at once, so a request on the version read a moment ago can
-    meet a conflict: read it again and retry."""
-    for attempt in range(RETRIES):
-        if res.get(VIRTUAL_MACHINE_INSTANCE, namespace, vm) is None:
-            return False
-        try:
-            vmctl.restart(res, namespace, vm)
-            return True
-        except vmctl.NotRunning:
-            return False
-        except KubeError as exc:
-            if exc.status != 409 or attempt == RETRIES - 1:
-                raise
-            time.sleep(POLL)
-    return False
+    """Ask a running VM to stop and start again (the restore holds the start); False if it was not running."""
+    try:
+        vmctl.restart(res, namespace, vm)  # retries when the restore has just moved the VM's status
+    except vmctl.NotRunning:
+        return False
+    return True
 
 
 def wait_restore(res: Resources, namespace: str, name: str, timeout: float,

@@ -10,6 +10,9 @@ handler.
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 from kvtool.api.types import (
@@ -26,6 +29,8 @@ from kvtool.errors import KvtoolError
 from kvtool.kube.resources import KubeError, Resources
 
 FIELD_MANAGER = "kvtool-vmctl"
+CONFLICT_RETRIES = 10
+CONFLICT_BACKOFF = 0.1  # seconds, times the attempt
 KUBEVIRT_MIGRATION = Kind(KUBEVIRT_API_VERSION, "VirtualMachineInstanceMigration", "virtualmachineinstancemigrations")
 
 
@@ -63,6 +68,26 @@ def _request(res: Resources, vm: dict[str, Any], requests: list[dict[str, Any]])
                     subresource="status", field_manager=FIELD_MANAGER)
 
 
+def _on_conflict_again(verb: Callable[[Resources, str, str], str]) -> Callable[[Resources, str, str], str]:
+    """client-go's RetryOnConflict for a verb: its write carries the VM's resourceVersion, and the controller
+    rewrites the VM's status often (a lab extend, a restore, a VMI's progress), so a write on a version read a
+    moment ago can meet a conflict. The verb then reads the VM again and decides again."""
+
+    @functools.wraps(verb)
+    def again(res: Resources, namespace: str, name: str) -> str:
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return verb(res, namespace, name)
+            except KubeError as exc:
+                if exc.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                time.sleep(CONFLICT_BACKOFF * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return again
+
+
+@_on_conflict_again
 def start(res: Resources, namespace: str, name: str) -> str:
     vm = get_vm(res, namespace, name)
     strategy = _strategy(vm)
@@ -76,6 +101,7 @@ def start(res: Resources, namespace: str, name: str) -> str:
     return f"{name}: start requested"
 
 
+@_on_conflict_again
 def stop(res: Resources, namespace: str, name: str) -> str:
     vm = get_vm(res, namespace, name)
     strategy = _strategy(vm)
@@ -91,6 +117,7 @@ def stop(res: Resources, namespace: str, name: str) -> str:
     return f"{name}: stop requested"
 
 
+@_on_conflict_again
 def restart(res: Resources, namespace: str, name: str) -> str:
     vm = get_vm(res, namespace, name)
     vmi = res.get(VIRTUAL_MACHINE_INSTANCE, namespace, name)
