@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from kvtool.api.types import PAUSE_ANNOTATION, wants_paused
+from kvtool.api.types import PAUSE_ANNOTATION, claim_volumes, wants_paused
 from kvtool.controller import conditions, template
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
@@ -252,6 +252,25 @@ def test_put_sets_one_condition_and_keeps_the_others() -> None:
     assert again[1]["lastTransitionTime"] == out[1]["lastTransitionTime"], "unchanged status keeps its time"
     added = conditions.put(old[:1], conditions.condition("Paused", False))
     assert [c["type"] for c in added] == ["Ready", "Paused"]
+
+
+def test_status_unchanged_ignores_condition_times_but_not_fields_or_condition_words() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "Up", "lastTransitionTime": "t0"}
+    current = {"printableStatus": "Running", "ready": True, "conditions": [ready]}
+    assert conditions.status_unchanged(current, {"ready": True, "conditions": [{**ready, "lastTransitionTime": "t9"}]})
+    assert not conditions.status_unchanged(current, {"ready": False, "conditions": [ready]})
+    assert not conditions.status_unchanged(current, {"conditions": [{**ready, "message": "now with words"}]})
+    assert not conditions.status_unchanged(None, {"ready": True})
+    assert conditions.status_unchanged(None, {}), "an empty status over none changes nothing"
+
+
+def test_claim_volumes_names_claims_and_data_volumes_only() -> None:
+    spec = {"volumes": [{"name": "root", "containerDisk": {"image": "debian-12"}},
+                        {"name": "data", "persistentVolumeClaim": {"claimName": "lab-data"}},
+                        {"name": "dv", "dataVolume": {"name": "lab-dv"}},
+                        {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\n"}}]}
+    assert claim_volumes(spec) == [("data", "lab-data"), ("dv", "lab-dv")]
+    assert claim_volumes({}) == []
 
 
 def test_launcher_pod_takes_kubevirt_pod_fields_probes_and_credentials() -> None:

@@ -45,6 +45,19 @@ def wants_paused(vmi: Mapping[str, Any]) -> bool:
     return (vmi.get("spec") or {}).get("startStrategy") == "Paused"
 
 
+def claim_volumes(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(volume, claim name) of each persistentVolumeClaim or dataVolume volume of a VMI spec (or a VM's
+    template spec): the disks that live in the cluster's storage, which migration, failover and snapshots
+    must each look at."""
+    out = []
+    for volume in spec.get("volumes") or []:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName") or (
+            volume.get("dataVolume") or {}).get("name")
+        if claim:
+            out.append((volume.get("name", ""), claim))
+    return out
+
+
 @dataclass(frozen=True)
 class Kind:
     """A kind kvtool can plan and apply, with what the diff engine must know about it."""

@@ -49,3 +49,11 @@ def same(old: Iterable[Mapping[str, Any]] | None, new: Iterable[Mapping[str, Any
         return sorted((c.get("type"), c.get("status"), c.get("reason", ""), c.get("message", "")) for c in cs or [])
 
     return key(old) == key(new)
+
+
+def status_unchanged(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Would writing `new` over `current` change nothing a reader sees? Every field of `new` equal, conditions
+    compared as `same` does (their timestamps aside): a controller skips such a write, so a resync costs none."""
+    current = current or {}
+    return all(current.get(k) == v for k, v in new.items() if k != "conditions") and \
+        same(current.get("conditions"), new.get("conditions") or [])

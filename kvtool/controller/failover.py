@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from kvtool.api import timeutil
+from kvtool.api.types import claim_volumes
 from kvtool.controller import conditions
 from kvtool.deploy import manifests
 
@@ -114,23 +115,13 @@ def opted_out(vm: Mapping[str, Any] | None) -> bool:
     return ((vm or {}).get("metadata", {}).get("annotations") or {}).get(OPT_OUT_ANNOTATION) == "disabled"
 
 
-def claim_names(vmi: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(volume, PVC name) of each of the VMI's persistentVolumeClaim and dataVolume volumes."""
-    out = []
-    for vol in (vmi.get("spec") or {}).get("volumes") or []:
-        claim = vol.get("persistentVolumeClaim") or vol.get("dataVolume") or {}
-        if name := claim.get("claimName") or claim.get("name"):
-            out.append((vol.get("name", ""), name))
-    return out
-
-
 def node_local_disk(vmi: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
                     volumes: Mapping[str, Mapping[str, Any]], node: str) -> str | None:
     """Why this VMI's disk cannot follow it off `node` (a PV that lives only there), or None.
 
     claims: PVC name -> PVC in the VMI's namespace; volumes: PV name -> PV.
     """
-    for volume, claim_name in claim_names(vmi):
+    for volume, claim_name in claim_volumes(vmi.get("spec") or {}):
         pv_name = ((claims.get(claim_name) or {}).get("spec") or {}).get("volumeName")
         pv = volumes.get(pv_name or "")
         if pv is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtool.api import timeutil
-from kvtool.api.types import MIGRATION_JOB_LABEL
+from kvtool.api.types import MIGRATION_JOB_LABEL, claim_volumes
 from kvtool.controller import conditions
 from kvtool.deploy import manifests
 
@@ -88,17 +88,6 @@ class Config:
 # ---- is a VMI migratable?
 
 
-def claim_names(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(volume, claim) of each PVC-backed volume."""
-    out = []
-    for volume in spec.get("volumes") or []:
-        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName") or (
-            volume.get("dataVolume") or {}).get("name")
-        if claim:
-            out.append((volume.get("name", ""), claim))
-    return out
-
-
 def node_local_claim(pvc: Mapping[str, Any], pv: Mapping[str, Any] | None) -> bool:
     """A claim that is not shared but lives in a node's own directory (a hostPath volume): the migration copies
     its disk to the target node's directory, like an emptyDisk."""
@@ -120,7 +109,7 @@ def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | No
                 LIVE_MIGRATABLE, False, "InterfaceNotLiveMigratable",
                 f"interface {iface.get('name')!r} uses the bridge binding: the guest holds its pod's IP, which the "
                 "target pod cannot take over; use masquerade to make the VM migratable")
-    for volume_name, claim in claim_names(spec):
+    for volume_name, claim in claim_volumes(spec):
         pvc = claims.get(claim)
         if pvc is None:
             return conditions.condition(LIVE_MIGRATABLE, False, "DisksNotLiveMigratable",
@@ -149,7 +138,7 @@ def migratable(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | No
 def migration_method(spec: Mapping[str, Any], claims: Mapping[str, dict[str, Any] | None] | None = None,
                      volumes: Mapping[str, dict[str, Any]] | None = None) -> str:
     """BlockMigration when node-local writable disks are copied along, as KubeVirt reports it."""
-    for _volume, claim in claim_names(spec):
+    for _volume, claim in claim_volumes(spec):
         pvc = (claims or {}).get(claim)
         if pvc and node_local_claim(pvc, (volumes or {}).get((pvc.get("spec") or {}).get("volumeName") or "")):
             return "BlockMigration"

@@ -40,6 +40,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE_RESTORE,
     VIRTUAL_MACHINE_SNAPSHOT,
     Kind,
+    claim_volumes,
 )
 from kvtool.controller import conditions, eviction, failover, fence, metrics, template
 from kvtool.controller import migration as migration_logic
@@ -108,6 +109,10 @@ class Controller:
         # Per pool: VMs it created or deleted that the cache may not show yet (client-go's "expectations"), so a
         # sync on a stale cache neither makes a VM twice nor removes one more than asked (Random scale-in).
         self.pool_writes: dict[tuple[str, str], pool_logic.Expectations] = {}
+        # Per running snapshot (namespace, name): its uid and what was read of its claims' storage. Read once: a
+        # claim's method cannot change under it (a bound claim keeps its volume; an unbound one is an Empty
+        # backup, which finishes in its first pass), so the 1 s passes while the VM pauses do no storage GETs.
+        self.snapshot_storage: dict[tuple[str, str], tuple[str, dict[str, snapshot_logic.Storage]]] = {}
 
     # -- cache reads ---------------------------------------------------------
     def _one(self, index: str, key: Any) -> dict[str, Any] | None:
@@ -198,9 +203,7 @@ class Controller:
         current = vm.get("status") or {}
         status = dict(status)
         status["conditions"] = conditions.merge(current.get("conditions"), status["conditions"])
-        unchanged = all(current.get(k) == v for k, v in status.items() if k != "conditions") and \
-            conditions.same(current.get("conditions"), status["conditions"])
-        if unchanged:
+        if conditions.status_unchanged(current, status):
             return
         body = {"apiVersion": vm["apiVersion"], "kind": vm["kind"],
                 "metadata": {"name": vm["metadata"]["name"], "namespace": vm["metadata"]["namespace"]},
@@ -294,8 +297,7 @@ class Controller:
 
     async def _write_pool_status(self, pool: dict[str, Any], status: dict[str, Any]) -> None:
         current = pool.get("status") or {}
-        if all(current.get(k) == v for k, v in status.items() if k != "conditions") and \
-                conditions.same(current.get("conditions"), status.get("conditions") or []):
+        if conditions.status_unchanged(current, status):
             return
         meta = pool["metadata"]
         try:
@@ -362,9 +364,7 @@ class Controller:
         if d.status:
             status = dict(d.status)
             status["conditions"] = conditions.merge((obj.get("status") or {}).get("conditions"), status["conditions"])
-            current = obj.get("status") or {}
-            if not (all(current.get(k) == v for k, v in status.items() if k != "conditions")
-                    and conditions.same(current.get("conditions"), status["conditions"])):
+            if not conditions.status_unchanged(obj.get("status"), status):
                 try:
                     await self._call(self.res.merge_patch, kind, namespace, name, {"status": status},
                                      subresource="status", field_manager=FIELD_MANAGER)
@@ -380,21 +380,29 @@ class Controller:
     async def sync_snapshot(self, namespace: str, name: str) -> float | None:
         snap = self._one("snapshot_index", (namespace, name))
         if snap is None or snap["metadata"].get("deletionTimestamp"):
+            self.snapshot_storage.pop((namespace, name), None)
             return None  # its backup claims and Job go with it (ownerReferences), unless deletionPolicy Retain
         source = ((snap.get("spec") or {}).get("source") or {}).get("name", "")
         vm = self._one("vm_index", (namespace, source))
         vmi = self._one("vmi_index", (namespace, source))
-        storage: dict[str, snapshot_logic.Storage] = {}
+        uid = snap["metadata"].get("uid", "")
+        read = self.snapshot_storage.get((namespace, name))
+        storage = read[1] if read and read[0] == uid else {}
         backups: dict[str, dict[str, Any] | None] = {}
         if vm is not None and (snap.get("status") or {}).get("phase") not in snapshot_logic.FINAL:
-            for volume, claim in snapshot_logic.claim_volumes(vm)[0]:
-                storage[claim] = await self._storage(namespace, claim)
+            for volume, claim in snapshot_logic.backed_up(vm)[0]:
+                if claim not in storage:
+                    storage[claim] = await self._storage(namespace, claim)
                 backup = snapshotnames.backup_claim(name, volume)
                 backups[backup] = await self._call(self.res.get, PVC, namespace, backup)
         job_name = snapshotnames.copy_job("snapshot", name)
         job, messages = await self._copy_job(namespace, job_name)
         d = snapshot_logic.decide_snapshot(snap, vm, vmi, storage, backups, job, messages, self.config.image,
                                            timeutil.now())
+        if (d.status or snap.get("status") or {}).get("phase") in snapshot_logic.FINAL:
+            self.snapshot_storage.pop((namespace, name), None)
+        else:
+            self.snapshot_storage[(namespace, name)] = (uid, storage)
         await self._carry_out(VIRTUAL_MACHINE_SNAPSHOT, snap, vmi, d, job_name)
         return d.requeue_after
 
@@ -571,7 +579,7 @@ class Controller:
             return
         ns, spec = vmi["metadata"]["namespace"], vmi.get("spec") or {}
         claims = {claim: await self._call(self.res.get, PVC, ns, claim)
-                  for _volume, claim in migration_logic.claim_names(spec)}
+                  for _volume, claim in claim_volumes(spec)}
         volumes = {}
         for pvc in claims.values():
             name = (pvc or {}).get("spec", {}).get("volumeName")
@@ -633,7 +641,7 @@ class Controller:
     async def _claim_sizes(self, vmi: dict[str, Any]) -> dict[str, int]:
         """Volume -> bytes its claim asks for; one GET per claim, once per launcher pod (no claim cache)."""
         sizes = {}
-        for volume, claim in migration_logic.claim_names(vmi.get("spec") or {}):
+        for volume, claim in claim_volumes(vmi.get("spec") or {}):
             pvc = await self._call(self.res.get, PVC, vmi["metadata"]["namespace"], claim)
             if (size := template.claim_size(pvc)) is not None:
                 sizes[volume] = size
@@ -751,7 +759,7 @@ class Controller:
     async def _node_local_disk(self, vmi: dict[str, Any], node: str) -> str | None:
         ns = vmi["metadata"]["namespace"]
         claims, volumes = {}, {}
-        for _volume, claim_name in failover.claim_names(vmi):
+        for _volume, claim_name in claim_volumes(vmi.get("spec") or {}):
             pvc = await self._call(self.res.get, PVC, ns, claim_name)
             if pvc and (pv_name := (pvc.get("spec") or {}).get("volumeName")):
                 claims[claim_name] = pvc

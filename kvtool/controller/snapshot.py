@@ -28,6 +28,7 @@ from kvtool.api.types import (
     RESTORE_LABEL,
     SNAPSHOT_LABEL,
     VIRTUAL_MACHINE_SNAPSHOT,
+    claim_volumes,
     wants_paused,
 )
 from kvtool.controller import conditions
@@ -42,18 +43,13 @@ JOB_DEADLINE = 3600
 COPY, EMPTIED = "Copy", "Empty"
 
 
-def claim_volumes(vm: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+def backed_up(vm: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
     """The VM template's (volume, claim) pairs a snapshot backs up, and the names of the volumes it leaves out
     (containerDisk, cloud-init, emptyDisk, hostDisk...: they are images, made anew, or not the cluster's)."""
-    included, excluded = [], []
-    for volume in ((vm.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []:
-        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName") or (
-            volume.get("dataVolume") or {}).get("name")
-        if claim:
-            included.append((volume.get("name", ""), claim))
-        else:
-            excluded.append(volume.get("name", ""))
-    return included, excluded
+    spec = ((vm.get("spec") or {}).get("template") or {}).get("spec") or {}
+    included = claim_volumes(spec)
+    kept = {volume for volume, _ in included}
+    return included, [v.get("name", "") for v in spec.get("volumes") or [] if v.get("name", "") not in kept]
 
 
 @dataclass(frozen=True)
@@ -224,7 +220,7 @@ def decide_snapshot(snapshot: dict[str, Any], vm: dict[str, Any] | None, vmi: di
     if (now - created).total_seconds() > limit:
         return _failed(status, vmi, snapshot,
                        f"the snapshot did not finish within its failureDeadline ({limit:.0f}s)", now)
-    included, excluded = claim_volumes(vm)
+    included, excluded = backed_up(vm)
     status.update(sourceUID=vm["metadata"]["uid"], phase="InProgress", readyToUse=False,
                   snapshotVolumes={"includedVolumes": [v for v, _ in included], "excludedVolumes": excluded})
     backups_status = []
