@@ -109,6 +109,7 @@ class Controller:
         # Per pool: VMs it created or deleted that the cache may not show yet (client-go's "expectations"), so a
         # sync on a stale cache neither makes a VM twice nor removes one more than asked (Random scale-in).
         self.pool_writes: dict[tuple[str, str], pool_logic.Expectations] = {}
+        self.vmi_written: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> as last written (_vmi)
         # Per running snapshot (namespace, name): its uid and what was read of its claims' storage. Read once: a
         # claim's method cannot change under it (a bound claim keeps its volume; an unbound one is an Empty
         # backup, which finishes in its first pass), so the 1 s passes while the VM pauses do no storage GETs.
@@ -118,6 +119,20 @@ class Controller:
     def _one(self, index: str, key: Any) -> dict[str, Any] | None:
         store = self.indexes.get(index, {}).get(key)
         return plain(next(iter(store))) if store else None
+
+    def _vmi(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The VMI from the cache, or the version this controller last wrote when the cache has not caught up
+        with it yet (client-go's MutationCache): a sync on the older one would write with a stale version, be
+        refused (409) and wait for the next event."""
+        cached = self._one("vmi_index", (namespace, name))
+        written = self.vmi_written.get((namespace, name))
+        if written is None:
+            return cached
+        if cached is None or cached["metadata"]["uid"] != written["metadata"]["uid"] or \
+                _version(cached) >= _version(written):
+            del self.vmi_written[(namespace, name)]  # the cache has it (or the VMI went): the cache is the truth
+            return cached
+        return written
 
     def _all(self, index: str, key: Any) -> list[dict[str, Any]]:
         return [plain(b) for b in self.indexes.get(index, {}).get(key, [])]
@@ -132,7 +147,7 @@ class Controller:
         vm = self._one("vm_index", (namespace, name))
         if vm is None:
             return None
-        vmi = self._one("vmi_index", (namespace, name))
+        vmi = self._vmi(namespace, name)
         if vmi is not None and not _owned_by(vmi, vm):
             log.warning("vm=%s/%s event=foreign-vmi uid=%s", namespace, name, vmi["metadata"]["uid"])
             vmi = None
@@ -155,7 +170,9 @@ class Controller:
                                            FIELD_MANAGER)
                 log.info("vm=%s/%s event=vmi-created uid=%s", namespace, name, created["metadata"]["uid"])
                 metrics.VMIS_CREATED.inc()
-                decision.status.update(created=True, printableStatus="Starting")
+                # What the next sync will read off the new VMI, written now: one status write, not two.
+                decision.status.update(created=True, printableStatus="Starting", vmiUID=created["metadata"]["uid"],
+                                       conditions=vm_logic.with_new_vmi(decision.status["conditions"]))
             except KubeError as exc:
                 if exc.status != 409:
                     # Say it where the user looks, then let the work queue retry with backoff.
@@ -384,7 +401,7 @@ class Controller:
             return None  # its backup claims and Job go with it (ownerReferences), unless deletionPolicy Retain
         source = ((snap.get("spec") or {}).get("source") or {}).get("name", "")
         vm = self._one("vm_index", (namespace, source))
-        vmi = self._one("vmi_index", (namespace, source))
+        vmi = self._vmi(namespace, source)
         uid = snap["metadata"].get("uid", "")
         read = self.snapshot_storage.get((namespace, name))
         storage = read[1] if read and read[0] == uid else {}
@@ -461,7 +478,7 @@ class Controller:
         if migration is None:
             return None
         vmi_name = (migration.get("spec") or {}).get("vmiName", "")
-        vmi = self._one("vmi_index", (namespace, vmi_name))
+        vmi = self._vmi(namespace, vmi_name)
         pods = self._all("pod_index", (namespace, vmi_name))
         cfg = await self.migration_config(fresh=(migration.get("status") or {}).get("phase") in (None, "", "Pending"))
         node = ((vmi or {}).get("status") or {}).get("nodeName")
@@ -573,10 +590,25 @@ class Controller:
                 raise
 
     async def live_migratable(self, vmi: dict[str, Any]) -> None:
-        """Say once, on a running VMI, whether it can be live-migrated and if not why (LiveMigratable)."""
+        """Say once, on a running VMI, whether it can be live-migrated and if not why (LiveMigratable). Most VMIs
+        have it from their Scheduled write (`_migratable_status`); this covers those scheduled without it."""
         status = vmi.get("status") or {}
         if status.get("phase") != "Running" or conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
             return
+        await self._patch(vmi, {"status": await self._migratable(vmi, status.get("conditions"))},
+                          subresource="status")
+
+    async def _migratable_status(self, vmi: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+        """LiveMigratable and migrationMethod to add to a status write that schedules the VMI (one write, not a
+        second one once it runs), or nothing: written already, or the VMI is not placed yet."""
+        if status.get("phase") not in ("Scheduled", "Running") or \
+                conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
+            return {}
+        return await self._migratable(vmi, status.get("conditions") or (vmi.get("status") or {}).get("conditions"))
+
+    async def _migratable(self, vmi: dict[str, Any], current: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The status fields that say whether the VMI can be live-migrated: `current` conditions with
+        LiveMigratable set, and migrationMethod. Reads its claims and their volumes (GETs: no claim cache)."""
         ns, spec = vmi["metadata"]["namespace"], vmi.get("spec") or {}
         claims = {claim: await self._call(self.res.get, PVC, ns, claim)
                   for _volume, claim in claim_volumes(spec)}
@@ -586,13 +618,12 @@ class Controller:
             if name and (pv := await self._call(self.res.get, PV, None, name)) is not None:
                 volumes[name] = pv
         cond = migration_logic.migratable(spec, claims, volumes)
-        await self._patch(vmi, {"status": {"conditions": conditions.put(status.get("conditions"), cond),
-                                           "migrationMethod": migration_logic.migration_method(spec, claims, volumes)}},
-                          subresource="status")
+        return {"conditions": conditions.put(current, cond),
+                "migrationMethod": migration_logic.migration_method(spec, claims, volumes)}
 
     # -- VMI -----------------------------------------------------------------
     async def sync_vmi(self, namespace: str, name: str) -> None:
-        vmi = self._one("vmi_index", (namespace, name))
+        vmi = self._vmi(namespace, name)
         if vmi is None:
             return
         pods = self._all("pod_index", (namespace, name))
@@ -628,12 +659,14 @@ class Controller:
                     await self._patch(vmi, {"status": {"conditions": conditions.put(
                         (vmi.get("status") or {}).get("conditions"), failed)}}, subresource="status")
                     raise
-        if decision.labels:
-            # The status write below carries the version this one makes: with the old one it would be refused
-            # (409) and redone on the next event (a third of all VMI status requests at 1000 VMs).
-            vmi = await self._patch(vmi, {"metadata": {"labels": decision.labels}}) or vmi
         if decision.status:
-            vmi = await self._patch(vmi, {"status": decision.status}, subresource="status") or vmi
+            status = {**decision.status, **await self._migratable_status(vmi, decision.status)}
+            vmi = await self._patch(vmi, {"status": status}, subresource="status") or vmi
+        if decision.labels:
+            # After the status, with the version it made (with the old one it would be refused: 409). Last, since
+            # the node's handler sees the VMI from its node label on: it then reads the status as written, so its
+            # first report does not meet a newer version (a 409 and a GET per VMI).
+            vmi = await self._patch(vmi, {"metadata": {"labels": decision.labels}}) or vmi
         await self.live_migratable(vmi)
         if eviction.evacuation_pending(vmi):
             await self.evacuate(vmi)
@@ -660,6 +693,7 @@ class Controller:
             written: dict[str, Any] = await self._call(
                 self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, meta["namespace"], meta["name"], patch,
                 subresource=subresource, field_manager=FIELD_MANAGER)
+            self.vmi_written[(meta["namespace"], meta["name"])] = slim(written)
             return written
         except KubeError as exc:
             if exc.status not in (404, 409):
@@ -866,6 +900,15 @@ class _NamesIn:
 
     def __contains__(self, name: object) -> bool:
         return (self.namespace, name) in self.index
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number (etcd's revision; as client-go's MutationCache compares them).
+    One that is not a number counts as the oldest: the cache's copy wins."""
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _owned_by(vmi: dict[str, Any], vm: dict[str, Any]) -> bool:

@@ -241,6 +241,12 @@ def _status(vm: dict[str, Any], vmi: dict[str, Any] | None, strategy: str, failu
     }
 
 
+def with_new_vmi(status_conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The VM's conditions once its VMI was just created: Ready no longer says "no VirtualMachineInstance"; it
+    takes the new VMI's Ready, which it does not have yet (as `_status` reads it on the next sync)."""
+    return [conditions.condition("Ready", False) if c["type"] == "Ready" else c for c in status_conditions]
+
+
 LAST = "; last failure: "
 
 
