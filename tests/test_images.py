@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kvtool.errors import KvtoolError
-from kvtool.images import guest_scripts, store, tiny_linux
+from kvtool.images import guest_scripts, store, tiny_linux, usage
 from tests import guest_helpers
 from tests.conftest import kvtool
 
@@ -79,6 +79,22 @@ def test_import_qcow2_get_list_remove(images: store.ImageStore, tmp_path: Path) 
     images.remove("disk-a")
     assert images.find("disk-a") is None
     assert not [p.name for p in images.root.iterdir() if p.name.startswith((".staging-", ".trash-"))]
+
+
+def test_usage_check_names_a_disk_booted_as_kernel_and_reads_each_image_once(
+        images: store.ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images.import_disk("disk-a", qcow2(tmp_path))
+    reads: list[str] = []
+    find = images.find
+    monkeypatch.setattr(images, "find", lambda name: reads.append(name) or find(name))
+    check = usage.checker(images)
+    vm = {"kind": "VirtualMachine", "spec": {"template": {"spec": {"domain": {"firmware": {"kernelBoot": {
+        "container": {"image": "disk-a"}}}}, "volumes": [{"name": "root", "containerDisk": {"image": "disk-a"}}]}}}}
+    for _ in range(3):
+        assert check(vm) == [("spec.template.spec.domain.firmware.kernelBoot.container.image",
+                              "image 'disk-a' is a disk image, not a kernel: attach it as a containerDisk volume "
+                              "instead")]
+    assert reads == ["disk-a"], "one read of the store per image name, however many VMs name it"
 
 
 def test_import_raw(images: store.ImageStore, tmp_path: Path) -> None:

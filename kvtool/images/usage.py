@@ -9,14 +9,18 @@ judged here: a real cluster's nodes may have them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from kvtool.images.store import ImageStore
+from kvtool.images.store import Image, ImageStore
 
 Problem = tuple[str, str]  # (field path, message)
 
 
-def problems(manifest: dict[str, Any], store: ImageStore) -> list[Problem]:
+class Finder(Protocol):
+    def find(self, name: str) -> Image | None: ...
+
+
+def problems(manifest: dict[str, Any], store: Finder) -> list[Problem]:
     """Misused images of one VirtualMachine or VirtualMachineInstance manifest."""
     kind = manifest.get("kind")
     if kind == "VirtualMachine":
@@ -47,6 +51,20 @@ def problems(manifest: dict[str, Any], store: ImageStore) -> list[Problem]:
 
 
 def checker(store: ImageStore | None = None) -> Callable[[dict[str, Any]], list[Problem]]:
-    """A desired-state check (kvtool.plan.desired.load's `checks`) against this machine's image store."""
-    found = store or ImageStore()
+    """A desired-state check (kvtool.plan.desired.load's `checks`) against this machine's image store. It reads
+    each image's metadata once: a plan of 1000 VMs of one image asked the disk 1000 times."""
+    found = _Once(store or ImageStore())
     return lambda manifest: problems(manifest, found)
+
+
+class _Once:
+    """An image store's `find`, each name looked up once (for one load of the desired state)."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self.store = store
+        self.found: dict[str, Image | None] = {}
+
+    def find(self, name: str) -> Image | None:
+        if name not in self.found:
+            self.found[name] = self.store.find(name)
+        return self.found[name]
