@@ -39,6 +39,7 @@ from kvtool.api.types import (
     VIRTUAL_MACHINE_POOL,
     VIRTUAL_MACHINE_RESTORE,
     VIRTUAL_MACHINE_SNAPSHOT,
+    VMI_UID_LABEL,
     Kind,
     claim_volumes,
 )
@@ -164,6 +165,11 @@ class Controller:
             except KubeError as exc:
                 if exc.status not in (404, 409):
                     raise
+        if decision.create_vmi and (vm.get("status") or {}).get("vmiUID") and not await self._vm_still_there(vm):
+            # Its VMI went because the VM went (the garbage collector follows a VM's deletion): the VM cache is
+            # behind. A new VMI would be a decision a fresh read reverses, and a launcher pod made for nothing.
+            log.info("vm=%s/%s event=vm-cache-behind", namespace, name)
+            return None
         if decision.create_vmi:
             try:
                 created = await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE, vm_logic.vmi_for(vm),
@@ -195,6 +201,14 @@ class Controller:
             await events.post(self.res, vm, etype, reason, message, FIELD_MANAGER)
         metrics.SYNCS.labels(kind="vm", result="ok").inc()
         return decision.requeue_after
+
+    async def _vm_still_there(self, vm: dict[str, Any]) -> bool:
+        """Whether the API server (not the cache) still has this VM, not being deleted: one GET, before making a
+        VMI again for a VM that had one."""
+        meta = vm["metadata"]
+        fresh = await self._call(self.res.get, VIRTUAL_MACHINE, meta["namespace"], meta["name"])
+        return fresh is not None and fresh["metadata"]["uid"] == meta["uid"] and \
+            not fresh["metadata"].get("deletionTimestamp")
 
     async def _baseline(self, vm: dict[str, Any], vmi: dict[str, Any] | None) -> bool:
         """A lab VM's baseline snapshot (kvtool.io/baseline): made when missing; True while the VM, never started
@@ -630,6 +644,11 @@ class Controller:
         node = (vmi.get("status") or {}).get("nodeName")
         node_ready = self._one_value("node_index", node) if node else None
         decision = vmi_logic.decide(vmi, pods, node_ready)
+        if (decision.status or {}).get("reason") == vmi_logic.POD_VANISHED and await self._pods_exist(vmi):
+            # The pod cache is behind the VMI (a pod just made, its event not here yet): failing the VMI on
+            # that would be a decision a fresh read reverses. The pod's event brings the next sync.
+            log.info("vmi=%s/%s event=pod-cache-behind", namespace, name)
+            return
         if decision.create_pod:
             pod = template.launcher_pod(vmi, self.config, await self._claim_sizes(vmi))
             pod["metadata"]["name"] = vmi_logic.pod_name(vmi)
@@ -670,6 +689,13 @@ class Controller:
         await self.live_migratable(vmi)
         if eviction.evacuation_pending(vmi):
             await self.evacuate(vmi)
+
+    async def _pods_exist(self, vmi: dict[str, Any]) -> bool:
+        """Whether the API server (not the cache) has a launcher pod of this VMI: one LIST, made only before
+        failing a VMI for a vanished pod."""
+        found, _ = await self._call(self.res.list, POD, vmi["metadata"]["namespace"],
+                                    f"{VMI_UID_LABEL}={vmi['metadata']['uid']}")
+        return bool(found)
 
     async def _claim_sizes(self, vmi: dict[str, Any]) -> dict[str, int]:
         """Volume -> bytes its claim asks for; one GET per claim, once per launcher pod (no claim cache)."""

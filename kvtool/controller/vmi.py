@@ -16,6 +16,7 @@ from kvtool.api import timeutil
 from kvtool.api.types import MIGRATION_JOB_LABEL, VMI_UID_LABEL
 from kvtool.controller import conditions
 
+POD_VANISHED = "PodVanished"  # the reason of a VMI whose launcher pod went (the operator checks it first)
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5,
          "Unknown": 4}
 NODE_LABEL = "kvtool.io/nodeName"
@@ -111,8 +112,8 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
     conds: list[dict[str, Any]] = []
     if not mine:
         if ORDER.get(phase, 0) >= ORDER["Scheduling"]:
-            new.update(phase="Failed", reason="PodVanished")
-            conds.append(conditions.condition("Failure", True, "PodVanished", "the launcher pod disappeared"))
+            new.update(phase="Failed", reason=POD_VANISHED)
+            conds.append(conditions.condition("Failure", True, POD_VANISHED, "the launcher pod disappeared"))
         else:
             d.create_pod = True
             new["phase"] = "Scheduling"
