@@ -133,8 +133,10 @@ def test_vmi_phases_from_pods() -> None:
     sched = vmi(v, "Scheduling")
     sched["metadata"]["uid"] = new["metadata"]["uid"]
     pending = {**bound, "status": {"phase": "Pending"}}
-    waiting = vmi_logic.decide(sched, [pending], None)
-    assert waiting.status is None and not waiting.labels, "bound but not running: nothing to write yet"
+    placed = vmi_logic.decide(sched, [pending], None)
+    assert placed.status and "phase" not in placed.status, "bound but not running: still Scheduling"
+    assert placed.status["nodeName"] == "n1" and placed.status["activePods"] == {"pod-1": "n1"}
+    assert placed.labels == {"kvtool.io/nodeName": "n1"}, "the node's handler may start on it already"
     d = vmi_logic.decide(sched, [bound], True)
     assert d.status["phase"] == "Scheduled" and d.status["nodeName"] == "n1"
     assert d.status["activePods"] == {"pod-1": "n1"} and d.labels == {"kvtool.io/nodeName": "n1"}

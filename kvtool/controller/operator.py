@@ -613,10 +613,10 @@ class Controller:
                           subresource="status")
 
     async def _migratable_status(self, vmi: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
-        """LiveMigratable and migrationMethod to add to a status write that schedules the VMI (one write, not a
-        second one once it runs), or nothing: written already, or the VMI is not placed yet."""
-        if status.get("phase") not in ("Scheduled", "Running") or \
-                conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
+        """LiveMigratable and migrationMethod to add to the status write that places the VMI on its node (one
+        write, not a second one once it runs), or nothing: written already, or the VMI is not placed yet."""
+        placed = status.get("nodeName") or status.get("phase") in ("Scheduled", "Running")
+        if not placed or conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
             return {}
         return await self._migratable(vmi, status.get("conditions") or (vmi.get("status") or {}).get("conditions"))
 
