@@ -94,19 +94,16 @@ def writes_table(delta: Counter[tuple[str, str, str]], per: int) -> list[str]:
             anchor = KUBEVIRT_PER_VMI.get((resource.split("/")[0], verb))
             lines.append(f"    {verb:<7} {resource:<38} {n / per:5.1f}"
                          + (f"   (KubeVirt ≈ {anchor})" if anchor else ""))
-    core = sum(n for (resource, verb), n in rows.items()
-               if resource.split("/")[0] in ("virtualmachines", "virtualmachineinstances", "pods")
-               and verb in ("update", "patch", "apply"))
-    lines.append(f"    updates+patches of VMs, VMIs and pods: {core / per:.1f} per VM "
-                 "(KubeVirt ≈ 8.9, VMs not counted)")
-
     def writes(resource: str, sub: str | None = None) -> float:
+        """Updates and patches of one resource (or of one of its subresources)."""
         return sum(n for (r, verb), n in rows.items() if verb in ("update", "patch", "apply")
                    and r.split("/")[0] == resource and (sub is None or r == f"{resource}/{sub}"))
-    vmi, pods, kubelet = writes("virtualmachineinstances"), writes("pods"), writes("pods", "status")
+    vm, vmi, pods = writes("virtualmachines"), writes("virtualmachineinstances"), writes("pods")
+    lines.append(f"    updates+patches of VMs, VMIs and pods: {(vm + vmi + pods) / per:.1f} per VM "
+                 "(KubeVirt ≈ 8.9, VMs not counted)")
     lines.append(f"    of which VMI updates+patches {vmi / per:.1f} per VMI (goal ≤ 5; KubeVirt ≈ 6.7), VM status "
-                 f"{writes('virtualmachines') / per:.1f}, pods {pods / per:.1f} (the kubelet's status writes "
-                 f"{kubelet / per:.1f})")
+                 f"{vm / per:.1f}, pods {pods / per:.1f} (the kubelet's status writes "
+                 f"{writes('pods', 'status') / per:.1f})")
     lines.append(f"    reads (get/list/watch) {reads / per:.1f}, lease writes and reads {leases / per:.1f} per VM "
                  "(all clients, incl. heartbeats over the run)")
     return lines
