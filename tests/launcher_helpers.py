@@ -85,8 +85,6 @@ class Launcher:
         return time.monotonic() - self.started
 
     def _accepts(self) -> bool:
-        if not self.socket.exists():
-            return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(str(self.socket))

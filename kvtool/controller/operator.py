@@ -605,7 +605,7 @@ class Controller:
 
     async def live_migratable(self, vmi: dict[str, Any]) -> None:
         """Say once, on a running VMI, whether it can be live-migrated and if not why (LiveMigratable). Most VMIs
-        have it from their Scheduled write (`_migratable_status`); this covers those scheduled without it."""
+        have it from the write that placed them on their node (`_migratable_status`); this covers the others."""
         status = vmi.get("status") or {}
         if status.get("phase") != "Running" or conditions.get(vmi, migration_logic.LIVE_MIGRATABLE) is not None:
             return
