@@ -4,6 +4,7 @@ about it."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Any
 
 import yaml
 
+from kvtool.api.types import VIRTUAL_MACHINE
+from kvtool.controller import operator, template
 from kvtool.controller import vm as vm_logic
+from kvtool.kube.resources import Resources
 from tests.conftest import Cluster, kvtool
 from tests.runtime_helpers import condition, get, injected, refusals, refusing_policy, wait_converged
 from tests.vmfactory import vm
@@ -63,6 +67,31 @@ def test_refused_status_writes_of_the_handler_are_retried_until_the_vm_is_runnin
         vmi = get(cluster, "vmi", name)
         assert vmi is not None and vmi["status"].get("phase") != "Running", vmi and vmi["status"]
     wait_converged(cluster, name, policy)
+    cluster.kubectl("delete", "vm", name, "--wait=false")
+
+
+def test_a_status_decided_on_an_older_vm_does_not_take_back_a_request_written_since(cluster: Cluster,
+                                                                                   tmp_path: Path) -> None:
+    """kvtool start/stop/restart write the VM's status.stateChangeRequests; the controller's status write, decided
+    on the VM as its cache showed it before the request came, must be refused, not write its [] over it (CI once
+    lost a restore's Stop this way: the VM kept running and the restore failed after its grace period)."""
+    name = f"stale-{uuid.uuid4().hex[:5]}"
+    _apply(tmp_path, vm(name, run_strategy="Manual"))
+    read = wait_for(lambda: (v := get(cluster, "vm", name)) and
+                    (v.get("status") or {}).get("printableStatus") == "Stopped" and v,
+                    timeout=60, what="the controller's first status of the stopped VM")
+    res = Resources(cluster.api())
+    res.merge_patch(VIRTUAL_MACHINE, "default", name,
+                    {"status": {"stateChangeRequests": [{"action": "Stop", "uid": "no-such-vmi"}]}},
+                    subresource="status", field_manager="kvtool")
+
+    async def write_decided_on_read() -> bool:
+        ctl = operator.Controller(res, template.LauncherConfig())
+        decision = vm_logic.decide(read, None)
+        assert decision.status["stateChangeRequests"] == []  # what the older VM calls for: nothing to do
+        return await ctl._write_vm_status(read, {**decision.status, "printableStatus": "Starting"})
+
+    assert asyncio.run(write_decided_on_read()) is False
     cluster.kubectl("delete", "vm", name, "--wait=false")
 
 

@@ -110,7 +110,8 @@ class Controller:
         # Per pool: VMs it created or deleted that the cache may not show yet (client-go's "expectations"), so a
         # sync on a stale cache neither makes a VM twice nor removes one more than asked (Random scale-in).
         self.pool_writes: dict[tuple[str, str], pool_logic.Expectations] = {}
-        self.vmi_written: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> as last written (_vmi)
+        # (index, namespace, name) -> the VM or VMI as this controller last wrote it (_latest).
+        self.written: dict[tuple[str, str, str], dict[str, Any]] = {}
         # Per running snapshot (namespace, name): its uid and what was read of its claims' storage. Read once: a
         # claim's method cannot change under it (a bound claim keeps its volume; an unbound one is an Empty
         # backup, which finishes in its first pass), so the 1 s passes while the VM pauses do no storage GETs.
@@ -121,19 +122,26 @@ class Controller:
         store = self.indexes.get(index, {}).get(key)
         return plain(next(iter(store))) if store else None
 
-    def _vmi(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The VMI from the cache, or the version this controller last wrote when the cache has not caught up
-        with it yet (client-go's MutationCache): a sync on the older one would write with a stale version, be
-        refused (409) and wait for the next event."""
-        cached = self._one("vmi_index", (namespace, name))
-        written = self.vmi_written.get((namespace, name))
+    def _latest(self, index: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object from the cache, or the version this controller last wrote when the cache has not caught up
+        with it yet (client-go's MutationCache): its writes carry the version they were decided on, so a sync
+        on the older one would be refused (409) and wait for the next event."""
+        cached = self._one(index, (namespace, name))
+        written = self.written.get((index, namespace, name))
         if written is None:
             return cached
         if cached is None or cached["metadata"]["uid"] != written["metadata"]["uid"] or \
                 _version(cached) >= _version(written):
-            del self.vmi_written[(namespace, name)]  # the cache has it (or the VMI went): the cache is the truth
+            del self.written[(index, namespace, name)]  # the cache has it (or it went): the cache is the truth
             return cached
         return written
+
+    def _remember(self, index: str, written: Mapping[str, Any]) -> None:
+        meta = written["metadata"]
+        self.written[(index, meta["namespace"], meta["name"])] = slim(written)
+
+    def _vmi(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._latest("vmi_index", namespace, name)
 
     def _all(self, index: str, key: Any) -> list[dict[str, Any]]:
         return [plain(b) for b in self.indexes.get(index, {}).get(key, [])]
@@ -145,7 +153,7 @@ class Controller:
     # -- VM ------------------------------------------------------------------
     async def sync_vm(self, namespace: str, name: str) -> float | None:
         """One VM from the caches; seconds after which it wants another sync (crash-loop backoff), or None."""
-        vm = self._one("vm_index", (namespace, name))
+        vm = self._latest("vm_index", namespace, name)
         if vm is None:
             return None
         vmi = self._vmi(namespace, name)
@@ -175,6 +183,7 @@ class Controller:
                 created = await self._call(self.res.create, VIRTUAL_MACHINE_INSTANCE, vm_logic.vmi_for(vm),
                                            FIELD_MANAGER)
                 log.info("vm=%s/%s event=vmi-created uid=%s", namespace, name, created["metadata"]["uid"])
+                self._remember("vmi_index", created)
                 metrics.VMIS_CREATED.inc()
                 # What the next sync will read off the new VMI, written now: one status write, not two.
                 decision.status.update(created=True, printableStatus="Starting", vmiUID=created["metadata"]["uid"],
@@ -196,7 +205,8 @@ class Controller:
             except KubeError as exc:
                 if exc.status not in (404, 409):
                     raise
-        await self._write_vm_status(vm, decision.status)
+        if not await self._write_vm_status(vm, decision.status):
+            return None  # decided on an older VM: the newer one's sync decides (and tells) again
         for etype, reason, message in decision.events:
             await events.post(self.res, vm, etype, reason, message, FIELD_MANAGER)
         metrics.SYNCS.labels(kind="vm", result="ok").inc()
@@ -230,23 +240,34 @@ class Controller:
             return vmi is None and not (vm.get("status") or {}).get("created")
         return vmi is None and (snap.get("status") or {}).get("phase") not in snapshot_logic.FINAL
 
-    async def _write_vm_status(self, vm: dict[str, Any], status: dict[str, Any]) -> None:
+    async def _write_vm_status(self, vm: dict[str, Any], status: dict[str, Any]) -> bool:
+        """False when the VM changed since `vm` was read (or went): nothing was written."""
         current = vm.get("status") or {}
         status = dict(status)
         status["conditions"] = conditions.merge(current.get("conditions"), status["conditions"])
         if conditions.status_unchanged(current, status):
-            return
+            return True
+        meta = vm["metadata"]
+        # The version decided on goes with the write: the status carries the user's stateChangeRequests (kvtool
+        # start/stop/restart write them), and a status decided on a VM read before they came would take them
+        # back. Refused (409), the sync waits for the newer VM's event, which brings the next one.
         body = {"apiVersion": vm["apiVersion"], "kind": vm["kind"],
-                "metadata": {"name": vm["metadata"]["name"], "namespace": vm["metadata"]["namespace"]},
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": meta["resourceVersion"]},
                 # None drops a field this manager owned (startFailure); [] must stay: it clears requests
                 # another manager (kvtool start/stop) wrote.
                 "status": {k: v for k, v in status.items() if v is not None}}
         try:
-            await self._call(self.res.apply, VIRTUAL_MACHINE, body, subresource="status", force=True,
-                             field_manager=FIELD_MANAGER, parse=False)
+            written = await self._call(self.res.apply, VIRTUAL_MACHINE, body, subresource="status", force=True,
+                                       field_manager=FIELD_MANAGER)
         except KubeError as exc:
             if exc.status not in (404, 409):
                 raise
+            log.debug("vm=%s/%s event=stale-write status=%d", meta["namespace"], meta["name"], exc.status)
+            return False
+        if written:
+            self._remember("vm_index", written)
+        return True
 
     # -- the work queue -------------------------------------------------------------
     async def process(self, key: tuple[str, str, str]) -> float | None:
@@ -719,7 +740,7 @@ class Controller:
             written: dict[str, Any] = await self._call(
                 self.res.merge_patch, VIRTUAL_MACHINE_INSTANCE, meta["namespace"], meta["name"], patch,
                 subresource=subresource, field_manager=FIELD_MANAGER)
-            self.vmi_written[(meta["namespace"], meta["name"])] = slim(written)
+            self._remember("vmi_index", written)
             return written
         except KubeError as exc:
             if exc.status not in (404, 409):
