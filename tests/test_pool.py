@@ -65,8 +65,11 @@ def test_a_pool_scales_heals_and_goes_with_its_stack(cluster: Cluster, tmp_path:
         vm0 = pool_vms(cluster)["class-0"]
         assert vm0["metadata"]["labels"]["kvtool.io/stack"] == STACK
         assert vm0["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachinePool"
-        pool = get(cluster, "virtualmachinepool", POOL) or {}
-        assert pool["status"]["labelSelector"] == "course=os101" and pool["status"]["readyReplicas"] == 2
+        # The pool's status follows its VMs' (a sync after their change): wait for it, do not race it.
+        pool = wait_for(lambda: (p := get(cluster, "virtualmachinepool", POOL) or {})
+                        and (p.get("status") or {}).get("readyReplicas") == 2 and p, timeout=60,
+                        what="the pool's status counting 2 ready VMs", describe=describe(cluster))
+        assert pool["status"]["labelSelector"] == "course=os101"
         # The stack's status lists the pool's VMs; the pool's own plan is unchanged (its VMs are not the plan's).
         status = json.loads(kvtool("status", "--stack", STACK, "-o", "json", check=True).stdout)
         assert sorted(r["name"] for r in status) == ["class-0", "class-1"], status
