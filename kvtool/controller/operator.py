@@ -643,18 +643,25 @@ class Controller:
 
     async def _migratable(self, vmi: dict[str, Any], current: list[dict[str, Any]] | None) -> dict[str, Any]:
         """The status fields that say whether the VMI can be live-migrated: `current` conditions with
-        LiveMigratable set, and migrationMethod. Reads its claims and their volumes (GETs: no claim cache)."""
-        ns, spec = vmi["metadata"]["namespace"], vmi.get("spec") or {}
-        claims = {claim: await self._call(self.res.get, PVC, ns, claim)
-                  for _volume, claim in claim_volumes(spec)}
-        volumes = {}
-        for pvc in claims.values():
-            name = (pvc or {}).get("spec", {}).get("volumeName")
-            if name and (pv := await self._call(self.res.get, PV, None, name)) is not None:
-                volumes[name] = pv
+        LiveMigratable set, and migrationMethod."""
+        spec = vmi.get("spec") or {}
+        claims, volumes = await self._claim_storage(vmi)
         cond = migration_logic.migratable(spec, claims, volumes)
         return {"conditions": conditions.put(current, cond),
                 "migrationMethod": migration_logic.migration_method(spec, claims, volumes)}
+
+    async def _claim_storage(self, vmi: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The VMI's claims (claim name -> claim, None: not found) and the volumes bound to them (PV name ->
+        PV): GETs, as there is no claim cache; what migration and failover decide whether a disk can move on."""
+        ns = vmi["metadata"]["namespace"]
+        claims = {claim: await self._call(self.res.get, PVC, ns, claim)
+                  for _volume, claim in claim_volumes(vmi.get("spec") or {})}
+        volumes = {}
+        for pvc in claims.values():
+            name = ((pvc or {}).get("spec") or {}).get("volumeName")
+            if name and (pv := await self._call(self.res.get, PV, None, name)) is not None:
+                volumes[name] = pv
+        return claims, volumes
 
     # -- VMI -----------------------------------------------------------------
     async def sync_vmi(self, namespace: str, name: str) -> None:
@@ -838,14 +845,7 @@ class Controller:
         return lost
 
     async def _node_local_disk(self, vmi: dict[str, Any], node: str) -> str | None:
-        ns = vmi["metadata"]["namespace"]
-        claims, volumes = {}, {}
-        for _volume, claim_name in claim_volumes(vmi.get("spec") or {}):
-            pvc = await self._call(self.res.get, PVC, ns, claim_name)
-            if pvc and (pv_name := (pvc.get("spec") or {}).get("volumeName")):
-                claims[claim_name] = pvc
-                if (pv := await self._call(self.res.get, PV, None, pv_name)) is not None:
-                    volumes[pv_name] = pv
+        claims, volumes = await self._claim_storage(vmi)
         return failover.node_local_disk(vmi, claims, volumes, node)
 
     async def _annotate_node(self, name: str, annotations: dict[str, str | None],
