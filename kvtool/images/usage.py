@@ -8,19 +8,17 @@ judged here: a real cluster's nodes may have them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from kvtool.images.store import Image, ImageStore
 
 Problem = tuple[str, str]  # (field path, message)
+Finder = Callable[[str], Image | None]  # an image's metadata by name; None: not on this machine
 
 
-class Finder(Protocol):
-    def find(self, name: str) -> Image | None: ...
-
-
-def problems(manifest: dict[str, Any], store: Finder) -> list[Problem]:
+def problems(manifest: dict[str, Any], find: Finder) -> list[Problem]:
     """Misused images of one VirtualMachine or VirtualMachineInstance manifest."""
     kind = manifest.get("kind")
     if kind == "VirtualMachine":
@@ -34,7 +32,7 @@ def problems(manifest: dict[str, Any], store: Finder) -> list[Problem]:
     out: list[Problem] = []
     for i, vol in enumerate(spec.get("volumes") or []):
         name = ((vol or {}).get("containerDisk") or {}).get("image") if isinstance(vol, dict) else None
-        image = store.find(name) if isinstance(name, str) else None
+        image = find(name) if isinstance(name, str) else None
         if image is not None and image.kind != "disk":
             out.append((f"{prefix}.volumes[{i}].containerDisk.image",
                         f"image {name!r} is a {image.kind} image (kernel + initrd), not a disk: boot it with "
@@ -42,7 +40,7 @@ def problems(manifest: dict[str, Any], store: Finder) -> list[Problem]:
     boot = (((spec.get("domain") or {}).get("firmware") or {}).get("kernelBoot") or {}).get("container") \
         if isinstance(spec.get("domain"), dict) else None
     name = boot.get("image") if isinstance(boot, dict) else None
-    image = store.find(name) if isinstance(name, str) else None
+    image = find(name) if isinstance(name, str) else None
     if image is not None and image.kind != "kernel":
         out.append((f"{prefix}.domain.firmware.kernelBoot.container.image",
                     f"image {name!r} is a {image.kind} image, not a kernel: attach it as a containerDisk volume "
@@ -53,18 +51,5 @@ def problems(manifest: dict[str, Any], store: Finder) -> list[Problem]:
 def checker(store: ImageStore | None = None) -> Callable[[dict[str, Any]], list[Problem]]:
     """A desired-state check (kvtool.plan.desired.load's `checks`) against this machine's image store. It reads
     each image's metadata once: a plan of 1000 VMs of one image asked the disk 1000 times."""
-    found = _Once(store or ImageStore())
-    return lambda manifest: problems(manifest, found)
-
-
-class _Once:
-    """An image store's `find`, each name looked up once (for one load of the desired state)."""
-
-    def __init__(self, store: ImageStore) -> None:
-        self.store = store
-        self.found: dict[str, Image | None] = {}
-
-    def find(self, name: str) -> Image | None:
-        if name not in self.found:
-            self.found[name] = self.store.find(name)
-        return self.found[name]
+    find = functools.cache((store or ImageStore()).find)
+    return lambda manifest: problems(manifest, find)
