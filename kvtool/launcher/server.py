@@ -40,15 +40,21 @@ class Server:
         self._watchers: set[threading.Thread] = set()
 
     def start(self) -> None:
-        """Bind (replacing a stale socket file, never anything else) and accept in a thread."""
+        """Bind, listen, then move the socket into place (replacing a stale socket file, never anything else):
+        the file appears at bind(), and a connect between bind() and listen() would be refused, so clients
+        (the handler, which waits for the file) only ever see one that listens."""
+        fresh = self.path.with_name(self.path.name + ".new")
+        for path in (self.path, fresh):
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise LauncherError(f"{path} exists and is not a socket", Reason.INTERNAL)
         with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                raise LauncherError(f"{self.path} exists and is not a socket", Reason.INTERNAL)
-            self.path.unlink()
+            fresh.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.path))  # umask 077: only root can connect from the first moment
-        os.chmod(self.path, 0o600)
+        listener.bind(str(fresh))  # umask 077: only root can connect from the first moment
+        os.chmod(fresh, 0o600)
         listener.listen(BACKLOG)
+        os.replace(fresh, self.path)
         self._listener = listener
         threading.Thread(target=self._accept, name="accept", daemon=True).start()
         log.info("event=listening socket=%s", self.path)
