@@ -14,6 +14,7 @@ import asyncio
 import copy
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -82,15 +83,46 @@ def plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
+SHARED_STRING = 24  # characters: strings up to this long are shared between the objects the indexes hold
+
+
+def compact(value: Any) -> Any:
+    """A plain copy (dicts, lists, scalars) that shares its keys and short strings with every other object the
+    controller holds. Each object's JSON is parsed on its own, so without this 1000 VMs, VMIs and pods hold
+    1000 copies of "metadata", "lastTransitionTime", "True", "Running", ...: 40% of their memory."""
+    if isinstance(value, Mapping):
+        return {sys.intern(str(key)): compact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [compact(item) for item in value]
+    if isinstance(value, str) and len(value) <= SHARED_STRING:
+        return sys.intern(value)
+    return value
+
+
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What an index keeps of an object: a copy without what no decision reads. managedFields are a third or
-    more of a pod's or VMI's size, and a Node's image list is larger than the rest of it; 1000 VMs with their
-    VMIs and pods held whole cost the controller ~100 KiB per VM."""
-    out = plain(body)
-    out.get("metadata", {}).pop("managedFields", None)
+    """What an index keeps of an object: a compact copy without what no decision reads. managedFields are a
+    third or more of a pod's or VMI's size, and a Node's image list is larger than the rest of it; 1000 VMs with
+    their VMIs and pods held whole cost the controller ~100 KiB per VM."""
+    out = dict(body)
+    out["metadata"] = {key: item for key, item in (body.get("metadata") or {}).items() if key != "managedFields"}
     if out.get("kind") == "Node":
-        (out.get("status") or {}).pop("images", None)
-    return out
+        out["status"] = {key: item for key, item in (body.get("status") or {}).items() if key != "images"}
+    return compact(out)
+
+
+POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences",
+                "creationTimestamp", "deletionTimestamp")
+
+
+def launcher_pod_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the controller's decisions read of a launcher pod (vmi.py, migration.py, failover): who it is, its
+    node and its status. The rest of its spec (containers, env, volumes, probes) is what the controller wrote
+    itself, and most of the pod's size."""
+    meta = body.get("metadata") or {}
+    node = (body.get("spec") or {}).get("nodeName")
+    return compact({"metadata": {key: meta[key] for key in POD_METADATA if key in meta},
+                    "spec": {"nodeName": node} if node else {},
+                    "status": body.get("status") or {}})
 
 
 class Controller:
@@ -135,6 +167,18 @@ class Controller:
             del self.written[(index, namespace, name)]  # the cache has it (or it went): the cache is the truth
             return cached
         return written
+
+    def indexed(self, index: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """What `index` keeps of a new version of a VM or VMI; the copy this controller wrote goes once the cache
+        has caught up with it, not at the object's next sync (the last status of 1000 idle VMs held twice)."""
+        held = slim(body)
+        meta = held["metadata"]
+        key = (index, meta.get("namespace", ""), meta["name"])
+        written = self.written.get(key)
+        if written is not None and (written["metadata"]["uid"] != meta.get("uid") or
+                                    _version(held) >= _version(written)):
+            del self.written[key]
+        return held
 
     def _remember(self, index: str, written: Mapping[str, Any]) -> None:
         meta = written["metadata"]
@@ -310,7 +354,9 @@ class Controller:
         if pool is None or pool["metadata"].get("deletionTimestamp"):
             self.pool_writes.pop((namespace, name), None)
             return None  # its VMs go with it: the garbage collector follows their ownerReferences
-        vms = self._all("vm_by_pool", (namespace, name))  # its own VMs: no walk over the namespace's
+        # Its own VMs, by name (no walk over the namespace's), as the VM index holds them.
+        vms = [vm for vm_name in self.indexes.get("vm_by_pool", {}).get((namespace, name), [])
+               if (vm := self._one("vm_index", (namespace, vm_name))) is not None]
         writes = self.pool_writes.setdefault((namespace, name), pool_logic.Expectations())
         d = pool_logic.decide(pool, writes.seen(pool, vms, time.monotonic()), timeutil.now(),
                               taken=_NamesIn(self.indexes.get("vm_index", {}), namespace))
@@ -974,15 +1020,15 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     # cluster-scoped kinds); the signatures below match its IndexingFn / WatchingFn protocols.
     @kopf.index(*VM_R, id="vm_index", registry=registry)
     def vm_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        return {(namespace, name): slim(body)}
+        return {(namespace, name): ctl.indexed("vm_index", body)}
 
     @kopf.index(*VMI_R, id="vmi_index", registry=registry)
     def vmi_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        return {(namespace, name): slim(body)}
+        return {(namespace, name): ctl.indexed("vmi_index", body)}
 
     @kopf.index("v1", "pods", labels=LAUNCHER, id="pod_index", registry=registry)
     def pod_index(*, namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
-        return {(namespace, labels.get("kvtool.io/vmi", "")): slim(body)}
+        return {(namespace, labels.get("kvtool.io/vmi", "")): launcher_pod_view(body)}
 
     @kopf.index("v1", "nodes", id="node_index", registry=registry)
     def node_index(*, name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
@@ -1013,7 +1059,7 @@ def build_registry(ctl: Controller) -> kopf.OperatorRegistry:
     def vm_by_pool(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         owners = [r["name"] for r in body.get("metadata", {}).get("ownerReferences") or []
                   if r.get("kind") == VIRTUAL_MACHINE_POOL.kind]
-        return {(namespace, owner): slim(body) for owner in owners}
+        return {(namespace, owner): body["metadata"]["name"] for owner in owners}  # the VM itself: vm_index
 
     @kopf.index(*POOL_R, id="pool_index", registry=registry)
     def pool_index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
