@@ -56,6 +56,12 @@ class VMIWorker:
         ns, name = self.key
         try:
             info = await self._connect()
+            if info is None and _ended(self.latest()):
+                # Placed at bind, the worker starts before the pod runs; a pod that never started (an image
+                # that is not there) ends the VMI from the controller, and there is no launcher to miss.
+                log.info("vmi=%s/%s event=ended-before-launcher", ns, name)
+                self.outcome = "the VMI ended before its launcher answered"
+                return
             if info is None:
                 log.warning("vmi=%s/%s event=no-launcher socket=%s", ns, name, self.socket)
                 self.outcome = f"the launcher did not answer on {self.socket}"
@@ -115,9 +121,7 @@ class VMIWorker:
     async def _wait_for_socket(self) -> bool:
         deadline = time.monotonic() + SOCKET_WAIT
         while not self.socket.exists():
-            vmi = self.latest()
-            if time.monotonic() > deadline or vmi is None or (vmi.get("status") or {}).get("phase") in (
-                    "Succeeded", "Failed"):
+            if time.monotonic() > deadline or _ended(self.latest()):
                 return False
             await asyncio.sleep(0.02)
         return True
@@ -161,3 +165,7 @@ class VMIWorker:
             return
         await self.report(self.domain, self.version)
 
+
+def _ended(vmi: dict[str, Any] | None) -> bool:
+    """The VMI went, or reached a final phase: nothing left to start or follow."""
+    return vmi is None or (vmi.get("status") or {}).get("phase") in ("Succeeded", "Failed")
