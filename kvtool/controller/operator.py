@@ -162,8 +162,7 @@ class Controller:
         written = self.written.get((index, namespace, name))
         if written is None:
             return cached
-        if cached is None or cached["metadata"]["uid"] != written["metadata"]["uid"] or \
-                _version(cached) >= _version(written):
+        if cached is None or _caught_up(cached, written):
             del self.written[(index, namespace, name)]  # the cache has it (or it went): the cache is the truth
             return cached
         return written
@@ -175,8 +174,7 @@ class Controller:
         meta = held["metadata"]
         key = (index, meta.get("namespace", ""), meta["name"])
         written = self.written.get(key)
-        if written is not None and (written["metadata"]["uid"] != meta.get("uid") or
-                                    _version(held) >= _version(written)):
+        if written is not None and _caught_up(held, written):
             del self.written[key]
         return held
 
@@ -1002,6 +1000,12 @@ def _version(obj: Mapping[str, Any]) -> int:
         return int(obj["metadata"].get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _caught_up(cached: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
+    """Whether the cache's copy supersedes the one this controller wrote: as new or newer, or another object of
+    the same name (the written one went). The cache wins a tie."""
+    return cached["metadata"].get("uid") != written["metadata"].get("uid") or _version(cached) >= _version(written)
 
 
 def _owned_by(vmi: dict[str, Any], vm: dict[str, Any]) -> bool:
