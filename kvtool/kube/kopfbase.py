@@ -24,9 +24,24 @@ def login(**kwargs: Any) -> Any:
     return kopf.login_with_service_account(**kwargs)
 
 
+class NoChangeTracking(kopf.AnnotationsDiffBaseStorage):
+    """No essence to diff: kvtool's operators have event and index handlers only, and keep their own caches.
+
+    kopf builds every object's essence on every event for its change handlers (a deep copy of the whole
+    body, status included, then trimmed): about a tenth of the controller's CPU at 1000 VMs, for a diff no
+    handler of ours reads. Nothing is stored either (`store` is only called for change handlers)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+
 def configure(settings: kopf.OperatorSettings, component: str) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = component
     settings.queueing._batch_window = 0.01
     settings.watching.server_timeout = 300
+    settings.persistence.diffbase_storage = NoChangeTracking()
     settings.scanning.disabled = True  # no cluster-wide CRD/namespace scans: RBAC grants only what is used
