@@ -175,7 +175,10 @@ def test_a_running_guest_moves_to_the_other_node_without_a_reboot(cluster: Clust
         assert {"Scheduling", "TargetReady"} <= set(phases), phases
         after = get(cluster, "vmi", name)
         assert after["metadata"]["uid"] == before["metadata"]["uid"], "the same VMI, not a new one"
-        assert after["status"]["nodeName"] == target and after["metadata"]["labels"]["kvtool.io/nodeName"] == target
+        assert after["status"]["nodeName"] == target
+        on_target = cluster.kubectl("get", "vmi", "-n", "default", "--field-selector", f"status.nodeName={target}",
+                                    "-o", "name").stdout.split()
+        assert f"virtualmachineinstance.kvtool.io/{name}" in on_target, "the target's handler watches it"
         state = after["status"]["migrationState"]
         assert state["completed"] is True and state["sourceNode"] == source and state["targetNode"] == target, state
         assert after["status"]["migrationMethod"] == "BlockMigration", "the emptyDisk is copied"

@@ -27,8 +27,7 @@ CFG = m.Config()
 
 def vmi(phase: str = "Running", node: str = "n1", pods: dict[str, str] | None = None, **status: Any) -> dict[str, Any]:
     return {"apiVersion": "kvtool.io/v1alpha1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": "v", "namespace": "ns", "uid": "vmi-uid", "resourceVersion": "1",
-                         "labels": {"kvtool.io/nodeName": node}},
+            "metadata": {"name": "v", "namespace": "ns", "uid": "vmi-uid", "resourceVersion": "1"},
             "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]}},
                      "networks": [{"name": "default", "pod": {}}],
                      "volumes": [{"name": "c", "containerDisk": {"image": "x"}}]},
@@ -159,7 +158,6 @@ def test_completed_moves_the_vmi_to_the_target() -> None:
     assert d.phase == "Succeeded"
     assert d.vmi_status == {"nodeName": "n2", "activePods": {"src-uid": None, "tgt-uid": "n2"},
                             "evacuationNodeName": None}
-    assert d.vmi_labels == {"kvtool.io/nodeName": "n2"}
 
 
 def test_failures_end_the_migration_and_its_target() -> None:

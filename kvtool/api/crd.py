@@ -109,6 +109,9 @@ def crd(schema_name: str) -> dict[str, Any]:
                 # A pool's scale subresource: `kubectl scale` and autoscalers work on it as on a ReplicaSet.
                 "subresources": {"status": {}, **({"scale": meta["scale"]} if "scale" in meta else {})},
                 "additionalPrinterColumns": meta["printerColumns"],
+                # `--field-selector status.nodeName=<node>`: how a node's handler watches its VMIs (Kubernetes
+                # 1.31 and later), with no node label to write after the status.
+                **({"selectableFields": meta["selectableFields"]} if "selectableFields" in meta else {}),
             }],
         },
     }

@@ -160,7 +160,6 @@ class Decision:
     phase: str | None = None  # the migration's next phase
     message: str = ""  # why it failed (or waits), for its condition
     vmi_status: dict[str, Any] | None = None  # a merge patch of the VMI's status
-    vmi_labels: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # on the migration
     create_target_pod: bool = False
     delete_pods: list[str] = field(default_factory=list)
@@ -348,7 +347,8 @@ def _stale_active(vstatus: Mapping[str, Any]) -> dict[str, None]:
 
 
 def _completed(d: Decision, vmi: dict[str, Any], state: Mapping[str, Any], target: dict[str, Any] | None) -> Decision:
-    """The guest runs on the target: the VMI moves there (node, label, active pods), the migration succeeds."""
+    """The guest runs on the target: the VMI moves there (node, active pods), the migration succeeds. The target's
+    handler watches VMIs by status.nodeName: this status write hands the VMI over."""
     vstatus = vmi.get("status") or {}
     node = state.get("targetNode", "")
     d.phase = "Succeeded"
@@ -357,7 +357,6 @@ def _completed(d: Decision, vmi: dict[str, Any], state: Mapping[str, Any], targe
         active = {uid: None for uid in vstatus.get("activePods") or {}}
         active[target["metadata"]["uid"]] = node
         d.vmi_status = {"nodeName": node, "activePods": active, "evacuationNodeName": None}
-        d.vmi_labels["kvtool.io/nodeName"] = node
     return d
 
 

@@ -578,8 +578,6 @@ class Controller:
             except KubeError as exc:
                 if exc.status != 409:
                     raise
-        if vmi is not None and d.vmi_labels:
-            vmi = await self._patch(vmi, {"metadata": {"labels": d.vmi_labels}}) or vmi
         if vmi is not None and d.vmi_status:
             written = await self._patch(vmi, {"status": d.vmi_status}, subresource="status")
             if written is None:
@@ -751,13 +749,10 @@ class Controller:
                         (vmi.get("status") or {}).get("conditions"), failed)}}, subresource="status")
                     raise
         if decision.status:
+            # The node's handler watches VMIs by status.nodeName: it sees this VMI from the write that names its
+            # node on, and reads the status as written (no second write for it to meet: no 409 and GET per VMI).
             status = {**decision.status, **await self._migratable_status(vmi, decision.status)}
             vmi = await self._patch(vmi, {"status": status}, subresource="status") or vmi
-        if decision.labels:
-            # After the status, with the version it made (with the old one it would be refused: 409). Last, since
-            # the node's handler sees the VMI from its node label on: it then reads the status as written, so its
-            # first report does not meet a newer version (a 409 and a GET per VMI).
-            vmi = await self._patch(vmi, {"metadata": {"labels": decision.labels}}) or vmi
         await self.live_migratable(vmi)
         if eviction.evacuation_pending(vmi):
             await self.evacuate(vmi)

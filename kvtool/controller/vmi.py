@@ -19,14 +19,12 @@ from kvtool.controller import conditions
 POD_VANISHED = "PodVanished"  # the reason of a VMI whose launcher pod went (the operator checks it first)
 ORDER = {None: 0, "Pending": 1, "Scheduling": 2, "Scheduled": 3, "Running": 4, "Succeeded": 5, "Failed": 5,
          "Unknown": 4}
-NODE_LABEL = "kvtool.io/nodeName"
 
 
 @dataclass
 class VMIDecision:
     create_pod: bool = False
     status: dict[str, Any] | None = None  # a merge patch of status, or None
-    labels: dict[str, str] = field(default_factory=dict)  # labels to add
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -121,7 +119,7 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
         pod = (live or mine)[0]
         pstatus = pod.get("status") or {}
         node = pod.get("spec", {}).get("nodeName")
-        # Bound, its containers not started yet: the node, the pod and the node label are written now, not when
+        # Bound, its containers not started yet: the node and the pod are written now, not when
         # the pod runs. The node's handler starts on them and syncs as soon as the launcher listens; the
         # kubelet reports the pod Running only up to a second later (its PLEG relists every second), which was
         # the largest part of kvtool's start overhead. It costs one status write per VMI.
@@ -133,8 +131,6 @@ def decide(vmi: dict[str, Any], pods: list[dict[str, Any]], node_ready: bool | N
             new["nodeName"] = node
             if (status.get("activePods") or {}).get(pod["metadata"]["uid"]) != node:
                 new["activePods"] = {pod["metadata"]["uid"]: node}  # merged: a migration target's entry stays
-            if (vmi["metadata"].get("labels") or {}).get(NODE_LABEL) != node:
-                d.labels[NODE_LABEL] = node
         if pstatus.get("phase") == "Succeeded" and _migrated_away(status):
             return d  # the guest left this pod for the migration's target; the migration's sync moves the VMI
         if pstatus.get("phase") in ("Failed", "Succeeded"):

@@ -71,11 +71,16 @@ def claimed_pods(vmis: list[dict[str, Any]], node: str) -> set[str]:
     return out
 
 
-def sweep_leftovers(res: Resources, node: str, sockets_dir: Path, node_label: str) -> list[str]:
+def on_node(node: str) -> str:
+    """The field selector of a node's VMIs (the VMI CRD's selectable status.nodeName)."""
+    return f"status.nodeName={node}"
+
+
+def sweep_leftovers(res: Resources, node: str, sockets_dir: Path) -> list[str]:
     """Destroy domains no live VMI on this node claims; the pod UIDs whose domains were destroyed."""
     if not sockets_dir.is_dir():
         return []
-    vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, None, label_selector=f"{node_label}={node}")
+    vmis, _ = res.list(VIRTUAL_MACHINE_INSTANCE, None, field_selector=on_node(node))
     claimed = claimed_pods(vmis, node)
     destroyed = []
     for sock in sorted(sockets_dir.glob("*.sock")):

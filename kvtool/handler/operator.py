@@ -27,7 +27,6 @@ log = logging.getLogger("kvtool.handler")
 FIELD_MANAGER = "kvtool-handler"
 RETRY_AFTER, RETRY_MAX = 2.0, 60.0  # a stopped worker's restart: 2 s, doubling per failure in a row
 RESYNC = 300.0  # every cached VMI is processed again this often, so even a lost event heals
-NODE_LABEL = "kvtool.io/nodeName"
 VMI_R = ("kvtool.io", "v1alpha1", "virtualmachineinstances")
 VMIM_R = ("kvtool.io", "v1alpha1", "virtualmachineinstancemigrations")
 TARGET_NODE_LABEL = "kvtool.io/migrationTargetNodeName"  # the controller's mark on a migration, once scheduled
@@ -62,7 +61,7 @@ class Handler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         status = body.get("status") or {}
-        mine = (meta.get("labels") or {}).get(NODE_LABEL) == self.node and status.get("nodeName") == self.node
+        mine = status.get("nodeName") == self.node
         if event_type == "DELETED" or not mine:
             self.cache.pop(key, None)
         else:
@@ -179,11 +178,11 @@ def build_registry(handler: Handler) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kopfbase.configure(settings, "kvtool-handler")
-        settings.watching.label_selectors[VMI_R[0], VMI_R[2]] = f"{NODE_LABEL}={handler.node}"
+        settings.watching.field_selectors[VMI_R[0], VMI_R[2]] = heartbeat.on_node(handler.node)
         settings.watching.label_selectors[VMIM_R[0], VMIM_R[2]] = f"{TARGET_NODE_LABEL}={handler.node}"
         # Before following any VMI: no domain that a live VMI does not claim survives a return of this node.
         destroyed = await asyncio.to_thread(heartbeat.sweep_leftovers, handler.res, handler.node,
-                                            handler.sockets_dir, NODE_LABEL)
+                                            handler.sockets_dir)
         log.info("node=%s event=started leftovers_destroyed=%d", handler.node, len(destroyed))
         handler.heartbeat = asyncio.get_running_loop().create_task(
             heartbeat.beat(handler.res, handler.node, handler.namespace), name="heartbeat")

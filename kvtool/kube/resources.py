@@ -111,12 +111,14 @@ class Resources:
         return True
 
     def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None,
-             page: int = 500) -> tuple[list[dict[str, Any]], str]:
+             page: int = 500, field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """All items (following continue tokens) and the list's resourceVersion."""
         items: list[dict[str, Any]] = []
         query: dict[str, Any] = {"limit": page}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         while True:
             result = self.request("GET", self.path(kind, namespace), query=query,
                                   what=f"list {kind.plural}")
