@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kvtool import paths
-from kvtool.deploy import manifests
+from kvtool.deploy import install, manifests
 from kvtool.images import container
 from kvtool.local import cluster as local_cluster
 from tests.conftest import Cluster, kvtool
@@ -260,3 +260,11 @@ def test_manifests_in_the_repository_are_current() -> None:
     generated = yaml.safe_dump_all(manifests.all_manifests(), sort_keys=False, width=120)
     assert committed.read_text() == generated, \
         "regenerate with: kvtool install --print > launcher_image/manifests/kvtool.yaml"
+
+
+def test_install_refuses_a_cluster_too_old_for_the_handlers_watch() -> None:
+    too_old = install.unsupported({"major": "1", "minor": "30", "gitVersion": "v1.30.4"})
+    assert too_old is not None and "1.31 or later" in too_old and "v1.30.4" in too_old and "status.nodeName" in too_old
+    assert install.unsupported({"major": "1", "minor": "31+", "gitVersion": "v1.31.2-eks-1"}) is None, "a cloud's minor"
+    assert install.unsupported({"major": "1", "minor": "34"}) is None
+    assert install.unsupported({}) is None, "a version it cannot read is let through"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kvtool.api.types import CONFIG_MAP, SECRET, SERVICE, VIRTUAL_MACHINE, Kind
@@ -13,6 +14,9 @@ from kvtool.kube import crds
 from kvtool.kube.resources import KubeError, Resources
 
 FIELD_MANAGER = "kvtool-install"
+# A node's handler watches its VMIs by status.nodeName, a selectable field of the VMI CRD (CustomResourceFieldSelectors:
+# beta and on by default in 1.31, GA in 1.32); older API servers drop the field and refuse the handler's watch.
+MIN_KUBERNETES = (1, 31)
 
 KINDS: dict[tuple[str, str], Kind] = {
     ("v1", "Namespace"): Kind("v1", "Namespace", "namespaces", namespaced=False),
@@ -51,9 +55,22 @@ def kind_of(doc: dict[str, Any]) -> Kind:
         raise KvtoolError(f"kvtool does not know how to install {doc.get('kind')} ({doc.get('apiVersion')})") from exc
 
 
+def unsupported(version: Mapping[str, Any]) -> str | None:
+    """Why kvtool cannot run on a cluster of this /version, or None. A version it cannot read is let through."""
+    major, minor = (re.match(r"\d+", str(version.get(k) or "")) for k in ("major", "minor"))
+    if major is None or minor is None or (int(major[0]), int(minor[0])) >= MIN_KUBERNETES:
+        return None
+    return (f"kvtool needs Kubernetes {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]} or later, and this cluster runs "
+            f"{version.get('gitVersion') or f'{major[0]}.{minor[0]}'}: its node handlers watch their VMIs by "
+            "status.nodeName, a selectable field of the VirtualMachineInstance CRD, which older API servers lack")
+
+
 def apply_all(res: Resources, docs: list[dict[str, Any]], dry_run: bool = False,
               say: Callable[[str], None] = lambda _m: None) -> None:
-    """Server-side apply each manifest in order; CRDs are awaited before anything that needs them."""
+    """Server-side apply each manifest in order; CRDs are awaited before anything that needs them. Nothing is
+    applied on a cluster too old for them."""
+    if reason := unsupported(res.request("GET", "/version", what="read the cluster's version")):
+        raise KvtoolError(reason, hint="upgrade the cluster, or use kvtool's embedded one (kvtool cluster up)")
     for doc in docs:
         kind = kind_of(doc)
         res.apply(kind, doc, force=True, dry_run=dry_run, field_manager=FIELD_MANAGER, parse=False)
