@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from kvtool.api.types import PAUSE_ANNOTATION, claim_volumes, wants_paused
-from kvtool.controller import conditions, template
+from kvtool.controller import conditions, operator, template
 from kvtool.controller import vm as vm_logic
 from kvtool.controller import vmi as vmi_logic
 from kvtool.handler import status as handler_status
@@ -422,3 +422,20 @@ def test_status_rows_show_the_student_and_the_time_left() -> None:
     assert inventory.vm_row(expiring("20m"), None, NOW)["expires"] == "expired"
     assert inventory.vm_row(vm("Always"), None, NOW)["expires"] == ""
     assert [expiry.human(s) for s in (45, 3700, 90000, None)] == ["45s", "1h01m", "1d1h", ""]
+
+
+def test_what_the_indexes_hold_decodes_to_a_private_copy_and_knows_its_version() -> None:
+    body = {"metadata": {"name": "v", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kvtool"}]},
+            "status": {"nodeName": "n1", "phase": "Running"}}
+    held = operator.Held(operator.trimmed(body))
+    assert held.node == "n1" and held.uid == "u1" and held.version == 7
+    first = held.body()
+    assert "managedFields" not in first["metadata"] and first["status"] == body["status"]
+    first["status"]["phase"] = "Failed"
+    assert held.body()["status"]["phase"] == "Running", "each reader gets its own copy"
+    newer = operator.Held({**body, "metadata": {**body["metadata"], "resourceVersion": "9"}})
+    assert operator._caught_up(newer, held) and operator._caught_up(held, held), "as new or newer: the cache's"
+    assert not operator._caught_up(held, newer), "older than what the controller wrote: the written one"
+    other = operator.Held({**body, "metadata": {**body["metadata"], "uid": "u2", "resourceVersion": "1"}})
+    assert operator._caught_up(other, newer), "another object of that name: the written one went"
