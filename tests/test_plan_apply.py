@@ -180,3 +180,33 @@ def test_status_outputs(cluster: Cluster, stack: str, tmp_path: Path) -> None:
     csv = kvtool("status", "--stack", stack, "-o", "csv", check=True).stdout
     assert csv.splitlines()[0].startswith("namespace,stack,name,status")
     kvtool("destroy", "--stack", stack, "--auto-approve", check=True)
+
+
+def test_a_user_who_may_only_read_one_namespace_still_plans_it(cluster: Cluster, stack: str, tmp_path: Path) -> None:
+    """No cluster-wide list permission (a 403 on the stack's LIST): the plan looks in the desired state's namespaces."""
+    ns = stack
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        cluster.kubectl("create", "serviceaccount", "planner", "-n", ns)
+        cluster.kubectl("create", "role", "planner", "-n", ns, "--verb=get,list,patch,create",
+                        "--resource=virtualmachines.kvtool.io,virtualmachinepools.kvtool.io,secrets,configmaps,"
+                        "persistentvolumeclaims,services")
+        cluster.kubectl("create", "rolebinding", "planner", "-n", ns, "--role=planner",
+                        f"--serviceaccount={ns}:planner")
+        token = cluster.kubectl("create", "token", "planner", "-n", ns).stdout.strip()
+        config = yaml.safe_load(cluster.kubeconfig.read_text())
+        config["users"] = [{"name": "planner", "user": {"token": token}}]
+        config["contexts"] = [{"name": "planner", "context": {"cluster": config["clusters"][0]["name"],
+                                                             "user": "planner"}}]
+        config["current-context"] = "planner"
+        restricted = tmp_path / "planner.kubeconfig"
+        restricted.write_text(yaml.safe_dump(config))
+        f = write(tmp_path / "lab.yaml", vm(f"{stack}-a", namespace=ns))
+        kvtool("--kubeconfig", str(restricted), "apply", "-f", str(f), "--stack", stack, "--auto-approve", check=True)
+        assert cluster.kubectl("auth", "can-i", "list", "virtualmachines.kvtool.io", "-A",
+                               f"--as=system:serviceaccount:{ns}:planner", check=False).stdout.strip() == "no"
+        again = kvtool("--kubeconfig", str(restricted), "plan", "-f", str(f), "--stack", stack,
+                       "--detailed-exitcode")
+        assert again.returncode == 0 and "No changes." in again.stdout, again.stdout + again.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         apply.check_fresh(conn.res, plan, conn.server)
         approved = True  # a saved plan was already reviewed, as with `terraform apply PLANFILE`
     else:
+        read = plan_cmd.ClusterRead(args)
         state = plan_cmd.load(args)
-        conn = common.connect(args)
-        plan = plan_cmd.make(args, conn, state)
+        conn, plan = plan_cmd.make(args, read, state)
         approved = args.auto_approve
     render.render_text(plan, sys.stdout, color=False if args.no_color else None, compact=args.compact,
                        target=conn.target)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from kvtool import labctl, paths
+from kvtool.api.types import Target
 from kvtool.cli import common
 from kvtool.errors import KvtoolError
 from kvtool.images import usage
@@ -70,17 +73,47 @@ def _say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
 
 
-def make(args: argparse.Namespace, conn: common.Connection, state: DesiredState) -> Plan:
+class ClusterRead:
+    """What a plan reads before it needs the desired state (the connection, the VM API the cluster serves, the
+    stack's objects), read in a thread while the input is read: the API server and the JSON it sends take
+    the other core. Reads only. Its errors are raised by `result`, once the input was read: input problems
+    still come first and never wait for the cluster."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+        self._value: tuple[common.Connection, Target, dict[planner.ObjKey, dict[str, Any]] | None] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="cluster-read", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            conn = common.connect(self._args)
+            target = common.api_target(self._args, conn)
+            self._value = conn, target, planner.list_members(conn.res, self._args.stack, target.plannable)
+        except BaseException as exc:  # handed to the main thread by result()
+            self._error = exc
+
+    def result(self) -> tuple[common.Connection, Target, dict[planner.ObjKey, dict[str, Any]] | None]:
+        """(connection, target, the stack's objects or None when listing them cluster-wide is forbidden)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def make(args: argparse.Namespace, read: ClusterRead, state: DesiredState) -> tuple[common.Connection, Plan]:
+    conn, target, members = read.result()
     if getattr(args, "roster_input", None) is not None:
         found = labctl.login_secrets(conn.res, args.namespace, args.stack)
         state = with_roster(args, state, roster.passwords_of(found))
         _say(args, f"Roster {args.roster}: {len(args.roster_input.students)} student(s); "
                    f"their initial passwords, where they have no key: kvtool lab passwords --stack {args.stack}")
-    target = common.api_target(args, conn)
     if target is not state.target:
         desired.retarget(state, target)
         _say(args, f"Planning for {target.vm.api_version} (KubeVirt's VM API on this cluster).")
-    return planner.plan(conn.res, state, conn.server, replace=args.replace, adopt=args.adopt)
+    return conn, planner.plan(conn.res, state, conn.server, replace=args.replace, adopt=args.adopt, members=members)
 
 
 def save(plan: Plan, path: str) -> None:
@@ -89,11 +122,11 @@ def save(plan: Plan, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    read = ClusterRead(args)
     state = load(args)
-    conn = common.connect(args)
+    conn, plan = make(args, read, state)
     if args.json:
         common.show_target(conn)
-    plan = make(args, conn, state)
     if args.json:
         print(render.render_json(plan))
     else:

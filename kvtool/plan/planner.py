@@ -115,15 +115,25 @@ def find_others(res: Resources, members: Mapping[ObjKey, Any], wanted: Iterable[
     return others
 
 
-def fetch(res: Resources, stack: str, desired: Iterable[Desired] = (),
-          kinds: Collection[Kind] = PLANNABLE) -> LiveState:
-    wanted = list(desired)
+def list_members(res: Resources, stack: str,
+                 kinds: Collection[Kind] = PLANNABLE) -> dict[ObjKey, dict[str, Any]] | None:
+    """The stack's objects, cluster-wide; None when listing cluster-wide is forbidden (fetch then looks in the
+    desired state's namespaces). Needs no desired state: a CLI reads it while it still reads the input."""
     try:
-        members = list_stack(res, stack, kinds)
+        return list_stack(res, stack, kinds)
     except KubeError as exc:
         if exc.status != 403:
             raise
-        # No cluster-wide list permission: look in the namespaces we know of.
+        return None
+
+
+def fetch(res: Resources, stack: str, desired: Iterable[Desired] = (),
+          kinds: Collection[Kind] = PLANNABLE, members: dict[ObjKey, dict[str, Any]] | None = None) -> LiveState:
+    """The live side of a plan. `members`: the stack's objects from list_members, when already read."""
+    wanted = list(desired)
+    if members is None:
+        members = list_members(res, stack, kinds)
+    if members is None:  # no cluster-wide list permission: look in the namespaces we know of
         members = list_stack(res, stack, kinds, {d.namespace for d in wanted if d.namespace})
     return LiveState(members, find_others(res, members, wanted), list_pool_vms(res, members, wanted))
 
@@ -215,9 +225,10 @@ def make_plan(desired: DesiredState, live: LiveState, server: str, *, replace: C
 
 
 def plan(res: Resources, desired: DesiredState, server: str, *, replace: Collection[str] = (),
-         adopt: bool = False, server_check: bool = True) -> Plan:
-    result = make_plan(desired, fetch(res, desired.stack, desired.objects, desired.target.plannable), server,
-                       replace=replace, adopt=adopt)
+         adopt: bool = False, server_check: bool = True, members: dict[ObjKey, dict[str, Any]] | None = None) -> Plan:
+    """`members`: the stack's objects of desired.target's kinds, when the caller read them already (list_members)."""
+    live = fetch(res, desired.stack, desired.objects, desired.target.plannable, members)
+    result = make_plan(desired, live, server, replace=replace, adopt=adopt)
     if server_check:
         check_with_server(res, result)
     return result
