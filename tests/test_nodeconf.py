@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kvtool.local import nodeconf, nodenet
+from kvtool.local import components, nodeconf, nodenet
 
 
 def _plan(index: int = 1) -> nodeconf.NodePlan:
@@ -64,6 +64,21 @@ def test_kubelet_config_matches_the_runtime_and_isolates_the_node() -> None:
     assert conf["podLogsDir"] == "/h/nodes/kvtool-node-1/pod-logs"
     assert conf["authorization"]["mode"] == "Webhook" and conf["authentication"]["anonymous"]["enabled"] is False
     assert conf["containerRuntimeEndpoint"].endswith("ctr-kvtool-node-1/containerd/containerd.sock")
+    assert conf["clusterDNS"] == ["10.210.7.1"] and conf["clusterDomain"] == "cluster.local"  # the machine's CoreDNS
+
+
+def test_the_cluster_dns_answers_on_the_gateway_and_forwards_to_no_loopback(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# comment\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nsearch example.org\n")
+    assert components.host_nameservers(resolv) == ["10.255.255.53"]
+    assert components.host_nameservers(tmp_path / "missing") == []
+    conf = components.corefile("10.210.7.1", Path("/h/kubeconfigs/coredns.kubeconfig"), 40001, ["10.255.255.53"])
+    assert "bind 10.210.7.1\n" in conf and "ready 127.0.0.1:40001\n" in conf
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa {\n        kubeconfig /h/kubeconfigs/coredns.kubeconfig\n" \
+        in conf
+    assert "forward . 10.255.255.53\n" in conf
+    assert "forward" not in components.corefile("10.210.7.1", Path("/k"), 40001, [])  # nothing to forward to
+    assert conf.count("{") == conf.count("}")
 
 
 def test_kube_proxy_config_touches_no_machine_wide_setting() -> None:

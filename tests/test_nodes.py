@@ -137,6 +137,35 @@ def test_a_pod_on_node_1_reaches_a_pod_on_node_2(cluster: Cluster, image: str) -
         cluster.kubectl("delete", "pod", "-l", "test=nodes", "--wait=false", check=False)
 
 
+def test_pods_find_services_by_name_through_the_cluster_dns(cluster: Cluster, image: str) -> None:
+    """As on any cluster: a pod resolves a Service's name (the kubelet gives it the cluster DNS), and no
+    kubelet complains that there is none (MissingClusterDNS, once an event per pod sync)."""
+    name = f"dns-{uuid.uuid4().hex[:5]}"
+    lookup = ("import socket\n"
+              "for n in ('kubernetes.default.svc.cluster.local', 'kubernetes.default',\n"
+              "          'kvtool-controller.kvtool-system'):\n"
+              "    print(n, socket.gethostbyname(n))\n")
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"test": "nodes-dns"}},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": NODES[1]}, "restartPolicy": "Never",
+                     "containers": [{"name": "lookup", "image": image, "command": ["python3", "-c", lookup]}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    try:
+        phase = wait_for(lambda: ((get(cluster, "pod", name) or {}).get("status") or {}).get("phase")
+                         in ("Succeeded", "Failed") and get(cluster, "pod", name)["status"]["phase"], 90,
+                         what=f"pod {name} to finish")
+        logs = cluster.kubectl("logs", name).stdout
+        controller_ip = cluster.kubectl("-n", "kvtool-system", "get", "svc", "kvtool-controller",
+                                        "-o", "jsonpath={.spec.clusterIP}").stdout
+        assert phase == "Succeeded", logs
+        assert logs.splitlines() == ["kubernetes.default.svc.cluster.local 10.96.0.1", "kubernetes.default 10.96.0.1",
+                                     f"kvtool-controller.kvtool-system {controller_ip}"], logs
+        missing = cluster.kubectl("get", "events", "-A", "--field-selector", "reason=MissingClusterDNS",
+                                  "-o", "name").stdout
+        assert missing.strip() == "", missing
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+
 def test_drain_evicts_launcher_pods_and_always_vms_come_back_elsewhere(cluster: Cluster, tiny_image: str,
                                                                        tmp_path: Path) -> None:
     name = f"drain-{uuid.uuid4().hex[:5]}"

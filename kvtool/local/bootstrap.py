@@ -35,8 +35,8 @@ def run(kubeconfig: Path, bare: bool = False) -> None:
     res = Resources(api)
     crds.install(res)
     # The same accounts, roles and admission policy `kvtool install` ships: kvtool's own components run
-    # with these tokens here, so a missing permission fails here first.
-    install.apply_all(res, manifests.rbac_and_policy())
+    # with these tokens here, so a missing permission fails here first. Then what the cluster DNS reads.
+    install.apply_all(res, [*manifests.rbac_and_policy(), *dns_access()])
 
 
 def ensure_storage_class(api: client.ApiClient) -> None:
@@ -88,6 +88,26 @@ def ensure_kubelet_api_access(api: client.ApiClient) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
+
+
+DNS_ROLE = "kvtool:coredns"
+
+
+def dns_access() -> list[dict[str, Any]]:
+    """What the cluster DNS reads (kubeadm's system:coredns role), for its client certificate's user."""
+    labels = {"app.kubernetes.io/managed-by": "kvtool"}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": DNS_ROLE, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                       "verbs": ["list", "watch"]},
+                      {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                       "verbs": ["list", "watch"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": DNS_ROLE, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": DNS_ROLE},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                             "name": pki.COREDNS.common_name}]}
+    return [role, binding]
 
 
 def install_kvtool(kubeconfig: Path, image: str, timeout: float, extra: list[dict[str, Any]] | None = None) -> None:

@@ -90,7 +90,12 @@ CONTAINERD = GoBinary(
 PAUSE = GoBinary(
     name="kvtool-pause", module="containerd", package="./pause", sources=("pause/*.go",),
     env=(("CGO_ENABLED", "0"),), src_env="KVTOOL_CONTAINERD_SRC", bin_env="KVTOOL_PAUSE_BIN")
-ALL = (CONTROLPLANE, CONTAINERD, PAUSE)
+# The embedded cluster's DNS (kvtool.local.components.coredns): upstream CoreDNS, a main package of ours
+# that links only the plugins a cluster's Corefile uses.
+COREDNS = GoBinary(
+    name="kvtool-coredns", module="coredns", env=(("CGO_ENABLED", "0"),),
+    stamped_module="github.com/coredns/coredns", bin_env="KVTOOL_COREDNS_BIN")
+ALL = (CONTROLPLANE, CONTAINERD, PAUSE, COREDNS)
 # Simulated nodes for the scale bench (not part of the cluster): upstream's own main package, named as a
 # `tool` in kwok/go.mod; no Go sources of ours.
 KWOK = GoBinary(
@@ -223,6 +228,10 @@ def ensure_containerd(progress: bool = True) -> Path:
 def ensure_pause(progress: bool = True) -> Path:
     """kvtool-pause, the static process of the pod-sandbox image."""
     return ensure(PAUSE, progress)
+
+
+def ensure_coredns(progress: bool = True) -> Path:
+    return ensure(COREDNS, progress)
 
 
 def ensure_kwok(progress: bool = True) -> Path:

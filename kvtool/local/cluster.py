@@ -141,7 +141,7 @@ def node_artifacts(quiet: bool) -> dict[str, object]:
     runtime = build.ensure_containerd(progress=not quiet)
     pause = container.build_pause(build.ensure_pause(progress=not quiet), progress=say)
     launcher = container.build_launcher(progress=say)
-    return {"containerd": str(runtime.parent / "containerd"),
+    return {"containerd": str(runtime.parent / "containerd"), "coredns": str(build.ensure_coredns(progress=not quiet)),
             "images": {"pause": {"ref": pause.reference, "archive": str(pause.archive)},
                        "launcher": {"ref": launcher.reference, "archive": str(launcher.archive)}}}
 

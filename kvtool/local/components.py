@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvtool.local import nodenet
+from kvtool.local import nodeconf, nodenet
 from kvtool.local import pki as pki_mod
 from kvtool.local.layout import Layout
 from kvtool.local.nodeconf import NodePlan
@@ -172,6 +172,48 @@ def controller_manager(layout: Layout, binary: Path, port: int, p: pki_mod.PKI) 
         ready=_healthz(port),
     )
 
+
+def corefile(gateway: str, kubeconfig: Path, ready_port: int, upstream: list[str]) -> str:
+    """kubeadm's kube-dns Corefile, bound to the machine's address on the cluster bridge (the nodes' route to
+    it, as to the apiserver). Other names go to the machine's own resolvers, when it has any."""
+    forward = f"    forward . {' '.join(upstream)}\n" if upstream else ""
+    return (f".:53 {{\n"
+            f"    bind {gateway}\n"
+            f"    errors\n"
+            f"    ready 127.0.0.1:{ready_port}\n"
+            f"    kubernetes {nodeconf.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n"
+            f"        kubeconfig {kubeconfig}\n"
+            f"        pods insecure\n"
+            f"        fallthrough in-addr.arpa ip6.arpa\n"
+            f"        ttl 30\n"
+            f"    }}\n"
+            f"{forward}"
+            f"    cache 30\n"
+            f"    loadbalance\n"
+            f"}}\n")
+
+
+def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The machine's resolvers but loopback ones, which CoreDNS would find itself answering on."""
+    try:
+        lines = resolv_conf.read_text().splitlines()
+    except OSError:
+        return []
+    servers = [parts[1] for parts in (line.split() for line in lines) if len(parts) >= 2 and parts[0] == "nameserver"]
+    return [s for s in servers if not s.startswith("127.") and s != "::1"]
+
+
+def coredns(layout: Layout, binary: Path, gateway: str, ready_port: int) -> ComponentSpec:
+    """The cluster DNS every kubelet names (clusterDNS): Services and pods by name, as on any cluster."""
+    conf = layout.home / "coredns" / "Corefile"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(corefile(gateway, layout.component_kubeconfig(pki_mod.COREDNS.file_stem), ready_port,
+                             host_nameservers()))
+
+    def ready() -> bool:
+        return _get(f"http://127.0.0.1:{ready_port}/ready")[0] == 200
+
+    return ComponentSpec(name="coredns", port=ready_port, argv=[str(binary), "-conf", str(conf)], ready=ready)
 
 
 # ---- node components: each runs inside its node's network and mount namespaces ------------------

@@ -143,7 +143,8 @@ def cni_conflist(node: NodePlan) -> str:
 
 
 def kubelet_config(node: NodePlan, client_ca: Path) -> str:
-    """KubeletConfiguration: real authn/authz (x509 + webhook), cgroupfs on cgroup v1, no DNS addon."""
+    """KubeletConfiguration: real authn/authz (x509 + webhook), cgroupfs on cgroup v1; pods' DNS is the cluster
+    DNS the machine serves at the gateway (kvtool.local.components.coredns)."""
     conf = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -164,6 +165,7 @@ def kubelet_config(node: NodePlan, client_ca: Path) -> str:
         "imageServiceEndpoint": f"unix://{node.containerd_socket}",
         "podLogsDir": str(node.pod_logs),
         "clusterDomain": CLUSTER_DOMAIN,
+        "clusterDNS": [node.gateway],
         "resolvConf": "/etc/resolv.conf",
         "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "10s",

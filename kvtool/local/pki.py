@@ -44,6 +44,8 @@ CONTROLLER_MANAGER = Identity("controller-manager", "system:kube-controller-mana
 KUBE_PROXY = Identity("kube-proxy", "system:kube-proxy")
 APISERVER_KUBELET_CLIENT = Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
                                     ("kubeadm:cluster-admins",))
+# The cluster DNS (CoreDNS's kubernetes plugin); bound to kvtool.local.bootstrap.DNS_ROLE.
+COREDNS = Identity("coredns", "system:kvtool-coredns")
 
 
 def node_identity(node: str) -> Identity:
@@ -108,7 +110,7 @@ class PKI:
                         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                              "kubernetes.default.svc.cluster.local"),
                         ips=("127.0.0.1", SERVICE_IP, *server_ips))
-        for ident in (ADMIN, SCHEDULER, CONTROLLER_MANAGER, KUBE_PROXY, APISERVER_KUBELET_CLIENT):
+        for ident in (ADMIN, SCHEDULER, CONTROLLER_MANAGER, KUBE_PROXY, APISERVER_KUBELET_CLIENT, COREDNS):
             self.ensure_client(ident)
 
     def _serves(self, ips: tuple[str, ...], stem: str = "apiserver") -> bool:

@@ -82,7 +82,7 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
 
     pki_mod.write_kubeconfig(layout.kubeconfig, server, p, "kvtool-admin",
                              cert=p.cert(pki_mod.ADMIN.file_stem), key=p.key(pki_mod.ADMIN.file_stem))
-    for ident in (pki_mod.SCHEDULER, pki_mod.CONTROLLER_MANAGER, pki_mod.KUBE_PROXY):
+    for ident in (pki_mod.SCHEDULER, pki_mod.CONTROLLER_MANAGER, pki_mod.KUBE_PROXY, pki_mod.COREDNS):
         cert, key = p.ensure_client(ident)
         pki_mod.write_kubeconfig(layout.component_kubeconfig(ident.file_stem), server, p, ident.common_name,
                                  cert=cert, key=key)
@@ -156,6 +156,7 @@ def startup_plan(layout: Layout, state: ClusterState, config: dict[str, Any]) ->
     if not bare and nodes:
         enter = {n.name: nodehost.enter(mount_ns_file(layout, n.name), n.netns) for n in nodes}
         steps += [
+            ("cluster DNS", [components.coredns(layout, Path(config["coredns"]), net.gateway, free_port())]),
             (f"{len(nodes)} node host(s)", prepare_nodes),
             ("containerd", [components.containerd(n, enter[n.name], Path(runtime)) for n in nodes]),
             ("images", import_images),
