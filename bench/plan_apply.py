@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from kvtool.plan import apply
 
 KVTOOL = [sys.executable, "-m", "kvtool.cli.main"]
 FLOOR = Path(__file__).resolve().parent / "ssa_floor.py"
+PLAN_RUNS = 7
 
 
 def wait_deleted(kubectl: list[str], env: dict[str, str], stack: str, timeout: float = 300) -> None:
@@ -85,8 +87,11 @@ def main() -> int:
             run([*k, "delete", "vms", "-l", f"kvtool.io/stack={stack}", "--wait=true"], env)
             r["kvtool apply"] = run([*kv, "apply", "-f", str(f), "--stack", stack, "--auto-approve", "--compact"], env)
             r["controller catch-up after kvtool apply"] = benchlib.wait_settled(kubeconfig, stack)
-            r["kvtool plan (no changes)"] = run([*kv, "plan", "-f", str(f), "--stack", stack, "--detailed-exitcode"],
-                                                env)
+            # The figure the issue sets a goal for (< 0.5 s at 1000): ~1 s, so one run is as noisy as the change
+            # being measured. Median of PLAN_RUNS.
+            r["kvtool plan (no changes)"] = statistics.median(
+                run([*kv, "plan", "-f", str(f), "--stack", stack, "--detailed-exitcode"], env)
+                for _ in range(PLAN_RUNS))
             r["kubectl diff (no changes)"] = run([*k, "diff", "--server-side", "-f", str(f)], env)
             r["kvtool destroy"] = run([*kv, "destroy", "--stack", stack, "--auto-approve"], env)
             wait_deleted(k, env, stack)
@@ -99,7 +104,7 @@ def main() -> int:
     print(f"\n== plan/apply, {os.cpu_count()} cores, seconds (one run each) ==")
     for r in rows:
         print(f"\nN = {int(r['n'])} VMs")
-        pairs = (("plan, no changes", "kvtool plan (no changes)", "kubectl diff (no changes)"),
+        pairs = (("plan, no changes*", "kvtool plan (no changes)", "kubectl diff (no changes)"),
                  ("plan, all create", "kvtool plan (all create)", "kubectl diff (all create)"),
                  ("apply (create)", "kvtool apply", "kubectl apply --server-side"))
         for label, ours, theirs in pairs:
@@ -109,6 +114,7 @@ def main() -> int:
               f"{apply.DEFAULT_CONCURRENCY} threads)   -> kvtool apply / floor "
               f"{r['kvtool apply'] / r['minimal SSA client']:.2f}x (goal ≤ 1.15)")
         print(f"  {'destroy':<18} kvtool {r['kvtool destroy']:6.2f}")
+        print(f"  * kvtool's: the median of {PLAN_RUNS} runs (goal < 0.5 s at 1000 VMs)")
         print(f"  (the controller then took {r['controller catch-up after kvtool apply']:.1f} s more to write the "
               "VMs' status; each timed step starts from a quiet cluster)")
     return 0
