@@ -67,11 +67,12 @@ def test_kubelet_config_matches_the_runtime_and_isolates_the_node() -> None:
     assert conf["clusterDNS"] == ["10.210.7.1"] and conf["clusterDomain"] == "cluster.local"  # the machine's CoreDNS
 
 
-def test_the_cluster_dns_answers_on_the_gateway_and_forwards_to_no_loopback(tmp_path: Path) -> None:
+def test_the_cluster_dns_answers_on_the_gateway_and_forwards_elsewhere(tmp_path: Path) -> None:
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("# comment\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nsearch example.org\n")
-    assert components.host_nameservers(resolv) == ["10.255.255.53"]
-    assert components.host_nameservers(tmp_path / "missing") == []
+    resolv.write_text("# comment\nnameserver 127.0.0.53\nnameserver 10.210.7.1\nnameserver 10.255.255.53\n"
+                      "search example.org\n")
+    assert components.host_nameservers("10.210.7.1", resolv) == ["127.0.0.53", "10.255.255.53"]  # not itself
+    assert components.host_nameservers("10.210.7.1", tmp_path / "missing") == []
     conf = components.corefile("10.210.7.1", Path("/h/kubeconfigs/coredns.kubeconfig"), 40001, ["10.255.255.53"])
     assert "bind 10.210.7.1\n" in conf and "ready 127.0.0.1:40001\n" in conf
     assert "kubernetes cluster.local in-addr.arpa ip6.arpa {\n        kubeconfig /h/kubeconfigs/coredns.kubeconfig\n" \

@@ -193,14 +193,15 @@ def corefile(gateway: str, kubeconfig: Path, ready_port: int, upstream: list[str
             f"}}\n")
 
 
-def host_nameservers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
-    """The machine's resolvers but loopback ones, which CoreDNS would find itself answering on."""
+def host_nameservers(gateway: str, resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The machine's resolvers (CoreDNS runs in the machine's namespace, so a loopback stub such as
+    systemd-resolved's serves it too), but the cluster DNS itself: forwarding to it would be a loop."""
     try:
         lines = resolv_conf.read_text().splitlines()
     except OSError:
         return []
     servers = [parts[1] for parts in (line.split() for line in lines) if len(parts) >= 2 and parts[0] == "nameserver"]
-    return [s for s in servers if not s.startswith("127.") and s != "::1"]
+    return [s for s in servers if s != gateway]
 
 
 def coredns(layout: Layout, binary: Path, gateway: str, ready_port: int) -> ComponentSpec:
@@ -208,7 +209,7 @@ def coredns(layout: Layout, binary: Path, gateway: str, ready_port: int) -> Comp
     conf = layout.home / "coredns" / "Corefile"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(corefile(gateway, layout.component_kubeconfig(pki_mod.COREDNS.file_stem), ready_port,
-                             host_nameservers()))
+                             host_nameservers(gateway)))
 
     def ready() -> bool:
         return _get(f"http://127.0.0.1:{ready_port}/ready")[0] == 200
