@@ -236,7 +236,7 @@ def test_the_guest_kernels_reports_of_trouble_are_picked_from_its_console() -> N
 
 
 def test_virt_type_detection(tmp_path: Path) -> None:
-    from kvtool.launcher import domain
+    from kvtool.launcher import hostvirt
 
     dev_kvm = tmp_path / "kvm"
     dev_kvm.write_bytes(b"")
@@ -247,15 +247,15 @@ def test_virt_type_detection(tmp_path: Path) -> None:
         shutil.rmtree(modules, ignore_errors=True)
         for module in loaded:
             (modules / module).mkdir(parents=True)
-        return domain.detect_virt_type(dev_kvm, tmp_path / "cpuinfo", modules)
+        return hostvirt.detect_virt_type(dev_kvm, tmp_path / "cpuinfo", modules)
 
     assert detect("vmx", "kvm", "kvm_intel") == "kvm"
     assert detect("svm", "kvm", "kvm_amd") == "kvm"
     assert detect("hypervisor", "kvm", "kvm_pvm") == "qemu"  # these machines: /dev/kvm works, guests die
     assert detect("vmx", "kvm") == "qemu"
-    assert domain.detect_virt_type(tmp_path / "no-kvm", tmp_path / "cpuinfo", modules) == "qemu"
+    assert hostvirt.detect_virt_type(tmp_path / "no-kvm", tmp_path / "cpuinfo", modules) == "qemu"
     if Path("/sys/module/kvm_pvm").is_dir():
-        assert domain.detect_virt_type() == "qemu"
+        assert hostvirt.detect_virt_type() == "qemu"
 
 
 def test_volumes_become_files(launcher_env: dict[str, Path], tmp_path: Path) -> None:
@@ -516,6 +516,39 @@ def test_vm_lifecycle(make_launcher: Any, tmp_path: Path) -> None:
         assert "level=ERROR" not in line and "Traceback" not in line, launcher.stderr()
     with pytest.raises(LauncherUnavailable):
         client.status()
+
+
+def test_a_seeded_tcg_node_starts_without_probing_or_reading_each_cpu_property(
+        make_launcher: Any, launcher_env: dict[str, Path]) -> None:
+    """libvirt accepts the seeded cache, tuned for TCG (libvirtd.tune_for_tcg): it neither re-probes QEMU
+    (the file stays as seeded, nothing is saved back) nor reads the CPU property by property."""
+    from kvtool.launcher import hostvirt, libvirtd
+
+    def start_one() -> lh.Launcher:
+        launcher = make_launcher().start()
+        launcher.wait_socket()
+        with launcher.client() as client:
+            assert client.sync(launcher.vmi(kernel_boot_spec()))["phase"] == "Running", launcher.stderr()
+        return launcher
+
+    if not any(launcher_env["cache"].rglob("*.xml")):
+        start_one().kill()  # fills the node cache, paying the probe
+    node_files = {p.name: p.read_bytes() for p in launcher_env["cache"].rglob("*.xml")}
+    assert node_files, "the first launcher saved no capability cache"
+    launcher = start_one()
+    try:
+        seeded = {p.name: p.read_bytes() for p in (launcher.state / "libvirt/cache/qemu/capabilities").glob("*.xml")}
+        tcg = hostvirt.detect_virt_type() == "qemu"
+        assert seeded == {name: libvirtd.tune_for_tcg(data) if tcg else data for name, data in node_files.items()}
+        if tcg:
+            assert all(b"cpu-unavailable-features" not in data for data in seeded.values())
+        launcher.signal(signal.SIGTERM)  # its teardown saves the cache too, if it has anything new
+        assert launcher.wait_exit(30) == 0, launcher.stderr()
+    finally:
+        launcher.kill()
+    assert "capabilities-cache-saved" not in launcher.stderr(), launcher.stderr()
+    started = [line for line in launcher.stderr().splitlines() if "event=domain-started" in line]
+    MEASURED["define+start, seeded cache (s)"] = started[0].rsplit("start_seconds=", 1)[1]
 
 
 def test_guest_poweroff_ends_the_launcher(make_launcher: Any, launcher_env: dict[str, Path]) -> None:

@@ -9,11 +9,8 @@ ever waits on the guest.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import libvirt
 
@@ -84,30 +81,6 @@ def _run_loop() -> None:
 def library_version() -> str:
     version = libvirt.getVersion()
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
-
-
-def detect_virt_type(dev_kvm: Path = Path("/dev/kvm"), cpuinfo: Path = Path("/proc/cpuinfo"),
-                     modules: Path = Path("/sys/module")) -> str:
-    """The domain type: kvm where hardware virtualization really works, else qemu (TCG).
-
-    /dev/kvm existing and opening is not enough: these machines have it from the kvm_pvm module (no
-    vmx/svm), and KVM guests there die with "emulation failure" after minutes. So KVM also needs the
-    CPU flag and the matching vendor module: vmx + kvm_intel, or svm + kvm_amd.
-    """
-    try:
-        fd = os.open(dev_kvm, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return "qemu"
-    os.close(fd)
-    try:
-        flags = set(re.findall(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.MULTILINE)[0].split())
-    except (OSError, IndexError):
-        return "qemu"
-    if "vmx" in flags and (modules / "kvm_intel").is_dir():
-        return "kvm"
-    if "svm" in flags and (modules / "kvm_amd").is_dir():
-        return "kvm"
-    return "qemu"
 
 
 def error_message(exc: libvirt.libvirtError) -> str:

@@ -26,7 +26,7 @@ from kvtool.api.types import wants_paused
 from kvtool.errors import KvtoolError
 from kvtool.launcher import config as config_mod
 from kvtool.launcher import domain as domain_mod
-from kvtool.launcher import guestinfo
+from kvtool.launcher import guestinfo, hostvirt
 from kvtool.launcher.console import ConsoleSession
 from kvtool.launcher.libvirtd import Libvirtd
 from kvtool.launcher.status import StatusBoard
@@ -92,7 +92,7 @@ class Runner:
             self.hypervisor.connect()
             self.timings["connect"] = time.monotonic() - started
             if not self.daemon.seeded:
-                self.hypervisor.warm_up(domain_mod.detect_virt_type())
+                self.hypervisor.warm_up(hostvirt.detect_virt_type())
                 self.timings["capabilities_probe"] = time.monotonic() - started
                 self.daemon.save_cache()
         except Exception as exc:  # the sync reports it properly; this only logs
@@ -197,7 +197,7 @@ class Runner:
             interfaces = self._interfaces(resolved.spec)
             self._wire(resolved.spec)
             interfaces = [(n, self._wired[n].mac if n in self._wired else mac) for n, mac in interfaces]
-            virt_type = domain_mod.detect_virt_type()
+            virt_type = hostvirt.detect_virt_type()
             taps = {n: w.tap for n, w in self._wired.items()}
             inputs = DomainInputs(
                 name=self.config.domain_name, uuid=self.config.uid, spec=resolved.spec, volumes=resolved.volumes,
