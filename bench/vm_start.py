@@ -194,9 +194,16 @@ def by_name(pids: set[int]) -> dict[str, int]:
 
 def pod_processes(layout: Layout, node: str, pod_uid: str) -> dict[str, int]:
     """RSS (KiB) by process name of everything in one launcher pod: its cgroup (the kubelet's pod<uid>)."""
-    pids = {p for p in nodehost.cgroup_pids(f"{layout.cgroup_root}/{node}")
-            if f"/pod{pod_uid}/" in Path(f"/proc/{p}/cgroup").read_text()}
-    return by_name(pids)
+    return by_name({p for p in nodehost.cgroup_pids(f"{layout.cgroup_root}/{node}")
+                    if f"/pod{pod_uid}/" in _cgroup_of(p)})
+
+
+def _cgroup_of(pid: int) -> str:
+    """The process' /proc cgroup text; empty when it ended since it was listed (a node always has some ending)."""
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""
 
 
 def node_processes(layout: Layout, node: str) -> dict[str, int]:
