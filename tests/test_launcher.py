@@ -532,7 +532,9 @@ def test_a_seeded_tcg_node_starts_without_probing_or_reading_each_cpu_property(
         return launcher
 
     if not any(launcher_env["cache"].rglob("*.xml")):
-        start_one().kill()  # fills the node cache, paying the probe
+        first = start_one()  # fills the node cache, paying the probe; saved by the time it has exited
+        first.signal(signal.SIGTERM)
+        assert first.wait_exit(30) == 0, first.stderr()
     node_files = {p.name: p.read_bytes() for p in launcher_env["cache"].rglob("*.xml")}
     assert node_files, "the first launcher saved no capability cache"
     launcher = start_one()
